@@ -1,0 +1,1 @@
+"""Datasets, run files (names and schema), and the readers the plotting scripts use."""

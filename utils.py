@@ -1,0 +1,217 @@
+"""Cross-cutting helpers: user-facing errors, atomic file writes, logging, devices, seeding.
+
+Library code raises :class:`UserError` for anything the user can fix; the top-level
+scripts turn it into one line on stderr and a non-zero exit (see :func:`run_cli`).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+LOGGER_NAME = "lottery"
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing file...). Its message is shown as is."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; finished work is kept."""
+
+
+# --------------------------------------------------------------------------- files
+def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then move the temporary file over ``path`` in one step.
+
+    A reader never sees a half-written file, and an interrupted write leaves the previous
+    version of ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path: Path | str) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """Load a file written by this toolkit (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable results file ({first_line}); "
+                        "delete it and rerun the command that made it") from exc
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} does not hold a results dictionary; was it written by this toolkit?")
+    return obj
+
+
+def ensure_writable_dir(path: Path | str, what: str = "directory") -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to the {what} {path} ({exc.strerror or exc}); "
+                        "choose another folder or fix its permissions") from exc
+    return path
+
+
+# --------------------------------------------------------------------------- runtime
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; "
+                        "use --device cpu or --device auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for package in ("torch", "torchvision", "numpy", "codecarbon"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+# --------------------------------------------------------------------------- output
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes through tqdm so log lines do not tear progress bars apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # pragma: no cover - logging must never crash a run
+            self.handleError(record)
+
+
+def setup_logging(verbose: bool = False) -> logging.Logger:
+    logger = get_logger()
+    logger.handlers.clear()
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain-text table with right-aligned columns."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits with 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def percent(text: str) -> float:
+    """argparse type for a pruning percentage in [0, 100)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 100): give the percent of "
+                                         "surviving weights to prune each cycle, e.g. 90")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CodeCarbon")
+    group.add_argument("--country_iso_code", default=None, metavar="ISO3",
+                       help="three-letter country code (e.g. FRA, CAN, USA) for the grid's carbon "
+                            "intensity; when given, CodeCarbon's offline tracker is used and no "
+                            "network call is made. Default: the online tracker, which looks up "
+                            "the location and falls back to a world average when offline")
+    group.add_argument("--measure_power_secs", type=float, default=1.0, metavar="S",
+                       help="seconds between CodeCarbon power measurements (default: 1, as the study)")
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a script's ``main`` turning user errors and Ctrl-C into one line and an exit code."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("interrupted: finished results are saved; rerun with --resume to continue",
+              file=sys.stderr)
+        code = 130
+    sys.exit(code or 0)
