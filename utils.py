@@ -41,10 +41,17 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; honour the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj, path: Path | str) -> None:
@@ -162,10 +169,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def percent(text: str) -> float:
     """argparse type for a pruning percentage in [0, 100)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 <= value < 100:
         raise argparse.ArgumentTypeError(f"{text} is outside [0, 100): give the percent of "
                                          "surviving weights to prune each cycle, e.g. 90")
@@ -190,6 +194,27 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
     return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:

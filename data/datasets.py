@@ -110,8 +110,8 @@ def read_official_sets(spec: DatasetSpec, data_dir: Path | str, download: bool =
 def split_indices(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded random 70/15/15 partition of range(n) into train, validation and test."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_train = int(n * SPLIT_FRACTIONS[0])
-    n_val = int(n * SPLIT_FRACTIONS[1])
+    n_train = round(n * SPLIT_FRACTIONS[0])   # round: 0.7 * 700 is 489.99999... in floating point
+    n_val = round(n * SPLIT_FRACTIONS[1])
     return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
 
@@ -121,13 +121,21 @@ def normalise(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     return (images.float().div_(255) - mean) / std
 
 
-def load_splits(name: str, data_dir: Path | str, seed: int, download: bool = True) -> DataSplits:
-    """The seeded train/validation/test splits of the merged official sets, normalised."""
+def load_dataset(name: str, data_dir: Path | str, download: bool = True) -> Split:
+    """The merged official train and test sets, normalised, as one :class:`Split`."""
     spec = get_spec(name)
     images, labels = read_official_sets(spec, data_dir, download)
-    images = normalise(images, spec)
-    train, val, test = split_indices(len(labels), seed)
-    return DataSplits(*(Split(images[i], labels[i]) for i in (train, val, test)))
+    return Split(normalise(images, spec), labels)
+
+
+def make_splits(dataset: Split, seed: int) -> DataSplits:
+    """The seeded 70/15/15 train/validation/test splits of a merged dataset."""
+    train, val, test = split_indices(len(dataset), seed)
+    return DataSplits(*(Split(dataset.images[i], dataset.labels[i]) for i in (train, val, test)))
+
+
+def load_splits(name: str, data_dir: Path | str, seed: int, download: bool = True) -> DataSplits:
+    return make_splits(load_dataset(name, data_dir, download), seed)
 
 
 def iterate_batches(split: Split, batch_size: int,

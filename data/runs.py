@@ -176,3 +176,13 @@ def parse_inference_file(path: Path | str) -> dict | None:
             "prune_iterations": int(match["prune_iterations"]),
             "config_name": config_name(float(match["prune_percent"]), int(match["prune_iterations"])),
             "seed": int(match["seed"]), "mode": match["mode"]}
+
+
+def inference_runs_csv_path(save_dir: Path | str, arch: str, dataset: str) -> Path:
+    """One row per replayed run (configuration, seed, device, kernel mode): see README schema."""
+    return inference_dir(save_dir, arch, dataset) / "inference_runs.csv"
+
+
+def inference_summary_csv_path(save_dir: Path | str, arch: str, dataset: str) -> Path:
+    """Mean and standard deviation over seeds of inference_runs.csv, per configuration and mode."""
+    return inference_dir(save_dir, arch, dataset) / "inference_summary.csv"

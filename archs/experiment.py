@@ -1,0 +1,97 @@
+"""The training job across seeds: data, resume, checkpoints, saving, summaries."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archs.training import SUMMARY_HEADERS, LotteryRun, summary_rows
+from data.datasets import load_dataset, make_splits
+from data.emissions import EmissionsRecorder, TrackerSettings
+from data.runs import RunConfig, checkpoint_path, emissions_csv_path, results_path
+from utils import (UserError, atomic_torch_save, ensure_writable_dir, format_table, get_logger,
+                   library_versions, load_checkpoint, resolve_device)
+
+
+@dataclass
+class TrainingJob:
+    """A ``lottery_ticket.py`` invocation: one configuration, several seeds."""
+
+    config: RunConfig
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    data_dir: Path = Path("data")
+    save_dir: Path = Path("saves")
+    device: str = "auto"
+    resume: bool = False
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    show_progress: bool = True
+
+
+def partial_csv_path(final_csv: Path) -> Path:
+    """CodeCarbon writes here while the run goes on; renamed beside the results at the end."""
+    return final_csv.with_name(final_csv.stem + ".partial.csv")
+
+
+def run_job(job: TrainingJob) -> list[Path]:
+    """Train every seed of ``job``; returns the results files written (or found, on resume)."""
+    log = get_logger()
+    ensure_writable_dir(job.save_dir, "save directory")
+    device = resolve_device(job.device)
+    written: list[Path] = []
+    dataset = None
+    for seed in job.seeds:
+        config = dataclasses.replace(job.config, seed=seed)
+        out_path = results_path(job.save_dir, config)
+        if job.resume and out_path.exists():
+            saved = load_checkpoint(out_path)
+            if RunConfig.from_dict(saved.get("args", {})).training_settings() != config.training_settings():
+                raise UserError(f"{out_path} holds a run with other settings; use another "
+                                "--save_dir or delete it to retrain")
+            log.info("Seed %d already finished: %s (skipped)", seed, out_path)
+            written.append(out_path)
+            continue
+        if dataset is None:
+            dataset = load_dataset(config.dataset, job.data_dir)
+        splits = make_splits(dataset, seed).to(device)
+        written.append(train_seed(config, splits, device, job))
+    log.info("\nFinished %d seed(s); results:\n%s", len(written), "\n".join(f"  {p}" for p in written))
+    return written
+
+
+def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
+    log = get_logger()
+    out_path = results_path(job.save_dir, config)
+    ckpt_path = checkpoint_path(job.save_dir, config)
+    final_csv = emissions_csv_path(job.save_dir, config)
+    running_csv = partial_csv_path(final_csv)
+
+    def start_recorder():
+        return EmissionsRecorder(running_csv, job.tracker, project_name=config.stem)
+
+    run = LotteryRun(config, splits, device, recorder_factory=start_recorder)
+    if job.resume and ckpt_path.exists():
+        run.load_state_dict(load_checkpoint(ckpt_path))
+        log.info("Seed %d: resuming %s at cycle %d, epoch %d", config.seed, ckpt_path.name,
+                 run.cycle + 1, run.epoch + 1)
+    else:
+        if out_path.exists():
+            log.info("Seed %d: %s exists and will be replaced when this run finishes "
+                     "(use --resume to keep finished seeds)", config.seed, out_path.name)
+        running_csv.unlink(missing_ok=True)
+    log.info("Seed %d: training %s %s, %s, %d cycle(s) of %d epoch(s) on %s", config.seed,
+             config.arch_type, config.dataset, config.config_name, config.prune_iterations,
+             config.end_iter, device)
+
+    run.run(checkpoint=lambda r: atomic_torch_save(r.state_dict(), ckpt_path),
+            show_progress=job.show_progress)
+
+    atomic_torch_save(run.results(library_versions()), out_path)
+    if running_csv.exists():
+        os.replace(running_csv, final_csv)
+    ckpt_path.unlink(missing_ok=True)
+    log.info("\nSeed %d summary (%s, %s on %s):\n%s", config.seed, config.config_name,
+             config.arch_type, config.dataset,
+             format_table(SUMMARY_HEADERS, summary_rows(run.results_cycles())))
+    log.info("Saved %s", out_path)
+    return out_path
