@@ -88,6 +88,11 @@ def _as_uint8_nchw(images) -> torch.Tensor:
     return tensor.permute(0, 3, 1, 2)        # CIFAR-10: N x H x W x C
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_official_sets(spec: DatasetSpec, data_dir: Path | str, download: bool = True):
     """Uint8 images (N x C x H x W) and int64 labels of the official train set then test set."""
     data_dir = Path(data_dir)
@@ -96,8 +101,13 @@ def read_official_sets(spec: DatasetSpec, data_dir: Path | str, download: bool =
         try:
             dataset = spec.torchvision_class(root=str(data_dir), train=train, download=download)
         except Exception as exc:  # RuntimeError when missing, URLError/OSError when offline
+            folder = data_dir / spec.folder
+            if all((folder / name).is_file() for name in spec.files):
+                raise UserError(
+                    f"the {spec.name} files in {folder} cannot be read ({_first_line(exc)}); "
+                    f"replace them with the official ones from {spec.url}") from exc
             raise UserError(
-                f"{spec.name} is not in {data_dir / spec.folder} and could not be downloaded "
+                f"{spec.name} is not in {folder} and could not be downloaded "
                 f"({type(exc).__name__}); download it from {spec.url} on a connected machine and "
                 f"put {', '.join(spec.files)} in {data_dir / spec.folder}/, or pass --data_dir "
                 "to the folder that holds them") from exc
