@@ -69,13 +69,28 @@ def mnist_dir(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("mnist_data"))
 
 
+@pytest.fixture(scope="session")
+def small_mnist_dir(tmp_path_factory) -> Path:
+    """150 images: enough for the end-to-end runs of the larger networks."""
+    return write_mnist(tmp_path_factory.mktemp("small_mnist_data"), n_train=120, n_test=30)
+
+
 @pytest.fixture
-def cifar10_dir(tmp_path_factory, monkeypatch) -> Path:
-    """Tiny CIFAR-10 batches. torchvision verifies the official files' MD5 sums, which hand-made
-    batches cannot match, so only that check is replaced by a presence check here."""
+def accept_handmade_cifar10(monkeypatch) -> None:
+    """torchvision verifies the official CIFAR-10 files' MD5 sums, which hand-made batches cannot
+    match; only that check is replaced, by a presence check."""
     import os
 
     import torchvision.datasets.cifar as cifar
 
     monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path_factory, accept_handmade_cifar10) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("cifar_data"))
+
+
+@pytest.fixture
+def small_cifar10_dir(tmp_path_factory, accept_handmade_cifar10) -> Path:
+    return write_cifar10(tmp_path_factory.mktemp("small_cifar_data"), per_batch=24, n_test=30)

@@ -86,11 +86,11 @@ def test_dataset_that_cannot_be_downloaded_says_where_to_put_it(tmp_path):
 
 @pytest.mark.parametrize("arch", ["fc1", "lenet5", "resnet18"])
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-def test_end_to_end_for_each_architecture_and_dataset(arch, dataset, tmp_path, mnist_dir, request, capsys):
-    data_dir = mnist_dir if dataset == "mnist" else request.getfixturevalue("cifar10_dir")
+def test_end_to_end_for_each_architecture_and_dataset(arch, dataset, tmp_path, request, capsys):
+    data_dir = request.getfixturevalue(f"small_{dataset}_dir")
     code, out, err = run_main(["--arch_type", arch, "--dataset", dataset, "--data_dir", str(data_dir),
                                "--save_dir", str(tmp_path), "--device", "cpu", "--end_iter", "1",
-                               "--prune_iterations", "2", "--prune_percent", "80", "--batch_size", "128",
+                               "--prune_iterations", "2", "--prune_percent", "80", "--batch_size", "64",
                                "--seeds", "7", "--no_progress"], capsys)
     assert code == 0, err
     path = tmp_path / arch / dataset / f"pp80x2_seed7_co2False_{dataset}.pt"
