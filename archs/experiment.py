@@ -86,7 +86,9 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     run.run(checkpoint=lambda r: atomic_torch_save(r.state_dict(), ckpt_path),
             show_progress=job.show_progress)
 
-    atomic_torch_save(run.results(library_versions()), out_path)
+    results = run.results(library_versions())
+    results["data_dir"] = str(Path(job.data_dir).resolve())  # the inference replay's default
+    atomic_torch_save(results, out_path)
     if running_csv.exists():
         os.replace(running_csv, final_csv)
     ckpt_path.unlink(missing_ok=True)
