@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Replay saved tickets over their test split and measure inference time, energy and CO2.
+
+Example: python3 post_training_inference.py --arch_type fc1 --dataset mnist --mode both
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from archs import ARCHITECTURES
+    from archs.inference import MODE_CHOICES, STATES
+    from data.datasets import DATASETS
+
+    parser = ArgumentParser(
+        description="Load the tickets saved by lottery_ticket.py (SAVE_DIR/ARCH/DATASET/*.pt), replay "
+                    "each over its own test split PASSES times under a CodeCarbon tracker flushed "
+                    "after every pass, and compare dense with sparse kernels. Writes one CodeCarbon "
+                    "CSV per run and mode, inference_runs.csv and inference_summary.csv under "
+                    "SAVE_DIR/ARCH/DATASET/inference/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--arch_type", default="fc1", choices=list(ARCHITECTURES), help="network of the runs")
+    parser.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="dataset of the runs")
+    parser.add_argument("--save_dir", type=Path, default=Path("saves"), help="where lottery_ticket.py saved them")
+    parser.add_argument("--data_dir", type=Path, default=None,
+                        help="dataset folder (default: the one each run was trained with)")
+    parser.add_argument("--configs", nargs="+", default=None, metavar="ppPxN",
+                        help="only these configurations, e.g. pp90x2 pp0x1 (default: all found)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: all)")
+    parser.add_argument("--state", default="final", choices=list(STATES),
+                        help="weights to replay: the end of the last cycle, or its best validation state")
+    parser.add_argument("--mode", default="auto", choices=list(MODE_CHOICES),
+                        help="kernels: dense (ordinary forward), sparse (CSR kernel for every pruned "
+                             "linear layer), auto (per layer, whichever is faster at its sparsity), "
+                             "both (dense then sparse, for the speed-up)")
+    parser.add_argument("--measure_auto", action="store_true",
+                        help="in auto mode, time both kernels on each layer instead of using the "
+                             "sparsity threshold")
+    parser.add_argument("--passes", type=positive_int, default=10, help="passes over the test split")
+    parser.add_argument("--batch_size", type=positive_int, default=512, help="images per forward call")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to run")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads torch may use (pin it: energy per image depends on it)")
+    add_tracker_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+
+    from archs.inference import InferenceJob, run_inference
+    from data.emissions import TrackerSettings
+
+    run_inference(InferenceJob(
+        arch=args.arch_type, dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
+        configs=args.configs, seeds=args.seeds, state=args.state, passes=args.passes, device=args.device,
+        batch_size=args.batch_size, threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
+        tracker=TrackerSettings(country_iso_code=args.country_iso_code,
+                                measure_power_secs=args.measure_power_secs)))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
