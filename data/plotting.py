@@ -8,7 +8,6 @@ never opens a window or waits for one to close.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -194,8 +193,3 @@ def sparse_log_ticks(values: Sequence[float], min_ratio: float = 1.2) -> list[fl
 def percent_tick_label(value: float) -> str:
     """100 -> '100', 10.24 -> '10', 3.2768 -> '3.3': whole percents above 10, two digits below."""
     return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
-
-
-def finite_max(values: Sequence[float], default: float = math.nan) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return max(finite) if finite else default
