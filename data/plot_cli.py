@@ -15,6 +15,9 @@ from data.runs import (DEFAULT_DECAY, DEFAULT_LR, find_run_files, format_number,
 from utils import ArgumentParser, UserError, get_logger, non_negative_float, positive_float
 
 
+FINAL_STATE = "final"   # the weights the original program replayed
+
+
 def config_name_argument(text: str) -> str:
     """argparse type: a configuration name such as pp90x2."""
     if parse_config_name(text) is None:
@@ -170,6 +173,13 @@ def select_inference_runs(options: PlotOptions) -> list[InferenceRun]:
     searched and the command that replays the tickets when there is none."""
     runs = [run for run in load_inference_runs(options.save_dir, options.arch_type, options.dataset)
             if options.wants(run.config_name, run.seed)]
+    states = sorted({run.state for run in runs})
+    if len(states) > 1:
+        # Replays of different weights of one ticket must not be averaged together.
+        chosen = FINAL_STATE if FINAL_STATE in states else states[0]
+        get_logger().info("inference_runs.csv holds replays of several weight states (%s); "
+                          "using %s", ", ".join(states), chosen)
+        runs = [run for run in runs if run.state == chosen]
     if runs:
         return runs
     table = inference_runs_csv_path(options.save_dir, options.arch_type, options.dataset)

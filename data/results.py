@@ -129,6 +129,7 @@ class InferenceRun:
     seed: int
     device: str
     mode: str
+    state: str          # which weights were replayed (the original replayed the final ones)
     passes: int
     images_per_pass: int
     co2_kg_per_pass: float
@@ -147,6 +148,7 @@ def inference_run_from(row: dict, folder: Path) -> InferenceRun:
     return InferenceRun(
         config_name=config_name(float(row["prune_percent"]), int(row["prune_iterations"])),
         seed=int(row["seed"]), device=row["device"], mode=row["mode"] or "dense",
+        state=row.get("state") or "final",
         passes=int(row["passes"]), images_per_pass=int(row["images_per_pass"]),
         co2_kg_per_pass=float(row["co2_kg_per_pass"]),
         energy_kwh_per_pass=float(row["energy_kwh_per_pass"]),

@@ -245,6 +245,7 @@ def write_inference_rows(save_dir: Path, rows: list[tuple[str, int, str, float]]
             writer.writerow({"arch": ARCH, "dataset": DATASET, "config": name,
                              "prune_percent": prune_percent, "prune_iterations": prune_iterations,
                              "seed": seed, "device": "cpu", "mode": mode, "passes": 10,
+                             "state": "final",
                              "images_per_pass": images_per_pass, "co2_kg_per_pass": co2,
                              "energy_kwh_per_pass": co2 * 10,
                              "emissions_csv": f"cpu_inf_{name}_seed{seed}.csv"})
@@ -380,6 +381,19 @@ def test_a_missing_inference_csv_is_skipped_and_the_rest_drawn(study, tmp_path, 
     out = capsys.readouterr().out
     assert f"warning: skipping {missing}" in out
     assert_readable_png(tmp_path / "plots" / ARCH / DATASET / "inference_cpu_co2_emissions_vs_inferences.png")
+
+
+def test_replays_of_several_weight_states_are_not_mixed(known_study, tmp_path, capsys):
+    table = inference_runs_csv_path(known_study, ARCH, DATASET)
+    rows = list(csv.DictReader(open(table)))
+    with open(table, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=INFERENCE_RUNS_COLUMNS)
+        for row in rows:   # the same runs replayed with other weights, 100 times dearer
+            writer.writerow(row | {"state": "best", "co2_kg_per_pass": float(row["co2_kg_per_pass"]) * 100})
+    assert inference_emission.main(plot_args(known_study, tmp_path)) == 0
+    assert "several weight states (best, final); using final" in capsys.readouterr().out
+    rows = {r["config"]: r for r in csv.DictReader(open(tmp_path / ARCH / DATASET / "break_even.csv"))}
+    assert float(rows["pp90x2"]["break_even_inferences"]) == pytest.approx(1000.0)
 
 
 def test_bad_flags_are_one_line(tmp_path, capsys):
