@@ -53,7 +53,7 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
-    ticks: set[float] = set()
+    ticks = {100.0}   # the dense network, where every ticket starts and the baseline stays
     for name, runs in groups.items():
         band = cycle_band(runs, field)
         if not len(band.x):
@@ -70,13 +70,10 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
                     marker="o", markersize=5, capsize=4, linewidth=1.8, label=label)
         ticks.update(float(x) for x in band.x)
     ax.set_xscale("log")
-    if ticks:
-        shown = sparse_log_ticks(ticks)
-        ax.set_xticks(shown, [percent_tick_label(x) for x in shown])
-        ax.set_xticks([], minor=True)
-        ax.set_xlim(max(ticks) * 1.25, min(ticks) / 1.25)  # reversed: sparser to the right
-    else:
-        ax.invert_xaxis()
+    shown = sparse_log_ticks(ticks)
+    ax.set_xticks(shown, [percent_tick_label(x) for x in shown])
+    ax.set_xticks([], minor=True)
+    ax.set_xlim(max(ticks) * 1.25, min(ticks) / 1.25)  # reversed: sparser to the right
     ax.set_xlabel("Weights left (% of prunable weights, log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
