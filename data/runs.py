@@ -80,6 +80,17 @@ def config_name(prune_percent: float, prune_iterations: int) -> str:
     return f"pp{format_number(prune_percent)}x{prune_iterations}"
 
 
+CONFIG_NAME = re.compile(r"^pp(?P<prune_percent>\d+(?:\.\d+)?)x(?P<prune_iterations>\d+)$")
+
+
+def parse_config_name(name: str) -> tuple[float, int] | None:
+    """'pp68x3' -> (68.0, 3); None for anything that is not a configuration name."""
+    match = CONFIG_NAME.match(name)
+    if not match:
+        return None
+    return float(match["prune_percent"]), int(match["prune_iterations"])
+
+
 def run_stem(prune_percent: float, prune_iterations: int, seed: int, co2: bool, dataset: str,
              lr: float = DEFAULT_LR, decay: float = DEFAULT_DECAY) -> str:
     stem = f"{config_name(prune_percent, prune_iterations)}_seed{seed}_co2{bool(co2)}_{dataset}"

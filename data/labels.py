@@ -1,0 +1,132 @@
+"""The words, units and colours the figures use, so every figure names things the same way.
+
+A configuration keeps one colour in every figure (:func:`config_colour`), whichever other
+configurations happen to be drawn beside it; kernel modes of the inference replay are told
+apart by line style instead, so a configuration's colour still says which one it is.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from data.emissions import EMISSION_FIELDS
+from data.runs import format_number, parse_config_name
+
+BASELINE_CONFIG = "pp0x1"
+
+# The study's three configurations get fixed colours (seaborn's colour-blind palette);
+# the dense baseline is near-black so that it reads as the reference line.
+FIXED_COLOURS = {
+    "pp0x1": "#333333",
+    "pp90x2": "#0173b2",
+    "pp68x3": "#de8f05",
+}
+# The rest of that palette, less its grey (too close to the baseline) and yellow (unreadable
+# on white).
+OTHER_COLOURS = ("#029e73", "#d55e00", "#cc78bc", "#ca9161", "#56b4e9", "#fbafe4")
+
+MODE_LINESTYLES = {"dense": "-", "sparse": "--", "auto": ":"}
+MODE_WORDS = {"dense": "dense kernels", "sparse": "sparse kernels", "auto": "auto kernels"}
+
+
+def weights_left_percent(prune_percent: float, prune_iterations: int) -> float:
+    """Percent of weights left after ``prune_iterations - 1`` rounds of ``prune_percent`` %."""
+    return 100.0 * (1.0 - prune_percent / 100.0) ** (prune_iterations - 1)
+
+
+def times_in_words(count: int) -> str:
+    return {1: "once", 2: "twice"}.get(count, f"{count} times")
+
+
+def describe_config(name: str) -> str:
+    """'pp90x2' -> '90% pruned once, 10% of weights left'; 'pp0x1' -> 'dense baseline'.
+
+    Names that are not configuration names are returned unchanged.
+    """
+    parsed = parse_config_name(name)
+    if parsed is None:
+        return name
+    prune_percent, prune_iterations = parsed
+    rounds = prune_iterations - 1
+    if rounds == 0 or prune_percent == 0:
+        return "dense baseline" if rounds == 0 else f"dense ({prune_iterations} cycles, nothing pruned)"
+    left = weights_left_percent(prune_percent, prune_iterations)
+    return (f"{format_number(prune_percent)}% pruned {times_in_words(rounds)}, "
+            f"{left:.3g}% of weights left")
+
+
+def describe_hyperparameters(lr: float, decay: float) -> str:
+    return f"lr {format_number(lr)}, weight decay {format_number(decay)}"
+
+
+def describe_mode(mode: str | None) -> str:
+    return MODE_WORDS.get(mode or "", mode or "")
+
+
+def config_sort_key(name: str) -> tuple:
+    """Densest first (the baseline leads legends and tables), then by name."""
+    parsed = parse_config_name(name)
+    if parsed is None:
+        return (1, 0.0, name)
+    return (0, -weights_left_percent(*parsed), name)
+
+
+def config_colour(name: str) -> str:
+    """A colour that depends only on the configuration's name, never on which others are drawn
+    (crc32, unlike hash(), gives the same number in every process)."""
+    if name in FIXED_COLOURS:
+        return FIXED_COLOURS[name]
+    return OTHER_COLOURS[zlib.crc32(name.encode()) % len(OTHER_COLOURS)]
+
+
+def config_linestyle(name: str) -> str:
+    """Dashed for the dense baseline: in training curves a ticket's first cycle is the dense
+    network, so the two lines coincide there and the dashes keep both visible."""
+    return "--" if name == BASELINE_CONFIG else "-"
+
+
+def mode_linestyle(mode: str | None) -> str:
+    return MODE_LINESTYLES.get(mode or "", "-.")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A logged quantity: its key in the results, the slug used in file names, its axis label."""
+
+    key: str
+    slug: str
+    label: str
+
+
+TRAINING_METRICS = (
+    Metric("non_zeros_weights", "weights_left", "Weights left (% of prunable weights)"),
+    Metric("train_loss", "train_loss", "Training loss (cross-entropy)"),
+    Metric("train_accuracy", "train_accuracy", "Training accuracy (%)"),
+    Metric("val_loss", "val_loss", "Validation loss (cross-entropy)"),
+    Metric("val_accuracy", "val_accuracy", "Validation accuracy (%)"),
+    Metric("test_loss", "test_loss", "Test loss (cross-entropy)"),
+    Metric("test_accuracy", "test_accuracy", "Test accuracy (%)"),
+)
+
+# Titles of CodeCarbon's fields; the units come from data.emissions so they cannot drift apart.
+EMISSION_TITLES = {
+    "duration": ("duration", "Tracked duration"),
+    "emissions": ("co2_emissions", "CO2-equivalent emissions"),
+    "emissions_rate": ("co2_emission_rate", "CO2-equivalent emission rate"),
+    "cpu_power": ("cpu_power", "CPU power"),
+    "gpu_power": ("gpu_power", "GPU power"),
+    "ram_power": ("ram_power", "RAM power"),
+    "cpu_energy": ("cpu_energy", "CPU energy"),
+    "gpu_energy": ("gpu_energy", "GPU energy"),
+    "ram_energy": ("ram_energy", "RAM energy"),
+    "energy_consumed": ("total_energy", "Total energy consumed"),
+}
+EMISSION_METRICS = tuple(
+    Metric(field, EMISSION_TITLES[field][0], f"{EMISSION_TITLES[field][1]} ({unit})")
+    for field, unit in EMISSION_FIELDS.items())
+
+# Horizontal axes: the slug ends file names ("..._vs_images"), the label names the unit.
+X_IMAGES = Metric("images_seen", "images", "Training images seen (cumulative over cycles)")
+X_TRAINING_TIME = Metric("time", "time", "Wall-clock time since the run started (s)")
+X_TRACKED_TIME = Metric("duration", "time", "Time tracked by CodeCarbon (s)")
+X_INFERENCES = Metric("inferences", "inferences", "Inferences (test images classified)")

@@ -1,0 +1,152 @@
+"""Figures of how well the networks learn: training curves and the Lottery-Ticket figure.
+
+Uses the evaluated training runs (those made without --co2_tracking_mode, which skip
+evaluation). Curves are averaged across seeds step by step (see ``band_over_seeds``): against
+images seen the steps line up exactly; against time each step is drawn at the seeds' mean
+elapsed time, which includes the evaluation passes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data.labels import (BASELINE_CONFIG, TRAINING_METRICS, X_IMAGES, X_TRAINING_TIME,
+                         config_colour, config_sort_key, describe_config, describe_hyperparameters)
+from data.plot_cli import PlotOptions, select_training_runs
+from data.plotting import (FIGURE_SIZE, FigureWriter, Series, config_series, figure_style,
+                           metric_figures, percent_tick_label, sparse_log_ticks, with_seed_count)
+from data.results import SeedBand, TrainingRun, band_over_seeds, group_by
+
+
+def cycle_band(runs: list[TrainingRun], field: str) -> SeedBand:
+    """A per-cycle summary (e.g. test accuracy at best validation) across seeds, at the mean
+    percent of weights remaining in each cycle."""
+    return band_over_seeds([{c["cycle"]: c[field] for c in run.cycles} for run in runs],
+                           [{c["cycle"]: c["percent_remaining"] for c in run.cycles} for run in runs])
+
+
+def hyperparameter_series(keys: list[tuple[float, float]]) -> Callable[..., Series]:
+    """Colours by position in the grid: every hyperparameter figure draws the same groups."""
+    import seaborn as sns
+
+    palette = sns.color_palette("colorblind", len(keys))
+    return lambda key, band: Series(band, describe_hyperparameters(*key), palette[keys.index(key)])
+
+
+def log_values(run: TrainingRun, key: str) -> dict[int, float]:
+    return run.logs[key]
+
+
+def elapsed_time(run: TrainingRun) -> dict[int, float]:
+    return run.logs["time"]
+
+
+CURVE_AXES = ((X_IMAGES, None), (X_TRAINING_TIME, elapsed_time))
+
+
+def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylabel: str, title: str):
+    """``field`` of each cycle against the percent of weights left (log scale, sparser to the
+    right), error bars across seeds; the dense baseline as a horizontal line and band."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
+    ticks = {100.0}   # the dense network, where every ticket starts and the baseline stays
+    for name, runs in groups.items():
+        band = cycle_band(runs, field)
+        if not len(band.x):
+            continue
+        colour = config_colour(name)
+        label = with_seed_count(describe_config(name), band.n)
+        if name == BASELINE_CONFIG:
+            mean, std = float(band.mean[-1]), float(band.std[-1])
+            ax.axhline(mean, color=colour, linestyle="--", linewidth=1.5, label=label)
+            if not math.isnan(std):
+                ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
+            continue
+        ax.errorbar(band.x, band.mean, yerr=None if band.n < 2 else band.std, color=colour,
+                    marker="o", markersize=5, capsize=4, linewidth=1.8, label=label)
+        ticks.update(float(x) for x in band.x)
+    ax.set_xscale("log")
+    shown = sparse_log_ticks(ticks)
+    ax.set_xticks(shown, [percent_tick_label(x) for x in shown])
+    ax.set_xticks([], minor=True)
+    ax.set_xlim(max(ticks) * 1.25, min(ticks) / 1.25)  # reversed: sparser to the right
+    ax.set_xlabel("Weights left (% of prunable weights, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def plot_performance(options: PlotOptions, lr: float, decay: float) -> list[Path]:
+    """Training curves of every configuration found, and the Lottery-Ticket figures."""
+    runs = select_training_runs(options, co2=False, lr=lr, decay=decay)
+    groups = dict(sorted(group_by(runs, lambda r: r.config_name).items(),
+                         key=lambda item: config_sort_key(item[0])))
+    title = f"{options.arch_type} on {options.dataset}: mean ± std across seeds"
+    writer = FigureWriter(options.output_dir, options.file_format, options.show)
+    with figure_style():
+        metric_figures(writer, groups, log_values, TRAINING_METRICS, CURVE_AXES, config_series,
+                       "training", title)
+        fig = lottery_ticket_figure(groups, "test_accuracy_at_best",
+                                    "Test accuracy at best validation accuracy (%)",
+                                    f"Lottery tickets, {options.arch_type} on {options.dataset}")
+        writer.save(fig, "lottery_ticket_test_accuracy_vs_weights_left")
+        fig = lottery_ticket_figure(groups, "best_epoch",
+                                    "Epoch of best validation accuracy (within the cycle)",
+                                    f"Early stopping epoch, {options.arch_type} on {options.dataset}")
+        writer.save(fig, "lottery_ticket_best_epoch_vs_weights_left")
+    return writer.finish()
+
+
+def hyperparameter_grid_figure(groups: dict[tuple[float, float], list[TrainingRun]], title: str):
+    """Heat map of the final test accuracy (at best validation) over learning rate x decay."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    lrs = sorted({lr for lr, _ in groups})
+    decays = sorted({decay for _, decay in groups})
+    means = np.full((len(decays), len(lrs)), np.nan)
+    notes = np.full((len(decays), len(lrs)), "", dtype=object)
+    for (lr, decay), runs in groups.items():
+        band = cycle_band(runs, "test_accuracy_at_best")
+        mean, std = float(band.mean[-1]), float(band.std[-1])
+        row, col = decays.index(decay), lrs.index(lr)
+        means[row, col] = mean
+        notes[row, col] = f"{mean:.1f}" + ("" if math.isnan(std) else f"\n± {std:.1f}") + f"\nn={band.n}"
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
+    sns.heatmap(means, annot=notes, fmt="", cmap="viridis", ax=ax,
+                xticklabels=[f"{lr:g}" for lr in lrs], yticklabels=[f"{d:g}" for d in decays],
+                cbar_kws={"label": "Test accuracy at best validation (%)"})
+    ax.set_xlabel("Learning rate (Adam)")
+    ax.set_ylabel("Weight decay (Adam)")
+    ax.set_title(title)
+    return fig
+
+
+def plot_hyperparameters(options: PlotOptions, lr: float = math.nan, decay: float = math.nan) -> list[Path]:
+    """Dense runs grouped by (learning rate, weight decay); ``lr`` and ``decay`` are not used:
+    every value found is drawn."""
+    runs = select_training_runs(options, co2=False, dense_only=True,
+                                make_flags=("--train_type", "regular", "--lr", "0.001", "--decay", "0"))
+    groups = dict(sorted(group_by(runs, lambda r: (r.config.lr, r.config.decay)).items()))
+    title = f"Dense {options.arch_type} on {options.dataset}: mean ± std across seeds"
+    writer = FigureWriter(options.output_dir, options.file_format, options.show)
+    with figure_style():
+        curves = tuple(m for m in TRAINING_METRICS if m.key != "non_zeros_weights")  # always 100%
+        metric_figures(writer, groups, log_values, curves, CURVE_AXES,
+                       hyperparameter_series(list(groups)), "hyperparameter", title)
+        writer.save(hyperparameter_grid_figure(groups, f"Dense {options.arch_type} on "
+                                                       f"{options.dataset}: learning rate × weight decay"),
+                    "hyperparameter_test_accuracy_grid")
+    return writer.finish()
+
+
+# --perf_type of lottery_ticket_performance.py
+PERFORMANCE_REPORTS = {
+    "performance": plot_performance,
+    "hyperparameter": plot_hyperparameters,
+}

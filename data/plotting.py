@@ -1,0 +1,195 @@
+"""Drawing and saving figures: seaborn styling, mean +/- std bands, atomic files.
+
+Styling is applied through context managers around each figure rather than by changing
+matplotlib's global settings, so importing or calling this module leaves a caller's own
+plots alone. Without ``--show`` the non-interactive Agg backend is selected, so a script
+never opens a window or waits for one to close.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from data.labels import BASELINE_CONFIG, Metric, config_colour, config_linestyle, describe_config
+from data.results import SeedBand, band_over_seeds
+from utils import atomic_write, ensure_writable_dir, get_logger
+
+FIGURE_SIZE = (8.0, 5.0)   # inches: readable on a screen and in a two-column paper at 150 dpi
+DPI = 150
+FORMATS = ("png", "pdf", "svg")
+
+
+def select_backend(show: bool) -> None:
+    """Agg (files only) unless windows were asked for; must run before pyplot draws anything."""
+    import matplotlib
+
+    if not show:
+        matplotlib.use("Agg", force=True)
+
+
+@contextlib.contextmanager
+def figure_style() -> Iterator[None]:
+    """Seaborn's white grid and readable font sizes, for the figures made inside the block."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    settings = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook"),
+                "figure.dpi": 100, "savefig.dpi": DPI, "legend.framealpha": 0.9}
+    with plt.rc_context(settings):
+        yield
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a figure: an across-seed band and how to draw it."""
+
+    band: SeedBand
+    label: str
+    colour: str | tuple       # any matplotlib colour
+    linestyle: str = "-"
+    on_top: bool = False    # the reference line: drawn over lines that may coincide with it
+
+
+def config_series(name: str, band: SeedBand) -> Series:
+    """A configuration's line in its own colour and words; the baseline dashed and on top."""
+    return Series(band, describe_config(name), config_colour(name), config_linestyle(name),
+                  on_top=name == BASELINE_CONFIG)
+
+
+def with_seed_count(label: str, n: int) -> str:
+    return f"{label} (n={n})" if n != 1 else f"{label} (1 run)"
+
+
+def draw_band(ax, series: Series, marker: str | None = None) -> None:
+    """The mean as a line and mean +/- one standard deviation as a shaded band.
+
+    Energy, CO2, losses and accuracies are never negative, so for such a curve the band is
+    cut at zero instead of showing impossible values when the spread exceeds the mean.
+    """
+    band = series.band
+    ax.plot(band.x, band.mean, color=series.colour, linestyle=series.linestyle, marker=marker,
+            markersize=4, linewidth=1.8, label=with_seed_count(series.label, band.n),
+            zorder=3 if series.on_top else 2)
+    if band.n > 1:
+        lower = band.mean - band.std
+        if np.all(band.mean >= 0):  # a quantity that cannot be negative: the band stops at zero
+            lower = np.maximum(lower, 0.0)
+        ax.fill_between(band.x, lower, band.mean + band.std, color=series.colour, alpha=0.18,
+                        linewidth=0)
+
+
+def line_figure(series: Sequence[Series], xlabel: str, ylabel: str, title: str, *,
+                marker_below: int = 30):
+    """One figure, one band per series; markers when there are few points (short runs)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
+    for item in series:
+        marker = "o" if len(item.band.x) < marker_below else None
+        draw_band(ax, item, marker)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    scientific_when_tiny_or_huge(ax)
+    place_legend(fig, ax)
+    return fig
+
+
+def metric_figures(writer: "FigureWriter", groups: dict, values: Callable[[object, str], Mapping],
+                   metrics: Sequence[Metric], x_axes: Sequence[tuple[Metric, Callable | None]],
+                   series_for: Callable[[object, SeedBand], Series], prefix: str, title: str) -> None:
+    """One figure per metric and x axis, one across-seed band per group, saved as
+    ``{prefix}_{metric slug}_vs_{axis slug}``.
+
+    ``groups`` maps a key to its seeds' items (a training run, a list of CodeCarbon records...);
+    ``values(item, metric key)`` gives one seed's {step: value}; each x axis comes with a function
+    giving one seed's {step: x}, or None to draw against the step itself. A figure in which every
+    line is zero (GPU power on a machine without a GPU) is left out and named in the log.
+    """
+    all_zero = []
+    for metric in metrics:
+        for x_axis, xs_of in x_axes:
+            if metric.key == x_axis.key:
+                continue  # duration against duration says nothing
+            series = []
+            for key, items in groups.items():
+                band = band_over_seeds([values(item, metric.key) for item in items],
+                                       None if xs_of is None else [xs_of(item) for item in items])
+                if len(band.x):
+                    series.append(series_for(key, band))
+            if not series:
+                continue
+            if all(np.all(np.nan_to_num(item.band.mean) == 0) for item in series):
+                all_zero.append(f"{metric.slug}_vs_{x_axis.slug}")
+                continue
+            writer.save(line_figure(series, x_axis.label, metric.label, title),
+                        f"{prefix}_{metric.slug}_vs_{x_axis.slug}")
+    if all_zero:
+        get_logger().info("No figure of %s: zero in every run (nothing was measured there).",
+                          ", ".join(all_zero))
+
+
+def place_legend(fig, ax, inside_up_to: int = 3) -> None:
+    """Inside the axes for a few lines; below them for more, where it cannot hide a curve."""
+    if len(ax.get_legend_handles_labels()[0]) <= inside_up_to:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        fig.legend(loc="outside lower center", fontsize="small", ncols=1)
+
+
+def scientific_when_tiny_or_huge(ax) -> None:
+    """A 1e-6 offset above the axis rather than long decimals (kWh and kg of one run are tiny)."""
+    formatter = ax.yaxis.get_major_formatter()
+    if hasattr(formatter, "set_powerlimits"):
+        formatter.set_powerlimits((-3, 4))
+
+
+@dataclass
+class FigureWriter:
+    """Saves figures under one folder, atomically, and remembers what it wrote."""
+
+    folder: Path
+    file_format: str = "png"
+    show: bool = False
+    written: list[Path] = field(default_factory=list)
+
+    def __post_init__(self):
+        ensure_writable_dir(self.folder, "plots directory")
+
+    def save(self, fig, name: str) -> Path:
+        """Write ``fig`` as ``folder/name.FORMAT``; close it unless it is to be shown."""
+        import matplotlib.pyplot as plt
+
+        path = self.folder / f"{name}.{self.file_format}"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=self.file_format, dpi=DPI))
+        if not self.show:
+            plt.close(fig)
+        self.written.append(path)
+        return path
+
+    def finish(self) -> list[Path]:
+        """Open the windows when asked (this waits until they are closed), then return the files."""
+        if self.show:
+            import matplotlib.pyplot as plt
+
+            plt.show()
+        return list(self.written)
+
+
+def sparse_log_ticks(values: Sequence[float], min_ratio: float = 1.2) -> list[float]:
+    """The distinct values, largest first, dropping any within ``min_ratio`` of one kept before,
+    so that ticks such as 10 and 10.24 on a log axis do not print over each other."""
+    kept: list[float] = []
+    for value in sorted({float(v) for v in values if v > 0}, reverse=True):
+        if not kept or kept[-1] / value >= min_ratio:
+            kept.append(value)
+    return kept
+
+
+def percent_tick_label(value: float) -> str:
+    """100 -> '100', 10.24 -> '10', 3.2768 -> '3.3': whole percents above 10, two digits below."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"

@@ -1,0 +1,211 @@
+"""Reading what training and inference left on disk, and averaging it across seeds.
+
+Every reader skips a file it cannot use with a warning naming the file and the reason, so
+one interrupted or foreign file never hides the rest of an experiment.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from archs.training import LOG_KEYS
+from data.emissions import EMISSION_FIELDS
+from data.runs import (RunConfig, RunFileInfo, config_name, find_run_files, inference_dir,
+                       inference_runs_csv_path)
+from utils import UserError, get_logger, load_checkpoint
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+# What a training results file must hold for the figures (see archs.training.LotteryRun.results).
+REQUIRED_TRAINING_KEYS = ("args", "cycles", "emissions", *LOG_KEYS)
+
+
+# --------------------------------------------------------------------------- across seeds
+@dataclass(frozen=True)
+class SeedBand:
+    """A curve averaged over ``n`` seeds: mean and sample standard deviation at each x."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n: int
+
+
+def band_over_seeds(ys: Sequence[Mapping[K, float]],
+                    xs: Sequence[Mapping[K, float]] | None = None) -> SeedBand:
+    """Mean and standard deviation across seeds at every step that all seeds logged.
+
+    Steps are the dictionaries' keys (images seen, or pass number). The x of a step is the
+    key itself, or, when ``xs`` is given (one mapping per seed, e.g. elapsed seconds, which
+    differ between seeds), the mean of the seeds' x at that step. The standard deviation is
+    the sample one (ddof=1), NaN for a single seed.
+    """
+    if not ys:
+        return SeedBand(np.array([]), np.array([]), np.array([]), 0)
+    series = list(ys) + (list(xs) if xs is not None else [])
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    values = np.array([[float(y[step]) for step in steps] for y in ys], dtype=float).reshape(len(ys), -1)
+    if xs is None:
+        x = np.array(steps, dtype=float)
+    else:
+        x = np.array([[float(s[step]) for step in steps] for s in xs], dtype=float).reshape(len(xs), -1)
+        x = x.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if len(ys) > 1 else np.full(len(steps), math.nan)
+    return SeedBand(x, values.mean(axis=0), std, len(ys))
+
+
+def group_by(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
+    groups: dict[K, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+# --------------------------------------------------------------------------- training results
+@dataclass(frozen=True)
+class TrainingRun:
+    """The parts of one training results file (one seed) that the figures use."""
+
+    path: Path
+    config: RunConfig
+    logs: dict[str, dict[int, float]]
+    emissions: dict[int, dict[str, float]]   # images seen -> cumulative CodeCarbon record
+    cycles: list[dict]
+
+    @property
+    def config_name(self) -> str:
+        return self.config.config_name
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def emission_series(self, field: str) -> dict[int, float]:
+        return {images: record[field] for images, record in self.emissions.items()}
+
+    @property
+    def final_emissions(self) -> dict[str, float]:
+        """The cumulative record at the end of training (all cycles)."""
+        return self.emissions[max(self.emissions)]
+
+
+def training_run_from(path: Path, saved: dict) -> TrainingRun:
+    missing = [key for key in REQUIRED_TRAINING_KEYS if key not in saved]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; it was not written by this version "
+                        "of lottery_ticket.py")
+    return TrainingRun(path=path, config=RunConfig.from_dict(saved["args"]),
+                       logs={key: saved[key] for key in LOG_KEYS},
+                       emissions=saved["emissions"], cycles=list(saved["cycles"]))
+
+
+def load_training_runs(save_dir: Path | str, arch: str, dataset: str,
+                       keep: Callable[[RunFileInfo], bool] = lambda info: True) -> list[TrainingRun]:
+    """Every readable results file of ``arch`` on ``dataset`` whose name passes ``keep``."""
+    log = get_logger()
+    runs = []
+    for info in find_run_files(save_dir, arch, dataset):
+        if not keep(info):
+            continue
+        try:
+            runs.append(training_run_from(info.path, load_checkpoint(info.path)))
+        except UserError as exc:
+            log.warning("warning: %s; skipped", exc)
+    return runs
+
+
+# --------------------------------------------------------------------------- inference replay
+@dataclass(frozen=True)
+class InferenceRun:
+    """One row of inference_runs.csv: a replayed ticket (configuration, seed, device, mode)."""
+
+    config_name: str
+    seed: int
+    device: str
+    mode: str
+    state: str          # which weights were replayed (the original replayed the final ones)
+    passes: int
+    images_per_pass: int
+    co2_kg_per_pass: float
+    energy_kwh_per_pass: float
+    emissions_csv: Path
+
+    @property
+    def co2_kg_per_inference(self) -> float:
+        return self.co2_kg_per_pass / self.images_per_pass
+
+    def inferences_after(self, passes: int) -> int:
+        return passes * self.images_per_pass
+
+
+def inference_run_from(row: dict, folder: Path) -> InferenceRun:
+    return InferenceRun(
+        config_name=config_name(float(row["prune_percent"]), int(row["prune_iterations"])),
+        seed=int(row["seed"]), device=row["device"], mode=row["mode"] or "dense",
+        state=row.get("state") or "final",
+        passes=int(row["passes"]), images_per_pass=int(row["images_per_pass"]),
+        co2_kg_per_pass=float(row["co2_kg_per_pass"]),
+        energy_kwh_per_pass=float(row["energy_kwh_per_pass"]),
+        emissions_csv=folder / row["emissions_csv"])
+
+
+def load_inference_runs(save_dir: Path | str, arch: str, dataset: str) -> list[InferenceRun]:
+    """The rows of inference_runs.csv for ``arch`` on ``dataset`` ([] when there is no file)."""
+    log = get_logger()
+    path = inference_runs_csv_path(save_dir, arch, dataset)
+    if not path.is_file():
+        return []
+    runs = []
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            if row.get("arch", arch) != arch or row.get("dataset", dataset) != dataset:
+                continue
+            try:
+                run = inference_run_from(row, inference_dir(save_dir, arch, dataset))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("warning: skipping line %d of %s (%s: %s)", line, path,
+                            type(exc).__name__, exc)
+                continue
+            if run.images_per_pass <= 0 or run.passes <= 0:
+                log.warning("warning: skipping line %d of %s (no pass or no image)", line, path)
+                continue
+            runs.append(run)
+    return runs
+
+
+def read_codecarbon_csv(path: Path, max_rows: int | None = None) -> dict[int, dict[str, float]]:
+    """CodeCarbon's rows as {row number from 1: {field: value}}, for the file's last tracker run.
+
+    CodeCarbon appends to an existing file, so rows of earlier runs (another run_id) are
+    dropped; a final row written by ``stop()`` after the last flush is cut by ``max_rows``.
+    Raises ValueError when the file cannot be used.
+    """
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror or exc})") from exc
+    if not rows:
+        raise ValueError("it has no rows")
+    missing = [field for field in EMISSION_FIELDS if field not in rows[0]]
+    if missing:
+        raise ValueError(f"it lacks CodeCarbon's columns {', '.join(missing)}")
+    last_run = rows[-1].get("run_id")
+    rows = [row for row in rows if row.get("run_id") == last_run]
+    if max_rows is not None:
+        rows = rows[:max_rows]
+    return {number: {field: _float_or_nan(row[field]) for field in EMISSION_FIELDS}
+            for number, row in enumerate(rows, start=1)}
+
+
+def _float_or_nan(text: str | None) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""The study's conclusion: does a winning ticket pay back the extra CO2 of finding it?
+
+For each pruned configuration: total CO2 = training CO2 (CO2-tracking training runs) + CO2 per
+inference (inference replay) x inferences served, against the dense baseline; the break-even
+number of inferences with its range; and a Welch t-test of the per-inference CO2 against the
+baseline. Prints a table, writes PLOTS_DIR/ARCH/DATASET/break_even.csv and a figure.
+
+Example: python3 inference_emission.py --arch_type fc1 --dataset mnist --device cpu
+"""
+from __future__ import annotations
+
+from utils import run_cli, setup_logging
+
+
+def build_parser():
+    from data.break_even_report import MODE_PREFERENCE
+    from data.labels import BASELINE_CONFIG
+    from data.plot_cli import add_training_hyperparameter_arguments, config_name_argument, plot_parser
+    from utils import positive_float
+
+    parser = plot_parser("Break-even analysis of training + inference CO2 against the dense "
+                         "baseline, from lottery_ticket.py --co2_tracking_mode runs and "
+                         "post_training_inference.py's inference_runs.csv.")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                        help="use the inference replays run on this device")
+    parser.add_argument("--mode", default=None, choices=list(MODE_PREFERENCE),
+                        help="kernel mode of the tickets' replays (default: the first available of "
+                             f"{', '.join(MODE_PREFERENCE)}); the baseline uses dense kernels, or "
+                             "whichever mode it was replayed with")
+    parser.add_argument("--baseline", default=BASELINE_CONFIG, type=config_name_argument,
+                        metavar="ppPxN", help="the configuration every other is compared with")
+    parser.add_argument("--max_inferences", type=positive_float, default=None, metavar="N",
+                        help="end the figure's horizontal axis at N inferences (default: twice "
+                             "the largest break-even point)")
+    add_training_hyperparameter_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+
+    from data.break_even_report import report_break_even
+    from data.plot_cli import PlotOptions, print_written
+    from data.plotting import select_backend
+
+    select_backend(args.show)
+    print_written(report_break_even(PlotOptions.from_args(args), args.device, args.mode,
+                                    args.baseline, args.lr, args.decay, args.max_inferences))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Figures of the training runs: loss, accuracy and weights left against images seen and time,
+and the Lottery-Ticket figure (test accuracy against weights left), mean ± std across seeds.
+
+Example: python3 lottery_ticket_performance.py --arch_type fc1 --dataset mnist
+"""
+from __future__ import annotations
+
+from utils import run_cli, setup_logging
+
+
+def build_parser():
+    from data.performance_report import PERFORMANCE_REPORTS
+    from data.plot_cli import add_training_hyperparameter_arguments, plot_parser
+
+    parser = plot_parser("Plot training performance from lottery_ticket.py's results "
+                         "(runs made without --co2_tracking_mode). Figures go to "
+                         "PLOTS_DIR/ARCH/DATASET/.")
+    parser.add_argument("--perf_type", default="performance", choices=list(PERFORMANCE_REPORTS),
+                        help="performance: one line per configuration (ppPxN) and the Lottery-Ticket "
+                             "figures; hyperparameter: dense runs grouped by learning rate and "
+                             "weight decay, with a heat map of the grid")
+    add_training_hyperparameter_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+
+    from data.performance_report import PERFORMANCE_REPORTS
+    from data.plot_cli import PlotOptions, print_written
+    from data.plotting import select_backend
+
+    select_backend(args.show)
+    print_written(PERFORMANCE_REPORTS[args.perf_type](PlotOptions.from_args(args), args.lr, args.decay))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Figures of CodeCarbon's measurements during the inference replay (post_training_inference.py):
+duration, emissions, power and energy against inferences served and against time, mean ± std
+across seeds, one line per configuration and kernel mode, one set of figures per device.
+
+Example: python3 post_training_inference_emissions.py --arch_type fc1 --dataset mnist
+"""
+from __future__ import annotations
+
+from utils import run_cli, setup_logging
+
+
+def build_parser():
+    from data.plot_cli import plot_parser
+
+    return plot_parser("Plot the energy and CO2 of inference from post_training_inference.py's "
+                       "per-pass CodeCarbon CSVs. Figures go to "
+                       "PLOTS_DIR/ARCH/DATASET/inference_{cpu|gpu}_*.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+
+    from data.emissions_report import plot_inference_emissions
+    from data.plot_cli import PlotOptions, print_written
+    from data.plotting import select_backend
+
+    select_backend(args.show)
+    print_written(plot_inference_emissions(PlotOptions.from_args(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
