@@ -16,13 +16,14 @@ import lottery_ticket
 import lottery_ticket_emissions
 import lottery_ticket_performance
 import post_training_inference_emissions
+from archs.inference import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
+from archs.inference import InferenceJob, run_inference
 from archs.training import LOG_KEYS
-from data.emissions import EMISSION_FIELDS
+from data.emissions import EMISSION_FIELDS, TrackerSettings
 from data.labels import config_colour, config_sort_key, describe_config
 from data.plotting import percent_tick_label, sparse_log_ticks
 from data.results import band_over_seeds, read_codecarbon_csv
 from data.runs import RunConfig, inference_runs_csv_path, parse_config_name, results_path
-from fake_inference import INFERENCE_RUNS_COLUMNS, Replay, write_inference_replay
 from utils import UserError, load_checkpoint, run_cli
 
 ARCH, DATASET = "fc1", "mnist"
@@ -42,9 +43,8 @@ def study(tmp_path_factory, mnist_dir) -> Path:
         assert lottery_ticket.main(common + flags) == 0
     for flags in (["--prune_percent", "90", "--prune_iterations", "2"], ["--train_type", "regular"]):
         assert lottery_ticket.main(common + flags + co2) == 0
-    replays = [Replay(0, 1, seed, "dense", work=6) for seed in (0, 1)]
-    replays += [Replay(90, 2, seed, mode, work=2) for seed in (0, 1) for mode in ("dense", "sparse")]
-    write_inference_replay(save_dir, ARCH, DATASET, replays, passes=3, images_per_pass=50)
+    run_inference(InferenceJob(arch=ARCH, dataset=DATASET, save_dir=save_dir, mode="both", passes=3,
+                               tracker=TrackerSettings(country_iso_code="FRA"), show_progress=False))
     return save_dir
 
 
