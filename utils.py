@@ -135,6 +135,8 @@ class _TqdmHandler(logging.Handler):
 
         try:
             tqdm.write(self.format(record), file=sys.stdout)
+        except BrokenPipeError:  # the reader went away (`| head`): let run_cli end quietly
+            raise
         except Exception:  # pragma: no cover - logging must never crash a run
             self.handleError(record)
 
@@ -228,7 +230,7 @@ def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
                        help="seconds between CodeCarbon power measurements (default: 1, as the study)")
 
 
-def run_cli(main: Callable[[], int | None]) -> None:
+def run_cli(main: Callable[[], int | None], interrupted_hint: str = "files already written are complete") -> None:
     """Run a script's ``main`` turning user errors and Ctrl-C into one line and an exit code."""
     try:
         code = main()
@@ -236,7 +238,10 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
-        print("interrupted: finished results are saved; rerun with --resume to continue",
-              file=sys.stderr)
+        print(f"interrupted: {interrupted_hint}", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # Output piped into a program that stopped reading; silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     sys.exit(code or 0)
