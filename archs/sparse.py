@@ -65,6 +65,10 @@ AUTO_SPARSITY_THRESHOLD = 0.8
 # by 1.26-1.6x at 90 %.
 WIDE_LAYER_INPUTS = 4096
 WIDE_LAYER_SPARSITY_THRESHOLD = 0.9
+# Below this many weights (fc1's 100->10, any 10-class output layer) a layer's dense
+# product takes a few microseconds, as much as the CSR kernel's fixed cost; measured, the
+# sparse kernel never won for such a layer, so "auto" leaves it dense.
+SMALL_LAYER_WEIGHTS = 16384
 # measure=True picks sparse only when it beats dense by this factor, so that timing noise
 # and the transposes at the chain's ends cannot make "auto" slower than dense.
 MEASURED_SPEEDUP_REQUIRED = 1.1
@@ -383,6 +387,10 @@ def _choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshol
         kernel = "sparse" if speedup >= MEASURED_SPEEDUP_REQUIRED else "dense"
         return LayerChoice(name, sparsity, kernel, f"measured: sparse {speedup:.2f}x dense "
                                                    f"(needs {MEASURED_SPEEDUP_REQUIRED}x)")
+    if linear.weight.numel() < SMALL_LAYER_WEIGHTS:
+        return LayerChoice(name, sparsity, "dense",
+                           f"small layer ({linear.weight.numel()} weights < "
+                           f"{SMALL_LAYER_WEIGHTS}): the sparse kernel's fixed cost dominates")
     effective = effective_sparsity(linear.weight)
     cutoff = threshold_for(linear, threshold)
     kernel = "sparse" if effective >= cutoff else "dense"
@@ -577,8 +585,9 @@ def sparsify(model: nn.Module, mode: str, *, threshold: float | None = None, mea
     ``mode``: "dense" returns an unchanged copy; "sparse" runs every pruned ``nn.Linear``
     (any zero weight) with the CSR kernel; "auto" runs a layer sparse only where that is
     faster: by its sparsity against :func:`threshold_for` (``threshold`` overrides the
-    default constants), or, with ``measure=True``, by timing both kernels on the
-    activations ``example_input`` produces at that layer. "coo" (benchmark only) is the
+    default constants; layers under :data:`SMALL_LAYER_WEIGHTS` stay dense), or, with
+    ``measure=True``, by timing both kernels on the activations ``example_input``
+    produces at that layer (and keeping a chain only if it beats dense as a whole). "coo" (benchmark only) is the
     original program's COO approach. The copy is in eval mode without gradients; the
     original is not modified. Returns the copy and one :class:`LayerChoice` per prunable
     layer (convolutions included), in the model's order.

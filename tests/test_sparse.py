@@ -126,8 +126,8 @@ def test_resnet18_classifier_matches_dense():
 
 def test_leading_dense_layers_stay_batch_major():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 30), nn.ReLU(),
-                          nn.Dropout(0.5), nn.Linear(30, 5)).eval()
+    model = nn.Sequential(nn.Linear(20, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                          nn.Dropout(0.5), nn.Linear(200, 100)).eval()
     with torch.no_grad():
         for layer in (model[2], model[5]):
             layer.weight.mul_(torch.rand(layer.weight.shape) > 0.95)
@@ -135,6 +135,7 @@ def test_leading_dense_layers_stay_batch_major():
     assert [c.kernel for c in choices] == ["dense", "sparse", "sparse"]
     assert isinstance(fast[0], nn.Linear) and isinstance(fast[2], TransposedChain)
     assert_agrees(model, fast, torch.randn(7, 20))
+    assert fast(torch.randn(7, 20)).shape == (7, 100)
 
 
 def test_chain_accepts_extra_leading_dimensions():
@@ -186,8 +187,11 @@ def test_auto_leaves_a_dense_model_dense():
 def test_auto_picks_sparse_for_a_99_percent_sparse_model():
     model = prune_linears_randomly(seeded_model("fc1"), 0.99)
     fast, choices = sparsify(model, "auto")
-    assert [c.kernel for c in choices] == ["sparse"] * 3
-    assert len(chains(fast)) == 1
+    assert [c.kernel for c in choices] == ["sparse", "sparse", "dense"]
+    assert choices[2].reason.startswith("small layer")     # 100 x 10: dense in the chain
+    (chain,) = chains(fast)
+    assert [type(layer) for layer in chain.layers] == [SparseLinear, SparseLinear,
+                                                       DenseTransposedLinear]
 
 
 def test_auto_threshold_can_be_overridden():
@@ -195,7 +199,7 @@ def test_auto_threshold_can_be_overridden():
     _, default = sparsify(model, "auto")
     _, low = sparsify(model, "auto", threshold=0.3)
     assert [c.kernel for c in default] == ["dense"] * 3
-    assert [c.kernel for c in low] == ["sparse"] * 3
+    assert [c.kernel for c in low] == ["sparse", "sparse", "dense"]
 
 
 def test_auto_can_measure_both_kernels():
