@@ -106,8 +106,8 @@ class Agreement:
 
 # --------------------------------------------------------------------------- kernels
 def _csr_without_beta_warning(dense: torch.Tensor) -> torch.Tensor:
-    # torch warns once per process that CSR support is "beta"; the kernels used here are
-    # tested below, so the warning would only alarm the user.
+    # torch warns once per process that CSR support is "beta"; the operations used here
+    # are covered by tests/test_sparse.py, so the warning would only alarm the user.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
         return dense.to_sparse_csr()
@@ -141,6 +141,11 @@ def batch_chunk(in_features: int, batch: int, element_size: int) -> int:
     return max(16, columns // 16 * 16)
 
 
+def _column(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias as an (out x 1) column, broadcast over the batch columns."""
+    return None if bias is None else bias.detach().reshape(-1, 1).clone()
+
+
 class SparseLinear(nn.Module):
     """``act(W h + b)`` on feature-major activations ``h`` (in x batch), ``W`` stored as CSR.
 
@@ -157,7 +162,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("crow_indices", csr.crow_indices().clone())
         self.register_buffer("col_indices", csr.col_indices().clone())
         self.register_buffer("values", csr.values().clone())
-        self.register_buffer("bias_column", None if bias is None else bias.detach().reshape(-1, 1).clone())
+        self.register_buffer("bias_column", _column(bias))
 
     def csr_weight(self) -> torch.Tensor:
         return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
@@ -168,7 +173,7 @@ class SparseLinear(nn.Module):
         """``h`` may be a strided view, e.g. the transpose of a batch-major input."""
         weight = self.csr_weight()
         if h.device.type != "cpu":
-            out = weight @ h
+            out = weight @ contiguous(h)     # the reduce kernel is CPU-only; cuSPARSE here
         else:
             columns = batch_chunk(self.in_features, h.shape[1], h.element_size())
             if columns >= h.shape[1]:
@@ -198,7 +203,7 @@ class DenseTransposedLinear(nn.Module):
         super().__init__()
         self.relu = relu
         self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias_column", None if bias is None else bias.detach().reshape(-1, 1).clone())
+        self.register_buffer("bias_column", _column(bias))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.bias_column is None:
@@ -369,7 +374,8 @@ def _measure_layer(linear: nn.Linear, relu: bool, x: torch.Tensor) -> tuple[floa
         out = linear(rows)
         return out.relu_() if relu else out
 
-    return (median_seconds(dense, x.device), median_seconds(lambda: sparse(h), x.device))
+    with torch.inference_mode():
+        return median_seconds(dense, x.device), median_seconds(lambda: sparse(h), x.device)
 
 
 def _choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshold: float | None,
@@ -433,7 +439,8 @@ def _linear_runs(children: Iterable[tuple[str, nn.Module]]) -> list[_Run]:
     return runs
 
 
-def _record_linear_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+def _record_linear_inputs(model: nn.Module,
+                          example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
     """The input every ``nn.Linear`` of ``model`` sees when ``model`` runs ``example_input``."""
     recorded: dict[nn.Module, torch.Tensor] = {}
 
@@ -485,7 +492,8 @@ def _chain_is_faster(original: list[nn.Module], chain: nn.Module, x: torch.Tenso
     return chain_s * MEASURED_SPEEDUP_REQUIRED <= dense_s
 
 
-def _convert_run(run: _Run, settings: _Settings) -> tuple[dict[str, nn.Module | None], list[LayerChoice]]:
+def _convert_run(run: _Run,
+                 settings: _Settings) -> tuple[dict[str, nn.Module | None], list[LayerChoice]]:
     """What replaces the children of ``run`` (name -> module, None = removed) and the choices.
 
     Leading dense layers keep their original modules (batch-major, no transposes). From
@@ -527,7 +535,8 @@ def _rebuild(module: nn.Module, settings: _Settings, choices: list[LayerChoice])
     one (each then transposes on its own).
     """
     if isinstance(module, nn.Linear):
-        replacement, run_choices = _convert_run(_Run([("", module)], [("", module, False)]), settings)
+        lone = _Run(children=[("", module)], linears=[("", module, False)])
+        replacement, run_choices = _convert_run(lone, settings)
         choices.extend(run_choices)
         return replacement.get("", module)
     if type(module) is nn.Sequential:
@@ -552,7 +561,8 @@ def _rebuild(module: nn.Module, settings: _Settings, choices: list[LayerChoice])
     return module
 
 
-def _with_coo_linears(module: nn.Module, settings: _Settings, choices: list[LayerChoice]) -> nn.Module:
+def _with_coo_linears(module: nn.Module, settings: _Settings,
+                      choices: list[LayerChoice]) -> nn.Module:
     """Every ``nn.Linear`` replaced by :class:`CooLinear`, as the original program did."""
     if isinstance(module, nn.Linear):
         name = _weight_name(settings.module_names[module])
@@ -587,10 +597,10 @@ def sparsify(model: nn.Module, mode: str, *, threshold: float | None = None, mea
     faster: by its sparsity against :func:`threshold_for` (``threshold`` overrides the
     default constants; layers under :data:`SMALL_LAYER_WEIGHTS` stay dense), or, with
     ``measure=True``, by timing both kernels on the activations ``example_input``
-    produces at that layer (and keeping a chain only if it beats dense as a whole). "coo" (benchmark only) is the
-    original program's COO approach. The copy is in eval mode without gradients; the
-    original is not modified. Returns the copy and one :class:`LayerChoice` per prunable
-    layer (convolutions included), in the model's order.
+    produces at that layer (and keeping a chain only if it beats dense as a whole).
+    "coo" (benchmark only) is the original program's COO approach. The copy is in eval
+    mode without gradients; the original is not modified. Returns the copy and one
+    :class:`LayerChoice` per prunable layer (convolutions included), in the model's order.
     """
     _check_arguments(mode, threshold, measure, example_input)
     converted = copy.deepcopy(model).eval().requires_grad_(False)
@@ -603,8 +613,9 @@ def sparsify(model: nn.Module, mode: str, *, threshold: float | None = None, mea
         if measure:
             settings = _Settings(mode, threshold, _record_linear_inputs(converted, example_input),
                                  module_names)
-        # eval() again: the containers rebuilt around the chains start in training mode
-        converted = _rebuild(converted, settings, made).eval()
+        converted = _rebuild(converted, settings, made)
+    # eval() again: the modules created by the conversion start in training mode
+    converted.eval()
     return converted, _choices_in_model_order(module_names, made)
 
 

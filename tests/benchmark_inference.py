@@ -141,7 +141,8 @@ def main() -> int:
             models[mode], choices = sparsify(model, mode)
             if mode == "auto":
                 kernels = "".join(c.kernel[0].upper() for c in choices)
-        worst_error = max(compare_outputs(model, models[m], batch).relative_error for m in MODES[1:])
+        worst_error = max(compare_outputs(model, models[mode], batch).relative_error
+                          for mode in MODES[1:])
         seconds = {mode: s * per_images for mode, s in
                    time_modes(models, batch, args.repeats, args.warmup).items()}
         row = [f"{percent}%", f"{seconds['dense']:.4f}"]
