@@ -9,8 +9,8 @@ collect it); run it directly:
 
 Each sparsity prunes every layer of a freshly initialised fc1 to exactly that fraction by
 weight magnitude (random weights, so the masks are random), as pruning does layer-wise.
-All modes are timed in turn within each repeat, so a burst of load from other processes
-hits them alike; the median over repeats is reported.
+Every mode at every sparsity takes its turn within each repeat (one batch each), so a
+burst of load from other processes hits them alike; the median over repeats is reported.
 
 ``--crossover`` instead times single layers of fc1's and LeNet5's shapes, dense against
 the CSR kernel (with the transposes a lone layer pays), over a range of sparsities: the
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 
@@ -54,27 +55,33 @@ def pruned_fc1(percent: float, seed: int) -> torch.nn.Module:
     return model
 
 
-def time_modes(models: dict[str, Callable[[torch.Tensor], object]], batch: torch.Tensor,
-               repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per batch of each model.
+def time_interleaved(runs: dict[Hashable, Callable[[torch.Tensor], object]], batch: torch.Tensor,
+                     repeats: int, warmup: int) -> dict[Hashable, float]:
+    """Median seconds per batch of each run, in steady state.
 
-    One batch per sample, modes interleaved sample by sample: on a shared machine load
-    from other processes comes in bursts longer than a batch, and a burst then slows every
-    mode alike instead of whichever happened to be running.
+    Every run (each mode at each sparsity) takes its turn within each repeat, in random
+    order: on a shared machine load from other processes comes in bursts of seconds, and
+    a burst then slows every run alike. Each turn times the second of two batches: the
+    first finds the caches and heap as the previous run (e.g. the memory-hungry COO) left
+    them, which consecutive batches of one model never do.
     """
-    samples: dict[str, list[float]] = {mode: [] for mode in models}
+    keys = list(runs)
+    samples: dict[Hashable, list[float]] = {key: [] for key in keys}
     with torch.inference_mode():
-        for model in models.values():
+        for run in runs.values():
             for _ in range(warmup):
-                model(batch)
-        for repeat in range(repeats):
-            # rotate the order so no mode always runs right after the slowest one
-            shift = repeat % len(models)
-            for mode in list(models)[shift:] + list(models)[:shift]:
+                run(batch)
+        order = random.Random(0)
+        for _ in range(repeats):
+            # a fresh order each repeat: a run right after a slow, memory-hungry one (COO)
+            # finds cold caches and a trimmed heap, and no run should always be that one
+            order.shuffle(keys)
+            for key in keys:
+                runs[key](batch)    # untimed: the timed batch then runs in steady state
                 start = time.perf_counter()
-                models[mode](batch)
-                samples[mode].append(time.perf_counter() - start)
-    return {mode: statistics.median(times) for mode, times in samples.items()}
+                runs[key](batch)
+                samples[key].append(time.perf_counter() - start)
+    return {key: statistics.median(times) for key, times in samples.items()}
 
 
 def crossover_row(in_features: int, out_features: int, batch_size: int, repeats: int,
@@ -83,18 +90,16 @@ def crossover_row(in_features: int, out_features: int, batch_size: int, repeats:
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(batch_size, in_features, generator=generator)
     bias = torch.randn(out_features, generator=generator)
-    ratios = []
+    runs = {}
     for sparsity in CROSSOVER_SPARSITIES:
         weight = torch.randn(out_features, in_features, generator=generator)
         weight *= torch.rand(weight.shape, generator=generator) >= sparsity
         layer = SparseLinear(weight, bias, relu=True)
-        kernels = {
-            "dense": lambda x: torch.addmm(bias, x, weight.t()).relu_(),
-            "sparse": lambda x: contiguous(layer(x.t()).t()),
-        }
-        seconds = time_modes(kernels, inputs, repeats, warmup)
-        ratios.append(f"{seconds['dense'] / seconds['sparse']:.2f}")
-    return [f"{in_features}->{out_features}"] + ratios
+        runs[sparsity, "dense"] = lambda x, w=weight: torch.addmm(bias, x, w.t()).relu_()
+        runs[sparsity, "sparse"] = lambda x, layer=layer: contiguous(layer(x.t()).t())
+    seconds = time_interleaved(runs, inputs, repeats, warmup)
+    return [f"{in_features}->{out_features}"] + [
+        f"{seconds[s, 'dense'] / seconds[s, 'sparse']:.2f}" for s in CROSSOVER_SPARSITIES]
 
 
 def crossover(args: argparse.Namespace) -> None:
@@ -132,25 +137,26 @@ def main() -> int:
     per_images = IMAGES / args.batch_size
     print(f"fc1, batch {args.batch_size}, {args.threads} thread(s), torch {torch.__version__}, "
           f"median of {args.repeats}; load average before: {os.getloadavg()[0]:.2f}")
-    rows = []
+    runs, kernels, errors = {}, {}, {}
     for percent in SPARSITIES:
         model = pruned_fc1(percent, args.seed)
-        models = {"dense": model}
-        kernels = ""
+        runs[percent, "dense"] = model
         for mode in MODES[1:]:
-            models[mode], choices = sparsify(model, mode)
+            runs[percent, mode], choices = sparsify(model, mode)
             if mode == "auto":
-                kernels = "".join(c.kernel[0].upper() for c in choices)
-        worst_error = max(compare_outputs(model, models[mode], batch).relative_error
-                          for mode in MODES[1:])
-        seconds = {mode: s * per_images for mode, s in
-                   time_modes(models, batch, args.repeats, args.warmup).items()}
-        row = [f"{percent}%", f"{seconds['dense']:.4f}"]
+                kernels[percent] = "".join(c.kernel[0].upper() for c in choices)
+        errors[percent] = max(compare_outputs(model, runs[percent, mode], batch).relative_error
+                              for mode in MODES[1:])
+    seconds = {key: s * per_images for key, s in
+               time_interleaved(runs, batch, args.repeats, args.warmup).items()}
+    rows = []
+    for percent in SPARSITIES:
+        dense = seconds[percent, "dense"]
+        row = [f"{percent}%", f"{dense:.4f}"]
         for mode in MODES[1:]:
-            row.append(f"{seconds[mode]:.4f} ({seconds['dense'] / seconds[mode]:.2f}x)")
-        rows.append(row + [f"{seconds['coo'] / seconds['sparse']:.1f}x", kernels,
-                           f"{worst_error:.1e}"])
-        print(f"  {percent}% done", file=sys.stderr, flush=True)
+            row.append(f"{seconds[percent, mode]:.4f} ({dense / seconds[percent, mode]:.2f}x)")
+        coo_over_sparse = seconds[percent, "coo"] / seconds[percent, "sparse"]
+        rows.append(row + [f"{coo_over_sparse:.1f}x", kernels[percent], f"{errors[percent]:.1e}"])
     print(format_table(["sparsity", "dense s", "coo s (vs dense)", "sparse s (vs dense)",
                         "auto s (vs dense)", "sparse vs coo", "auto kernels", "max rel err"], rows))
     print(f"seconds per {IMAGES} images; auto kernels per layer: S = sparse, D = dense; "
