@@ -69,6 +69,13 @@ WIDE_LAYER_SPARSITY_THRESHOLD = 0.9
 # product takes a few microseconds, as much as the CSR kernel's fixed cost; measured, the
 # sparse kernel never won for such a layer, so "auto" leaves it dense.
 SMALL_LAYER_WEIGHTS = 16384
+# "auto" runs small batches dense whatever the sparsity: the sparse path's fixed costs
+# (transposes, one kernel call per layer) are paid per batch. Pairs of (sparsity from,
+# smallest batch run sparse), measured for fc1 on 2 threads: at 80 % sparse breaks even
+# at 64 images per batch and wins 1.2x at 128; at 85-90 % it loses at 32 (0.85x) and wins
+# 1.2-1.6x at 64; at 95 % it wins 1.1-1.2x from 16 (1.5x at 99 %); one image at a time
+# it loses even at 99 % (0.8-1.1x).
+MIN_SPARSE_BATCH = ((0.95, 16), (0.85, 64), (0.0, 128))
 # measure=True picks sparse only when it beats dense by this factor, so that timing noise
 # and the transposes at the chain's ends cannot make "auto" slower than dense.
 MEASURED_SPEEDUP_REQUIRED = 1.1
@@ -222,17 +229,29 @@ class TransposedChain(nn.Module):
 
     Takes and returns batch-major tensors like ``nn.Linear`` (any leading dimensions);
     transposes once on entry (reading only the input features some layer uses) and once
-    on exit.
+    on exit. With a ``dense_fallback`` (the original modules), batches of fewer than
+    ``min_batch`` rows run that instead: "auto" uses it because small batches cannot
+    pay the sparse path's fixed costs (see :func:`min_sparse_batch`).
     """
 
     def __init__(self, layers: Sequence[nn.Module], in_features: int,
-                 used_inputs: torch.Tensor | None):
+                 used_inputs: torch.Tensor | None,
+                 dense_fallback: Sequence[nn.Module] | None = None, min_batch: int = 0):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.in_features = in_features
         self.register_buffer("used_inputs", used_inputs)
+        self.dense_fallback = None if dense_fallback is None else nn.ModuleList(dense_fallback)
+        self.min_batch = min_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense_fallback is not None and x.numel() < self.min_batch * self.in_features:
+            # On the small batches this serves the chain's own call costs ~3 us, 10 % of a
+            # one-image fc1 pass; calling forward() directly skips the hook machinery of
+            # the private fallback modules (no one can have hooked them) and wins it back.
+            for module in self.dense_fallback:
+                x = module.forward(x)
+            return x
         leading = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)
         if self.used_inputs is None:
@@ -345,6 +364,11 @@ def threshold_for(linear: nn.Linear, threshold: float | None) -> float:
     if linear.in_features > WIDE_LAYER_INPUTS:
         return WIDE_LAYER_SPARSITY_THRESHOLD
     return AUTO_SPARSITY_THRESHOLD
+
+
+def min_sparse_batch(sparsity: float) -> int:
+    """The smallest batch "auto" runs sparse at this sparsity (see MIN_SPARSE_BATCH)."""
+    return next(batch for lowest, batch in MIN_SPARSE_BATCH if sparsity >= lowest)
 
 
 def median_seconds(run: Callable[[], object], device: torch.device, repeats: int = 7,
@@ -522,6 +546,16 @@ def _convert_run(run: _Run,
         reason = "measured: the sparse chain, transposes included, was not faster than dense"
         return {}, choices[:first] + [LayerChoice(c.name, c.sparsity, "dense", reason)
                                       for c in choices[first:]]
+    if settings.mode == "auto":
+        sparse_weights = [layer.weight for layer, choice in zip(layers, choices[first:])
+                          if choice.kernel == "sparse"]
+        nonzero = sum(int(torch.count_nonzero(w)) for w in sparse_weights)
+        min_batch = min_sparse_batch(1 - nonzero / sum(w.numel() for w in sparse_weights))
+        chain = TransposedChain(chain.layers, chain.in_features, chain.used_inputs,
+                                dense_fallback=[m for _, m in segment], min_batch=min_batch)
+        note = f"; batches under {min_batch} run dense"
+        choices = [replace(c, reason=c.reason + note) if c.kernel == "sparse" else c
+                   for c in choices]
     replacement: dict[str, nn.Module | None] = {name: None for name, _ in segment}
     replacement[first_name] = chain
     return replacement, choices

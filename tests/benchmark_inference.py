@@ -13,8 +13,8 @@ Every mode at every sparsity takes its turn within each repeat (one batch each),
 burst of load from other processes hits them alike; the median over repeats is reported.
 
 ``--crossover`` instead times single layers of fc1's and LeNet5's shapes, dense against
-the CSR kernel (with the transposes a lone layer pays), over a range of sparsities: the
-measurement behind ``archs.sparse.AUTO_SPARSITY_THRESHOLD``.
+the CSR kernel, inside a chain and alone (paying both transposes), over a range of
+sparsities: the measurement behind the thresholds of ``archs.sparse``.
 """
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ if str(ROOT) not in sys.path:
 
 from archs import build_model  # noqa: E402
 from archs.masks import apply_masks, full_masks, prune_by_magnitude  # noqa: E402
-from archs.sparse import SparseLinear, compare_outputs, contiguous, sparsify  # noqa: E402
-from utils import format_table, positive_int, run_cli  # noqa: E402
+from archs.sparse import (DenseTransposedLinear, SparseLinear, compare_outputs,  # noqa: E402
+                          contiguous, sparsify)
+from utils import format_table, positive_int, run_cli
+from utils import percent as percent_argument  # noqa: E402
 
 MODES = ("dense", "coo", "sparse", "auto")
 SPARSITIES = (0, 50, 80, 90, 95, 97, 99)
@@ -84,31 +86,44 @@ def time_interleaved(runs: dict[Hashable, Callable[[torch.Tensor], object]], bat
     return {key: statistics.median(times) for key, times in samples.items()}
 
 
-def crossover_row(in_features: int, out_features: int, batch_size: int, repeats: int,
-                  warmup: int) -> list[str]:
-    """Dense time / sparse time of one ReLU layer at each of CROSSOVER_SPARSITIES."""
+def crossover_rows(in_features: int, out_features: int, batch_size: int, repeats: int,
+                   warmup: int) -> tuple[list[str], list[str]]:
+    """Dense time / CSR time of one ReLU layer at each of CROSSOVER_SPARSITIES.
+
+    Two rows: inside a chain (activations already feature-major; dense is then
+    DenseTransposedLinear) and alone (batch-major in and out: dense is nn.Linear, the
+    CSR layer pays both transposes).
+    """
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(batch_size, in_features, generator=generator)
+    feature_major = contiguous(inputs.t())
     bias = torch.randn(out_features, generator=generator)
     runs = {}
     for sparsity in CROSSOVER_SPARSITIES:
         weight = torch.randn(out_features, in_features, generator=generator)
         weight *= torch.rand(weight.shape, generator=generator) >= sparsity
-        layer = SparseLinear(weight, bias, relu=True)
-        runs[sparsity, "dense"] = lambda x, w=weight: torch.addmm(bias, x, w.t()).relu_()
-        runs[sparsity, "sparse"] = lambda x, layer=layer: contiguous(layer(x.t()).t())
+        csr = SparseLinear(weight, bias, relu=True)
+        dense = DenseTransposedLinear(weight, bias, relu=True)
+        runs[sparsity, "chain", "dense"] = lambda x, dense=dense: dense(feature_major)
+        runs[sparsity, "chain", "sparse"] = lambda x, csr=csr: csr(feature_major)
+        runs[sparsity, "alone", "dense"] = lambda x, w=weight: torch.addmm(bias, x, w.t()).relu_()
+        runs[sparsity, "alone", "sparse"] = lambda x, csr=csr: contiguous(csr(x.t()).t())
     seconds = time_interleaved(runs, inputs, repeats, warmup)
-    return [f"{in_features}->{out_features}"] + [
-        f"{seconds[s, 'dense'] / seconds[s, 'sparse']:.2f}" for s in CROSSOVER_SPARSITIES]
+    name = f"{in_features}->{out_features}"
+    return tuple([name] + [f"{seconds[s, where, 'dense'] / seconds[s, where, 'sparse']:.2f}"
+                           for s in CROSSOVER_SPARSITIES]
+                 for where in ("chain", "alone"))
 
 
 def crossover(args: argparse.Namespace) -> None:
     print(f"dense time / CSR time per layer (> 1: sparse faster), batch {args.batch_size}, "
           f"{args.threads} thread(s), median of {args.crossover_repeats}; "
           f"load average before: {os.getloadavg()[0]:.2f}")
-    rows = [crossover_row(i, o, args.batch_size, args.crossover_repeats, args.warmup)
+    rows = [crossover_rows(i, o, args.batch_size, args.crossover_repeats, args.warmup)
             for i, o in CROSSOVER_SHAPES]
-    print(format_table(["layer"] + [f"{s:.0%}" for s in CROSSOVER_SPARSITIES], rows))
+    headers = [f"{s:.0%}" for s in CROSSOVER_SPARSITIES]
+    print(format_table(["inside a chain"] + headers, [chain for chain, _ in rows]))
+    print(format_table(["alone"] + headers, [alone for _, alone in rows]))
 
 
 def parse_args() -> argparse.Namespace:
@@ -120,6 +135,8 @@ def parse_args() -> argparse.Namespace:
                         help="timed batches per mode and sparsity; the median is reported")
     parser.add_argument("--warmup", type=positive_int, default=5,
                         help="untimed batches per mode first")
+    parser.add_argument("--sparsities", type=percent_argument, nargs="+", default=SPARSITIES,
+                        metavar="PERCENT", help="percent of each layer's weights pruned")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crossover", action="store_true",
                         help="time single layers dense vs CSR across sparsities instead")
@@ -138,7 +155,7 @@ def main() -> int:
     print(f"fc1, batch {args.batch_size}, {args.threads} thread(s), torch {torch.__version__}, "
           f"median of {args.repeats}; load average before: {os.getloadavg()[0]:.2f}")
     runs, kernels, errors = {}, {}, {}
-    for percent in SPARSITIES:
+    for percent in args.sparsities:
         model = pruned_fc1(percent, args.seed)
         runs[percent, "dense"] = model
         for mode in MODES[1:]:
@@ -150,9 +167,9 @@ def main() -> int:
     seconds = {key: s * per_images for key, s in
                time_interleaved(runs, batch, args.repeats, args.warmup).items()}
     rows = []
-    for percent in SPARSITIES:
+    for percent in args.sparsities:
         dense = seconds[percent, "dense"]
-        row = [f"{percent}%", f"{dense:.4f}"]
+        row = [f"{percent:g}%", f"{dense:.4f}"]
         for mode in MODES[1:]:
             row.append(f"{seconds[percent, mode]:.4f} ({dense / seconds[percent, mode]:.2f}x)")
         coo_over_sparse = seconds[percent, "coo"] / seconds[percent, "sparse"]

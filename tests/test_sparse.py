@@ -49,7 +49,8 @@ def assert_agrees(reference: nn.Module, candidate: nn.Module, inputs: torch.Tens
     assert agreement.agrees, f"relative error {agreement.relative_error:.2e}"
 
 
-MNIST_BATCH = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+# enough images for "auto" to take its sparse path at any sparsity (sparse.MIN_SPARSE_BATCH)
+MNIST_BATCH = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
 
 
 # --------------------------------------------------------------------------- exactness
@@ -192,6 +193,36 @@ def test_auto_picks_sparse_for_a_99_percent_sparse_model():
     (chain,) = chains(fast)
     assert [type(layer) for layer in chain.layers] == [SparseLinear, SparseLinear,
                                                        DenseTransposedLinear]
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.9, 0.99])
+def test_auto_runs_small_batches_dense(fraction):
+    model = prune_linears_randomly(seeded_model("fc1"), fraction)
+    fast, choices = sparsify(model, "auto")
+    (chain,) = chains(fast)
+    big_layers = linears(model)[:2]     # the 100 x 10 layer is too small to run sparse
+    nonzero = sum(int(torch.count_nonzero(layer.weight)) for layer in big_layers)
+    smallest = sparse.min_sparse_batch(1 - nonzero / sum(layer.weight.numel() for layer in big_layers))
+    assert chain.min_batch == smallest
+    assert f"batches under {smallest} run dense" in choices[0].reason
+    sparse_calls = []
+    chain.layers[0].register_forward_hook(lambda *_: sparse_calls.append(1))
+    assert_agrees(model, fast, MNIST_BATCH[:smallest - 1])
+    assert not sparse_calls
+    assert_agrees(model, fast, MNIST_BATCH[:smallest])
+    assert sparse_calls
+
+
+def test_min_sparse_batch_falls_with_sparsity():
+    batches = [sparse.min_sparse_batch(s) for s in (0.0, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)]
+    assert batches == sorted(batches, reverse=True)
+    assert batches[-1] >= 1 and batches[0] <= MNIST_BATCH.shape[0]
+
+
+def test_sparse_mode_runs_every_batch_sparse():
+    fast, _ = sparsify(prune_linears_randomly(seeded_model("fc1"), 0.99), "sparse")
+    (chain,) = chains(fast)
+    assert chain.dense_fallback is None
 
 
 def test_auto_threshold_can_be_overridden():
