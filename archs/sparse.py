@@ -25,6 +25,12 @@ constant ``act(bias)``, which is folded into the next layer's bias through that 
 column before both are dropped; a feature that the next layer ignores entirely is not
 computed. The chain's output keeps every unit, so its shape never changes.
 
+Choosing. "sparse" runs every pruned linear layer with CSR. "auto" is never meant to be
+slower than dense: a layer goes sparse from a measured sparsity threshold (higher for
+very wide layers, never for tiny ones), or by timing both kernels on example
+activations; and a chain keeps the original dense modules for batches too small to pay
+its fixed costs (:func:`min_sparse_batch`).
+
 Exactness caveat shared by every sparse kernel: a skipped zero weight times an infinite or
 NaN activation would have produced NaN in the dense product; for finite inputs the results
 agree up to float rounding (relative error well under :data:`AGREEMENT_TOLERANCE`).
@@ -53,16 +59,17 @@ KERNEL_MODES = ("dense", "sparse", "auto")
 BENCHMARK_MODES = KERNEL_MODES + ("coo",)
 
 # "auto" picks the sparse kernel for a layer at or above this sparsity. Measured on the
-# target machine (2-core AMD EPYC, AVX-512, torch 2.15, batches of 64 to 2048) for the
-# layer shapes of fc1 and of the LeNet5/ResNet classifiers: the CSR kernel breaks even
-# with dense between 65 % and 78 % sparsity depending on shape, batch size and threads,
-# and wins by 1.3-2x at 80 %. 0.8 sits just above the worst break-even point, so that the
-# transposes at a chain's ends are paid for and "auto" is never slower than dense.
+# target machine (2-core AMD EPYC, AVX-512, torch 2.15; `tests/benchmark_inference.py
+# --crossover`) for the layer shapes of fc1 and the LeNet5 classifier inside a chain:
+# at 512 images per batch CSR breaks even with dense at 65-72 % sparsity and wins
+# 1.4-1.7x at 80 %; at 64 images it breaks even only at 79-86 %, which is why small
+# batches also need the sparsity of MIN_SPARSE_BATCH. On fc1 as a whole (transposes
+# included) 80 % gives 1.2-1.3x at 128-512 images per batch.
 AUTO_SPARSITY_THRESHOLD = 0.8
 # Wide layers are the exception: their activations overflow the caches (see batch_chunk)
 # and the CSR kernel pays for it. LeNet5's 12544-input layer, with the batch split into
-# cache-sized blocks, breaks even with dense at 80-86 % sparsity (batch 64-512) and wins
-# by 1.26-1.6x at 90 %.
+# cache-sized blocks, breaks even with dense at 83-88 % sparsity (batch 64-512) and wins
+# by 1.1-1.7x at 90 %.
 WIDE_LAYER_INPUTS = 4096
 WIDE_LAYER_SPARSITY_THRESHOLD = 0.9
 # Below this many weights (fc1's 100->10, any 10-class output layer) a layer's dense
