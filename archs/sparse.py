@@ -25,6 +25,12 @@ constant ``act(bias)``, which is folded into the next layer's bias through that 
 column before both are dropped; a feature that the next layer ignores entirely is not
 computed. The chain's output keeps every unit, so its shape never changes.
 
+Choosing. "sparse" runs every pruned linear layer with CSR. "auto" is never meant to be
+slower than dense: a layer goes sparse from a measured sparsity threshold (higher for
+very wide layers, never for tiny ones), or by timing both kernels on example
+activations; and a chain keeps the original dense modules for batches too small to pay
+its fixed costs (:func:`min_sparse_batch`).
+
 Exactness caveat shared by every sparse kernel: a skipped zero weight times an infinite or
 NaN activation would have produced NaN in the dense product; for finite inputs the results
 agree up to float rounding (relative error well under :data:`AGREEMENT_TOLERANCE`).
@@ -53,18 +59,30 @@ KERNEL_MODES = ("dense", "sparse", "auto")
 BENCHMARK_MODES = KERNEL_MODES + ("coo",)
 
 # "auto" picks the sparse kernel for a layer at or above this sparsity. Measured on the
-# target machine (2-core AMD EPYC, AVX-512, torch 2.15, batches of 64 to 2048) for the
-# layer shapes of fc1 and of the LeNet5/ResNet classifiers: the CSR kernel breaks even
-# with dense between 65 % and 78 % sparsity depending on shape, batch size and threads,
-# and wins by 1.3-2x at 80 %. 0.8 sits just above the worst break-even point, so that the
-# transposes at a chain's ends are paid for and "auto" is never slower than dense.
+# target machine (2-core AMD EPYC, AVX-512, torch 2.15; `tests/benchmark_inference.py
+# --crossover`) for the layer shapes of fc1 and the LeNet5 classifier inside a chain:
+# at 512 images per batch CSR breaks even with dense at 65-72 % sparsity and wins
+# 1.4-1.7x at 80 %; at 64 images it breaks even only at 79-86 %, which is why small
+# batches also need the sparsity of MIN_SPARSE_BATCH. On fc1 as a whole (transposes
+# included) 80 % gives 1.2-1.3x at 128-512 images per batch.
 AUTO_SPARSITY_THRESHOLD = 0.8
 # Wide layers are the exception: their activations overflow the caches (see batch_chunk)
 # and the CSR kernel pays for it. LeNet5's 12544-input layer, with the batch split into
-# cache-sized blocks, breaks even with dense at 80-86 % sparsity (batch 64-512) and wins
-# by 1.26-1.6x at 90 %.
+# cache-sized blocks, breaks even with dense at 83-88 % sparsity (batch 64-512) and wins
+# by 1.1-1.7x at 90 %.
 WIDE_LAYER_INPUTS = 4096
 WIDE_LAYER_SPARSITY_THRESHOLD = 0.9
+# Below this many weights (fc1's 100->10, any 10-class output layer) a layer's dense
+# product takes a few microseconds, as much as the CSR kernel's fixed cost; measured, the
+# sparse kernel never won for such a layer, so "auto" leaves it dense.
+SMALL_LAYER_WEIGHTS = 16384
+# "auto" runs small batches dense whatever the sparsity: the sparse path's fixed costs
+# (transposes, one kernel call per layer) are paid per batch. Pairs of (sparsity from,
+# smallest batch run sparse), measured for fc1 on 2 threads: at 80 % sparse breaks even
+# at 64 images per batch and wins 1.2x at 128; at 85-90 % it loses at 32 (0.85x) and wins
+# 1.2-1.6x at 64; at 95 % it wins 1.1-1.2x from 16 (1.5x at 99 %); one image at a time
+# it loses even at 99 % (0.8-1.1x).
+MIN_SPARSE_BATCH = ((0.95, 16), (0.85, 64), (0.0, 128))
 # measure=True picks sparse only when it beats dense by this factor, so that timing noise
 # and the transposes at the chain's ends cannot make "auto" slower than dense.
 MEASURED_SPEEDUP_REQUIRED = 1.1
@@ -102,8 +120,8 @@ class Agreement:
 
 # --------------------------------------------------------------------------- kernels
 def _csr_without_beta_warning(dense: torch.Tensor) -> torch.Tensor:
-    # torch warns once per process that CSR support is "beta"; the kernels used here are
-    # tested below, so the warning would only alarm the user.
+    # torch warns once per process that CSR support is "beta"; the operations used here
+    # are covered by tests/test_sparse.py, so the warning would only alarm the user.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
         return dense.to_sparse_csr()
@@ -137,6 +155,11 @@ def batch_chunk(in_features: int, batch: int, element_size: int) -> int:
     return max(16, columns // 16 * 16)
 
 
+def _column(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias as an (out x 1) column, broadcast over the batch columns."""
+    return None if bias is None else bias.detach().reshape(-1, 1).clone()
+
+
 class SparseLinear(nn.Module):
     """``act(W h + b)`` on feature-major activations ``h`` (in x batch), ``W`` stored as CSR.
 
@@ -153,7 +176,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("crow_indices", csr.crow_indices().clone())
         self.register_buffer("col_indices", csr.col_indices().clone())
         self.register_buffer("values", csr.values().clone())
-        self.register_buffer("bias_column", None if bias is None else bias.detach().reshape(-1, 1).clone())
+        self.register_buffer("bias_column", _column(bias))
 
     def csr_weight(self) -> torch.Tensor:
         return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
@@ -164,7 +187,7 @@ class SparseLinear(nn.Module):
         """``h`` may be a strided view, e.g. the transpose of a batch-major input."""
         weight = self.csr_weight()
         if h.device.type != "cpu":
-            out = weight @ h
+            out = weight @ contiguous(h)     # the reduce kernel is CPU-only; cuSPARSE here
         else:
             columns = batch_chunk(self.in_features, h.shape[1], h.element_size())
             if columns >= h.shape[1]:
@@ -194,7 +217,7 @@ class DenseTransposedLinear(nn.Module):
         super().__init__()
         self.relu = relu
         self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias_column", None if bias is None else bias.detach().reshape(-1, 1).clone())
+        self.register_buffer("bias_column", _column(bias))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.bias_column is None:
@@ -213,17 +236,29 @@ class TransposedChain(nn.Module):
 
     Takes and returns batch-major tensors like ``nn.Linear`` (any leading dimensions);
     transposes once on entry (reading only the input features some layer uses) and once
-    on exit.
+    on exit. With a ``dense_fallback`` (the original modules), batches of fewer than
+    ``min_batch`` rows run that instead: "auto" uses it because small batches cannot
+    pay the sparse path's fixed costs (see :func:`min_sparse_batch`).
     """
 
     def __init__(self, layers: Sequence[nn.Module], in_features: int,
-                 used_inputs: torch.Tensor | None):
+                 used_inputs: torch.Tensor | None,
+                 dense_fallback: Sequence[nn.Module] | None = None, min_batch: int = 0):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.in_features = in_features
         self.register_buffer("used_inputs", used_inputs)
+        self.dense_fallback = None if dense_fallback is None else nn.ModuleList(dense_fallback)
+        self.min_batch = min_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense_fallback is not None and x.numel() < self.min_batch * self.in_features:
+            # On the small batches this serves the chain's own call costs ~3 us, 10 % of a
+            # one-image fc1 pass; calling forward() directly skips the hook machinery of
+            # the private fallback modules (no one can have hooked them) and wins it back.
+            for module in self.dense_fallback:
+                x = module.forward(x)
+            return x
         leading = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)
         if self.used_inputs is None:
@@ -338,6 +373,11 @@ def threshold_for(linear: nn.Linear, threshold: float | None) -> float:
     return AUTO_SPARSITY_THRESHOLD
 
 
+def min_sparse_batch(sparsity: float) -> int:
+    """The smallest batch "auto" runs sparse at this sparsity (see MIN_SPARSE_BATCH)."""
+    return next(batch for lowest, batch in MIN_SPARSE_BATCH if sparsity >= lowest)
+
+
 def median_seconds(run: Callable[[], object], device: torch.device, repeats: int = 7,
                    warmup: int = 2) -> float:
     """Median wall time of ``run()``; the median shrugs off the odd descheduled call."""
@@ -365,7 +405,8 @@ def _measure_layer(linear: nn.Linear, relu: bool, x: torch.Tensor) -> tuple[floa
         out = linear(rows)
         return out.relu_() if relu else out
 
-    return (median_seconds(dense, x.device), median_seconds(lambda: sparse(h), x.device))
+    with torch.inference_mode():
+        return median_seconds(dense, x.device), median_seconds(lambda: sparse(h), x.device)
 
 
 def _choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshold: float | None,
@@ -383,6 +424,10 @@ def _choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshol
         kernel = "sparse" if speedup >= MEASURED_SPEEDUP_REQUIRED else "dense"
         return LayerChoice(name, sparsity, kernel, f"measured: sparse {speedup:.2f}x dense "
                                                    f"(needs {MEASURED_SPEEDUP_REQUIRED}x)")
+    if linear.weight.numel() < SMALL_LAYER_WEIGHTS:
+        return LayerChoice(name, sparsity, "dense",
+                           f"small layer ({linear.weight.numel()} weights < "
+                           f"{SMALL_LAYER_WEIGHTS}): the sparse kernel's fixed cost dominates")
     effective = effective_sparsity(linear.weight)
     cutoff = threshold_for(linear, threshold)
     kernel = "sparse" if effective >= cutoff else "dense"
@@ -425,7 +470,8 @@ def _linear_runs(children: Iterable[tuple[str, nn.Module]]) -> list[_Run]:
     return runs
 
 
-def _record_linear_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+def _record_linear_inputs(model: nn.Module,
+                          example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
     """The input every ``nn.Linear`` of ``model`` sees when ``model`` runs ``example_input``."""
     recorded: dict[nn.Module, torch.Tensor] = {}
 
@@ -477,7 +523,8 @@ def _chain_is_faster(original: list[nn.Module], chain: nn.Module, x: torch.Tenso
     return chain_s * MEASURED_SPEEDUP_REQUIRED <= dense_s
 
 
-def _convert_run(run: _Run, settings: _Settings) -> tuple[dict[str, nn.Module | None], list[LayerChoice]]:
+def _convert_run(run: _Run,
+                 settings: _Settings) -> tuple[dict[str, nn.Module | None], list[LayerChoice]]:
     """What replaces the children of ``run`` (name -> module, None = removed) and the choices.
 
     Leading dense layers keep their original modules (batch-major, no transposes). From
@@ -506,6 +553,16 @@ def _convert_run(run: _Run, settings: _Settings) -> tuple[dict[str, nn.Module | 
         reason = "measured: the sparse chain, transposes included, was not faster than dense"
         return {}, choices[:first] + [LayerChoice(c.name, c.sparsity, "dense", reason)
                                       for c in choices[first:]]
+    if settings.mode == "auto":
+        sparse_weights = [layer.weight for layer, choice in zip(layers, choices[first:])
+                          if choice.kernel == "sparse"]
+        nonzero = sum(int(torch.count_nonzero(w)) for w in sparse_weights)
+        min_batch = min_sparse_batch(1 - nonzero / sum(w.numel() for w in sparse_weights))
+        chain = TransposedChain(chain.layers, chain.in_features, chain.used_inputs,
+                                dense_fallback=[m for _, m in segment], min_batch=min_batch)
+        note = f"; batches under {min_batch} run dense"
+        choices = [replace(c, reason=c.reason + note) if c.kernel == "sparse" else c
+                   for c in choices]
     replacement: dict[str, nn.Module | None] = {name: None for name, _ in segment}
     replacement[first_name] = chain
     return replacement, choices
@@ -519,7 +576,8 @@ def _rebuild(module: nn.Module, settings: _Settings, choices: list[LayerChoice])
     one (each then transposes on its own).
     """
     if isinstance(module, nn.Linear):
-        replacement, run_choices = _convert_run(_Run([("", module)], [("", module, False)]), settings)
+        lone = _Run(children=[("", module)], linears=[("", module, False)])
+        replacement, run_choices = _convert_run(lone, settings)
         choices.extend(run_choices)
         return replacement.get("", module)
     if type(module) is nn.Sequential:
@@ -544,7 +602,8 @@ def _rebuild(module: nn.Module, settings: _Settings, choices: list[LayerChoice])
     return module
 
 
-def _with_coo_linears(module: nn.Module, settings: _Settings, choices: list[LayerChoice]) -> nn.Module:
+def _with_coo_linears(module: nn.Module, settings: _Settings,
+                      choices: list[LayerChoice]) -> nn.Module:
     """Every ``nn.Linear`` replaced by :class:`CooLinear`, as the original program did."""
     if isinstance(module, nn.Linear):
         name = _weight_name(settings.module_names[module])
@@ -577,11 +636,12 @@ def sparsify(model: nn.Module, mode: str, *, threshold: float | None = None, mea
     ``mode``: "dense" returns an unchanged copy; "sparse" runs every pruned ``nn.Linear``
     (any zero weight) with the CSR kernel; "auto" runs a layer sparse only where that is
     faster: by its sparsity against :func:`threshold_for` (``threshold`` overrides the
-    default constants), or, with ``measure=True``, by timing both kernels on the
-    activations ``example_input`` produces at that layer. "coo" (benchmark only) is the
-    original program's COO approach. The copy is in eval mode without gradients; the
-    original is not modified. Returns the copy and one :class:`LayerChoice` per prunable
-    layer (convolutions included), in the model's order.
+    default constants; layers under :data:`SMALL_LAYER_WEIGHTS` stay dense), or, with
+    ``measure=True``, by timing both kernels on the activations ``example_input``
+    produces at that layer (and keeping a chain only if it beats dense as a whole).
+    "coo" (benchmark only) is the original program's COO approach. The copy is in eval
+    mode without gradients; the original is not modified. Returns the copy and one
+    :class:`LayerChoice` per prunable layer (convolutions included), in the model's order.
     """
     _check_arguments(mode, threshold, measure, example_input)
     converted = copy.deepcopy(model).eval().requires_grad_(False)
@@ -594,8 +654,9 @@ def sparsify(model: nn.Module, mode: str, *, threshold: float | None = None, mea
         if measure:
             settings = _Settings(mode, threshold, _record_linear_inputs(converted, example_input),
                                  module_names)
-        # eval() again: the containers rebuilt around the chains start in training mode
-        converted = _rebuild(converted, settings, made).eval()
+        converted = _rebuild(converted, settings, made)
+    # eval() again: the modules created by the conversion start in training mode
+    converted.eval()
     return converted, _choices_in_model_order(module_names, made)
 
 

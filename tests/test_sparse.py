@@ -49,7 +49,8 @@ def assert_agrees(reference: nn.Module, candidate: nn.Module, inputs: torch.Tens
     assert agreement.agrees, f"relative error {agreement.relative_error:.2e}"
 
 
-MNIST_BATCH = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+# enough images for "auto" to take its sparse path at any sparsity (sparse.MIN_SPARSE_BATCH)
+MNIST_BATCH = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
 
 
 # --------------------------------------------------------------------------- exactness
@@ -126,8 +127,8 @@ def test_resnet18_classifier_matches_dense():
 
 def test_leading_dense_layers_stay_batch_major():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 30), nn.ReLU(),
-                          nn.Dropout(0.5), nn.Linear(30, 5)).eval()
+    model = nn.Sequential(nn.Linear(20, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                          nn.Dropout(0.5), nn.Linear(200, 100)).eval()
     with torch.no_grad():
         for layer in (model[2], model[5]):
             layer.weight.mul_(torch.rand(layer.weight.shape) > 0.95)
@@ -135,6 +136,7 @@ def test_leading_dense_layers_stay_batch_major():
     assert [c.kernel for c in choices] == ["dense", "sparse", "sparse"]
     assert isinstance(fast[0], nn.Linear) and isinstance(fast[2], TransposedChain)
     assert_agrees(model, fast, torch.randn(7, 20))
+    assert fast(torch.randn(7, 20)).shape == (7, 100)
 
 
 def test_chain_accepts_extra_leading_dimensions():
@@ -186,8 +188,41 @@ def test_auto_leaves_a_dense_model_dense():
 def test_auto_picks_sparse_for_a_99_percent_sparse_model():
     model = prune_linears_randomly(seeded_model("fc1"), 0.99)
     fast, choices = sparsify(model, "auto")
-    assert [c.kernel for c in choices] == ["sparse"] * 3
-    assert len(chains(fast)) == 1
+    assert [c.kernel for c in choices] == ["sparse", "sparse", "dense"]
+    assert choices[2].reason.startswith("small layer")     # 100 x 10: dense in the chain
+    (chain,) = chains(fast)
+    assert [type(layer) for layer in chain.layers] == [SparseLinear, SparseLinear,
+                                                       DenseTransposedLinear]
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.9, 0.99])
+def test_auto_runs_small_batches_dense(fraction):
+    model = prune_linears_randomly(seeded_model("fc1"), fraction)
+    fast, choices = sparsify(model, "auto")
+    (chain,) = chains(fast)
+    big_layers = linears(model)[:2]     # the 100 x 10 layer is too small to run sparse
+    nonzero = sum(int(torch.count_nonzero(layer.weight)) for layer in big_layers)
+    smallest = sparse.min_sparse_batch(1 - nonzero / sum(layer.weight.numel() for layer in big_layers))
+    assert chain.min_batch == smallest
+    assert f"batches under {smallest} run dense" in choices[0].reason
+    sparse_calls = []
+    chain.layers[0].register_forward_hook(lambda *_: sparse_calls.append(1))
+    assert_agrees(model, fast, MNIST_BATCH[:smallest - 1])
+    assert not sparse_calls
+    assert_agrees(model, fast, MNIST_BATCH[:smallest])
+    assert sparse_calls
+
+
+def test_min_sparse_batch_falls_with_sparsity():
+    batches = [sparse.min_sparse_batch(s) for s in (0.0, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)]
+    assert batches == sorted(batches, reverse=True)
+    assert batches[-1] >= 1 and batches[0] <= MNIST_BATCH.shape[0]
+
+
+def test_sparse_mode_runs_every_batch_sparse():
+    fast, _ = sparsify(prune_linears_randomly(seeded_model("fc1"), 0.99), "sparse")
+    (chain,) = chains(fast)
+    assert chain.dense_fallback is None
 
 
 def test_auto_threshold_can_be_overridden():
@@ -195,7 +230,7 @@ def test_auto_threshold_can_be_overridden():
     _, default = sparsify(model, "auto")
     _, low = sparsify(model, "auto", threshold=0.3)
     assert [c.kernel for c in default] == ["dense"] * 3
-    assert [c.kernel for c in low] == ["sparse"] * 3
+    assert [c.kernel for c in low] == ["sparse", "sparse", "dense"]
 
 
 def test_auto_can_measure_both_kernels():
