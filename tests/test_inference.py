@@ -103,7 +103,8 @@ def test_auto_runs_a_dense_model_dense_and_a_99_percent_sparse_one_sparse(saved_
         return [line.split()[2] for line in table]
 
     assert kernels(dense_part) == ["dense", "dense", "dense"]
-    assert kernels(sparse_part) == ["sparse", "sparse", "sparse"]
+    # The two large layers run sparse; the 100x10 output layer is too small for CSR to pay off.
+    assert kernels(sparse_part) == ["sparse", "sparse", "dense"]
 
 
 def test_no_saved_runs_names_the_folder_and_the_command(tmp_path, capsys):
