@@ -95,5 +95,9 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     log.info("\nSeed %d summary (%s, %s on %s):\n%s", config.seed, config.config_name,
              config.arch_type, config.dataset,
              format_table(SUMMARY_HEADERS, summary_rows(run.results_cycles())))
+    if run.emissions:
+        total = run.emissions[max(run.emissions)]
+        log.info("Tracked by CodeCarbon (estimates): %.3e kg CO2eq, %.3e kWh over %.1f s; rows in %s",
+                 total["emissions"], total["energy_consumed"], total["duration"], final_csv.name)
     log.info("Saved %s", out_path)
     return out_path
