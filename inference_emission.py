@@ -10,7 +10,7 @@ Example: python3 inference_emission.py --arch_type fc1 --dataset mnist --device 
 """
 from __future__ import annotations
 
-from utils import run_cli, setup_logging
+from utils import run_cli
 
 
 def build_parser():
@@ -38,18 +38,14 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-
     from data.break_even_report import report_break_even
-    from data.plot_cli import PlotOptions, print_written
-    from data.plotting import select_backend
+    from data.plot_cli import run_plot_script
 
-    select_backend(args.show)
-    print_written(report_break_even(PlotOptions.from_args(args), args.device, args.mode,
-                                    args.baseline, args.lr, args.decay, args.max_inferences))
-    return 0
+    def draw(args, options):
+        return report_break_even(options, args.device, args.mode, args.baseline, args.lr, args.decay,
+                                 args.max_inferences)
 
+    return run_plot_script(build_parser(), draw, argv)
 
 if __name__ == "__main__":
     run_cli(main)

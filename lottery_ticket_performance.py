@@ -6,7 +6,7 @@ Example: python3 lottery_ticket_performance.py --arch_type fc1 --dataset mnist
 """
 from __future__ import annotations
 
-from utils import run_cli, setup_logging
+from utils import run_cli
 
 
 def build_parser():
@@ -25,16 +25,10 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-
     from data.performance_report import PERFORMANCE_REPORTS
-    from data.plot_cli import PlotOptions, print_written
-    from data.plotting import select_backend
+    from data.plot_cli import run_plot_script
 
-    select_backend(args.show)
-    print_written(PERFORMANCE_REPORTS[args.perf_type](PlotOptions.from_args(args), args.lr, args.decay))
-    return 0
+    return run_plot_script(build_parser(), lambda args, options: PERFORMANCE_REPORTS[args.perf_type](options, args.lr, args.decay), argv)
 
 
 if __name__ == "__main__":

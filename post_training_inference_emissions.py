@@ -7,7 +7,7 @@ Example: python3 post_training_inference_emissions.py --arch_type fc1 --dataset 
 """
 from __future__ import annotations
 
-from utils import run_cli, setup_logging
+from utils import run_cli
 
 
 def build_parser():
@@ -19,16 +19,10 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-
     from data.emissions_report import plot_inference_emissions
-    from data.plot_cli import PlotOptions, print_written
-    from data.plotting import select_backend
+    from data.plot_cli import run_plot_script
 
-    select_backend(args.show)
-    print_written(plot_inference_emissions(PlotOptions.from_args(args)))
-    return 0
+    return run_plot_script(build_parser(), lambda args, options: plot_inference_emissions(options), argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from data.plotting import FORMATS
 from data.results import (InferenceRun, TrainingRun, group_by, load_inference_runs,
                           load_training_runs)
 from data.runs import (DEFAULT_DECAY, DEFAULT_LR, find_run_files, format_number,
                        inference_runs_csv_path, parse_config_name, run_dir)
-from utils import ArgumentParser, UserError, get_logger, non_negative_float, positive_float
+from utils import (ArgumentParser, UserError, get_logger, non_negative_float, positive_float,
+                   setup_logging)
 
 
 FINAL_STATE = "final"   # the weights the original program replayed
@@ -115,6 +117,18 @@ def found_runs_summary(infos) -> str:
         seeds = sorted({info.seed for info in members})
         parts.append(f"{describe(key)} seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}")
     return "; ".join(parts)
+
+
+def run_plot_script(parser: argparse.ArgumentParser, draw: Callable[[argparse.Namespace, "PlotOptions"], list[Path]],
+                    argv: list[str] | None) -> int:
+    """What every plotting script does: parse its flags, pick the backend, draw, list the files."""
+    from data.plotting import select_backend
+
+    args = parser.parse_args(argv)
+    setup_logging()
+    select_backend(args.show)
+    print_written(draw(args, PlotOptions.from_args(args)))
+    return 0
 
 
 def print_written(paths: list[Path]) -> None:
