@@ -62,6 +62,12 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library messages can run to many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_checkpoint(path: Path | str) -> dict:
     """Load a file written by this toolkit (tensors and plain containers only)."""
     path = Path(path)
@@ -70,8 +76,7 @@ def load_checkpoint(path: Path | str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable results file ({first_line}); "
+        raise UserError(f"{path} is not a readable results file ({first_line(exc)}); "
                         "delete it and rerun the command that made it") from exc
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a results dictionary; was it written by this toolkit?")
@@ -100,6 +105,12 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def seed_everything(seed: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from archs.training import SUMMARY_HEADERS, LotteryRun, summary_rows
 from data.datasets import load_dataset, make_splits
 from data.emissions import EmissionsRecorder, TrackerSettings
-from data.runs import RunConfig, checkpoint_path, emissions_csv_path, results_path
+from data.runs import RunConfig, checkpoint_path, emissions_csv_path, partial_csv_path, results_path
 from utils import (UserError, atomic_torch_save, ensure_writable_dir, format_table, get_logger,
                    library_versions, load_checkpoint, resolve_device)
 
@@ -26,11 +26,6 @@ class TrainingJob:
     resume: bool = False
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     show_progress: bool = True
-
-
-def partial_csv_path(final_csv: Path) -> Path:
-    """CodeCarbon writes here while the run goes on; renamed beside the results at the end."""
-    return final_csv.with_name(final_csv.stem + ".partial.csv")
 
 
 def run_job(job: TrainingJob) -> list[Path]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision import datasets as tv_datasets
 
-from utils import UserError
+from utils import UserError, first_line
 
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 
@@ -88,11 +88,6 @@ def _as_uint8_nchw(images) -> torch.Tensor:
     return tensor.permute(0, 3, 1, 2)        # CIFAR-10: N x H x W x C
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def read_official_sets(spec: DatasetSpec, data_dir: Path | str, download: bool = True):
     """Uint8 images (N x C x H x W) and int64 labels of the official train set then test set."""
     data_dir = Path(data_dir)
@@ -104,7 +99,7 @@ def read_official_sets(spec: DatasetSpec, data_dir: Path | str, download: bool =
             folder = data_dir / spec.folder
             if all((folder / name).is_file() for name in spec.files):
                 raise UserError(
-                    f"the {spec.name} files in {folder} cannot be read ({_first_line(exc)}); "
+                    f"the {spec.name} files in {folder} cannot be read ({first_line(exc)}); "
                     f"replace them with the official ones from {spec.url}") from exc
             raise UserError(
                 f"{spec.name} is not in {folder} and could not be downloaded "

@@ -150,6 +150,11 @@ def emissions_csv_path(save_dir: Path | str, config: RunConfig) -> Path:
     return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.csv"
 
 
+def partial_csv_path(final_csv: Path) -> Path:
+    """Where CodeCarbon writes while a run or replay goes on; renamed to ``final_csv`` when done."""
+    return final_csv.with_name(final_csv.stem + ".partial.csv")
+
+
 def find_run_files(save_dir: Path | str, arch: str, dataset: str) -> list[RunFileInfo]:
     """Every training results file for ``arch`` on ``dataset``, sorted by name."""
     folder = run_dir(save_dir, arch, dataset)
