@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import sys
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -32,26 +33,21 @@ class TrainingDiverged(UserError):
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then move the temporary file over ``path`` in one step.
 
-    A reader never sees a half-written file, and an interrupted write leaves the previous
-    version of ``path`` intact.
+    A reader never sees a half-written file, and an interrupted write (even a power cut:
+    the data is flushed to disk before the rename) leaves the previous ``path`` intact.
+    ``write`` creates the temporary file itself, so it gets the user's usual permissions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; honour the umask
+        write(tmp)
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_torch_save(obj, path: Path | str) -> None:
@@ -152,13 +148,13 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(verbose: bool = False) -> logging.Logger:
+def setup_logging() -> logging.Logger:
     logger = get_logger()
     logger.handlers.clear()
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
     return logger
 
@@ -227,7 +223,7 @@ def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
                             "intensity; when given, CodeCarbon's offline tracker is used and no "
                             "network call is made. Default: the online tracker, which looks up "
                             "the location and falls back to a world average when offline")
-    group.add_argument("--measure_power_secs", type=float, default=1.0, metavar="S",
+    group.add_argument("--measure_power_secs", type=positive_float, default=1.0, metavar="S",
                        help="seconds between CodeCarbon power measurements (default: 1, as the study)")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from archs.training import SUMMARY_HEADERS, LotteryRun, summary_rows
 from data.datasets import load_dataset, make_splits
-from data.emissions import EmissionsRecorder, TrackerSettings
+from data.emissions import EmissionsRecorder, TrackerSettings, keep_first_rows
 from data.runs import RunConfig, checkpoint_path, emissions_csv_path, partial_csv_path, results_path
 from utils import (UserError, atomic_torch_save, ensure_writable_dir, format_table, get_logger,
                    library_versions, load_checkpoint, resolve_device)
@@ -67,6 +67,9 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     run = LotteryRun(config, splits, device, recorder_factory=start_recorder)
     if job.resume and ckpt_path.exists():
         run.load_state_dict(load_checkpoint(ckpt_path))
+        # Rows CodeCarbon wrote after the checkpoint (a flush, the stop at the interruption)
+        # belong to work that is redone now: keep the CSV one row per recorded flush.
+        keep_first_rows(running_csv, len(run.emissions))
         log.info("Seed %d: resuming %s at cycle %d, epoch %d", config.seed, ckpt_path.name,
                  run.cycle + 1, run.epoch + 1)
     else:
@@ -83,9 +86,10 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
 
     results = run.results(library_versions())
     results["data_dir"] = str(Path(job.data_dir).resolve())  # the inference replay's default
-    atomic_torch_save(results, out_path)
+    # CSV first: once the results exist, --resume skips the seed and would never move it.
     if running_csv.exists():
         os.replace(running_csv, final_csv)
+    atomic_torch_save(results, out_path)
     ckpt_path.unlink(missing_ok=True)
     log.info("\nSeed %d summary (%s, %s on %s):\n%s", config.seed, config.config_name,
              config.arch_type, config.dataset,

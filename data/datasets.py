@@ -123,7 +123,7 @@ def split_indices(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.
 def normalise(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    return (images.float().div_(255) - mean) / std
+    return images.float().div_(255).sub_(mean).div_(std)  # in place: CIFAR-10 is 737 MB as floats
 
 
 def load_dataset(name: str, data_dir: Path | str, download: bool = True) -> Split:

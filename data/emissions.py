@@ -1,14 +1,18 @@
 """CodeCarbon trackers and the emission records the toolkit keeps.
 
-CodeCarbon writes its own CSV (one row per flush and one at stop). Each flush is also
+CodeCarbon writes its own CSV, one row each time it is flushed or stopped. Each one is also
 captured through a custom output handler as a plain dict of :data:`EMISSION_FIELDS`, so the
 training logs can key every record by the exact number of images seen at that moment.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from utils import UserError, atomic_write_text, first_line
 
 # Cumulative quantities since the tracker started, with CodeCarbon's units.
 EMISSION_FIELDS: dict[str, str] = {
@@ -33,6 +37,25 @@ class TrackerSettings:
     country_iso_code: str | None = None
     measure_power_secs: float = 1.0
     tracking_mode: str = "process"
+
+    def __post_init__(self):
+        # CodeCarbon logs an unknown country and goes on with a world average; a typo would
+        # then silently change every CO2 figure, so it is refused before any work starts.
+        if self.country_iso_code is not None:
+            known = known_country_codes()
+            if self.country_iso_code.upper() not in known:
+                raise UserError(f"--country_iso_code {self.country_iso_code!r} is not a country "
+                                f"CodeCarbon knows; give a three-letter ISO code such as "
+                                f"{', '.join(c for c in ('FRA', 'CAN', 'USA', 'DEU') if c in known)}")
+        if not self.measure_power_secs > 0:
+            raise UserError(f"--measure_power_secs must be greater than 0, not {self.measure_power_secs}")
+
+
+def known_country_codes() -> set[str]:
+    """ISO 3166 alpha-3 codes of the countries in CodeCarbon's energy-mix data."""
+    from codecarbon.input import DataSource
+
+    return set(DataSource().get_global_energy_mix_data())
 
 
 def _record_from(data) -> dict[str, float]:
@@ -77,11 +100,9 @@ class EmissionsRecorder:
                                                         **common)
             else:
                 self._tracker = EmissionsTracker(**common)
+            self._tracker.start()
         except Exception as exc:
-            from utils import UserError
-            raise UserError(f"CodeCarbon could not start ({exc}); check --country_iso_code "
-                            "(a three-letter code such as FRA)") from exc
-        self._tracker.start()
+            raise UserError(f"CodeCarbon could not start ({first_line(exc)})") from exc
 
     def flush(self) -> dict[str, float]:
         before = len(self._records)
@@ -115,3 +136,21 @@ def quiet_codecarbon() -> None:
     codecarbon_logger.setLevel(logging.WARNING)
     if not any(isinstance(f, _DropNoise) for f in codecarbon_logger.filters):
         codecarbon_logger.addFilter(_DropNoise())
+
+
+def keep_first_rows(csv_path: Path, rows: int) -> None:
+    """Cut a CodeCarbon CSV after its first ``rows`` data rows (atomically; no-op if shorter)."""
+    import csv
+    import io
+
+    from utils import atomic_write_text
+
+    if not csv_path.exists():
+        return
+    with open(csv_path, newline="") as f:
+        table = list(csv.reader(f))
+    if len(table) <= rows + 1:
+        return
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(table[:rows + 1])
+    atomic_write_text(csv_path, buffer.getvalue())

@@ -50,11 +50,11 @@ def test_the_smallest_magnitudes_are_the_ones_pruned():
     assert again["w"].tolist() == [[True, False, False, True, False]]
 
 
-def test_ties_are_broken_the_same_way_every_time():
-    weight = torch.ones(4, 4)
-    first = prune_by_magnitude({"w": weight}, {"w": torch.ones(4, 4, dtype=torch.bool)}, 50)
-    second = prune_by_magnitude({"w": weight}, {"w": torch.ones(4, 4, dtype=torch.bool)}, 50)
-    assert torch.equal(first["w"], second["w"]) and int(first["w"].sum()) == 8
+def test_ties_are_broken_by_position_keeping_the_first_ones():
+    weight = torch.tensor([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0]])
+    masks = prune_by_magnitude({"w": weight}, {"w": torch.ones(2, 3, dtype=torch.bool)}, 50)
+    # 3 of 6 survive: the 2.0, then the first two of the five tied 1.0s in row-major order.
+    assert masks["w"].tolist() == [[True, True, False], [True, False, False]]
 
 
 def test_percent_out_of_range_is_refused():
@@ -111,19 +111,18 @@ def test_pruned_weights_stay_exactly_zero_through_many_adam_steps_with_weight_de
 
 
 def test_a_live_weight_that_passes_through_zero_is_not_frozen():
-    layer = nn.Linear(1, 1, bias=False)
+    # Two logits from one input: the loss pushes logit 1 down, so its weight, alive but below
+    # the 1e-6 magnitude under which the original froze weights, must cross zero and go on.
+    model = nn.Sequential(nn.Linear(1, 3, bias=False))
     with torch.no_grad():
-        layer.weight.fill_(1e-8)  # alive, but below the original's 1e-6 "is pruned" threshold
-    model = nn.Sequential(layer)
-    masks = full_masks(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    data = Split(torch.ones(8, 1), torch.zeros(8, dtype=torch.long))
-    # Target: output should grow, so the weight must move away from ~0.
-    loss_fn_target = torch.full((8, 1), 5.0)
-    for _ in range(5):
-        optimizer.zero_grad()
-        loss = ((model(data.images) - loss_fn_target) ** 2).mean()
-        loss.backward()
-        optimizer.step()
-        apply_masks(model, masks)
-    assert layer.weight.item() > 0.3
+        model[0].weight.copy_(torch.tensor([[0.0], [5e-7], [0.3]]))
+    masks = {"0.weight": torch.tensor([[False], [True], [True]])}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    data = Split(torch.ones(16, 1), torch.full((16,), 2))
+    masked = [(model[0].weight, masks["0.weight"].float())]
+    for _ in range(10):
+        train_epoch(model, optimizer, data, 8, torch.Generator().manual_seed(0), masked)
+    weight = model[0].weight.detach().flatten()
+    assert weight[0].item() == 0.0          # pruned: still exactly zero
+    assert weight[1].item() < -0.1          # alive: crossed zero and kept moving
+    assert weight[2].item() > 0.3

@@ -174,7 +174,60 @@ def test_co2_mode_tracks_without_evaluating(tmp_path, mnist_dir):
     assert all(b >= a for a, b in zip(co2, co2[1:])) and co2[-1] > 0
     assert set(results["emissions"][1960]) == set(EMISSION_FIELDS)
     csv = emissions_csv_path(the_job.save_dir, the_job.config)
-    rows = csv.read_text().strip().splitlines()
-    assert rows[0].startswith("timestamp,project_name") and len(rows) == 1 + 4  # one row per flush
-    assert float(rows[-1].split(",")[5]) == pytest.approx(co2[-1])
+    rows = read_csv(csv)
+    assert len(rows) == 4  # one row per flush
+    assert float(rows[-1]["emissions"]) == pytest.approx(co2[-1])
     assert not list(csv.parent.glob("*.partial.csv"))
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_co2_mode_resume_keeps_one_csv_row_per_recorded_flush(tmp_path, mnist_dir, monkeypatch):
+    the_job = job(tmp_path, mnist_dir, co2_tracking_mode=True, prune_iterations=2, end_iter=3)
+    real_train_epoch = training.train_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(the_job)
+    monkeypatch.setattr(training, "train_epoch", real_train_epoch)
+    the_job.resume = True
+    [path] = run_job(the_job)
+    results = load(path)
+    assert list(results["emissions"]) == [490 * k for k in range(1, 7)]
+    rows = read_csv(emissions_csv_path(the_job.save_dir, the_job.config))
+    assert len(rows) == 6 and len({r["run_id"] for r in rows}) == 2  # two tracker sessions
+    # The results carry the first session's totals forward: cumulative values never drop.
+    emitted = [record["emissions"] for record in results["emissions"].values()]
+    durations = [record["duration"] for record in results["emissions"].values()]
+    assert emitted == sorted(emitted) and durations == sorted(durations)
+    assert results["co2"][490 * 6] == emitted[-1]
+
+
+def test_tracker_settings_are_checked_before_any_work():
+    with pytest.raises(UserError, match="'XYZ' is not a country CodeCarbon knows"):
+        TrackerSettings(country_iso_code="XYZ")
+    assert TrackerSettings(country_iso_code="fra").country_iso_code == "fra"
+    with pytest.raises(UserError, match="greater than 0"):
+        TrackerSettings(measure_power_secs=0)
+
+
+def test_results_files_get_the_usual_permissions(finished_run):
+    import os
+
+    path, _ = finished_run
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
