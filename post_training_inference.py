@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "both (dense then sparse, for the speed-up)")
     parser.add_argument("--measure_auto", action="store_true",
                         help="in auto mode, time both kernels on each layer instead of using the "
-                             "sparsity threshold")
+                             "sparsity thresholds, which were measured on a CPU (on a GPU, auto "
+                             "runs dense without this flag)")
     parser.add_argument("--passes", type=positive_int, default=10, help="passes over the test split")
     parser.add_argument("--batch_size", type=positive_int, default=512, help="images per forward call")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to run")
