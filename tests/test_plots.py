@@ -258,7 +258,7 @@ def write_inference_rows(save_dir: Path, rows: list[tuple[str, int, str, float]]
             writer.writerow({"arch": ARCH, "dataset": DATASET, "config": name,
                              "prune_percent": prune_percent, "prune_iterations": prune_iterations,
                              "seed": seed, "device": "cpu", "mode": mode, "passes": 10,
-                             "state": "final",
+                             "state": "final", "threads": 2, "batch_size": 512,
                              "images_per_pass": images_per_pass, "co2_kg_per_pass": co2,
                              "energy_kwh_per_pass": co2 * 10,
                              "emissions_csv": f"cpu_inf_{name}_seed{seed}.csv"})
@@ -404,9 +404,28 @@ def test_replays_of_several_weight_states_are_not_mixed(known_study, tmp_path, c
         for row in rows:   # the same runs replayed with other weights, 100 times dearer
             writer.writerow(row | {"state": "best", "co2_kg_per_pass": float(row["co2_kg_per_pass"]) * 100})
     assert inference_emission.main(plot_args(known_study, tmp_path)) == 0
-    assert "several weight states (best, final); using final" in capsys.readouterr().out
+    assert ("replays on cpu under several conditions (best weights, 2 threads, batch 512; final weights, "
+            "2 threads, batch 512); using final weights, 2 threads, batch 512") in capsys.readouterr().out
     rows = {r["config"]: r for r in csv.DictReader(open(tmp_path / ARCH / DATASET / "break_even.csv"))}
     assert float(rows["pp90x2"]["break_even_inferences"]) == pytest.approx(1000.0)
+
+
+def test_replays_with_other_threads_or_batch_sizes_are_not_mixed(known_study, tmp_path, capsys):
+    table = inference_runs_csv_path(known_study, ARCH, DATASET)
+    rows = list(csv.DictReader(open(table)))
+    with open(table, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=INFERENCE_RUNS_COLUMNS)
+        for row in rows[:3]:   # a few runs measured again on one thread, 100 times dearer
+            writer.writerow(row | {"threads": 1, "co2_kg_per_pass": float(row["co2_kg_per_pass"]) * 100})
+        writer.writerow(rows[0] | {"batch_size": 64, "co2_kg_per_pass": 1.0})
+    assert inference_emission.main(plot_args(known_study, tmp_path)) == 0
+    out = capsys.readouterr().out
+    # the conditions most runs were replayed under are used
+    assert ("several conditions (final weights, 1 thread, batch 512; final weights, 2 threads, batch 64; "
+            "final weights, 2 threads, batch 512); using final weights, 2 threads, batch 512") in out
+    rows = {r["config"]: r for r in csv.DictReader(open(tmp_path / ARCH / DATASET / "break_even.csv"))}
+    assert float(rows["pp90x2"]["break_even_inferences"]) == pytest.approx(1000.0)
+    assert int(rows["pp0x1"]["inference_runs"]) == 2
 
 
 @pytest.mark.parametrize("module, argv, message", [
