@@ -10,25 +10,31 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.performance_report import PERFORMANCE_REPORTS
+    from data.performance_report import PERF_TYPES
     from data.plot_cli import add_training_hyperparameter_arguments, plot_parser
 
     parser = plot_parser("Plot training performance from lottery_ticket.py's results "
                          "(runs made without --co2_tracking_mode). Figures go to "
                          "PLOTS_DIR/ARCH/DATASET/.")
-    parser.add_argument("--perf_type", default="performance", choices=list(PERFORMANCE_REPORTS),
+    parser.add_argument("--perf_type", default="performance", choices=list(PERF_TYPES),
                         help="performance: one line per configuration (ppPxN) and the Lottery-Ticket "
                              "figures; hyperparameter: dense runs grouped by learning rate and "
-                             "weight decay, with a heat map of the grid")
+                             "weight decay, with a heat map of the grid (every value found: "
+                             "--lr and --decay only select the runs of performance)")
     add_training_hyperparameter_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.performance_report import PERFORMANCE_REPORTS
+    from data.performance_report import plot_hyperparameters, plot_performance
     from data.plot_cli import run_plot_script
 
-    return run_plot_script(build_parser(), lambda args, options: PERFORMANCE_REPORTS[args.perf_type](options, args.lr, args.decay), argv)
+    def draw(args, options):
+        if args.perf_type == "hyperparameter":
+            return plot_hyperparameters(options)
+        return plot_performance(options, args.lr, args.decay)
+
+    return run_plot_script(build_parser(), draw, argv)
 
 
 if __name__ == "__main__":

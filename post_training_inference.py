@@ -15,12 +15,13 @@ def build_parser() -> argparse.ArgumentParser:
     from archs import ARCHITECTURES
     from archs.inference import MODE_CHOICES, STATES
     from data.datasets import DATASETS
+    from data.plot_cli import config_name_argument
 
     parser = ArgumentParser(
         description="Load the tickets saved by lottery_ticket.py (SAVE_DIR/ARCH/DATASET/*.pt), replay "
                     "each over its own test split PASSES times under a CodeCarbon tracker flushed "
                     "after every pass, and compare dense with sparse kernels. Writes one CodeCarbon "
-                    "CSV per run and mode, inference_runs.csv and inference_summary.csv under "
+                    "CSV per run, mode and state, inference_runs.csv and inference_summary.csv under "
                     "SAVE_DIR/ARCH/DATASET/inference/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--arch_type", default="fc1", choices=list(ARCHITECTURES), help="network of the runs")
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_dir", type=Path, default=Path("saves"), help="where lottery_ticket.py saved them")
     parser.add_argument("--data_dir", type=Path, default=None,
                         help="dataset folder (default: the one each run was trained with)")
-    parser.add_argument("--configs", nargs="+", default=None, metavar="ppPxN",
+    parser.add_argument("--configs", nargs="+", default=None, type=config_name_argument,
+                        metavar="ppPxN",
                         help="only these configurations, e.g. pp90x2 pp0x1 (default: all found)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: all)")
     parser.add_argument("--state", default="final", choices=list(STATES),
@@ -39,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "both (dense then sparse, for the speed-up)")
     parser.add_argument("--measure_auto", action="store_true",
                         help="in auto mode, time both kernels on each layer instead of using the "
-                             "sparsity threshold")
+                             "sparsity thresholds, which were measured on a CPU (on a GPU, auto "
+                             "runs dense without this flag)")
     parser.add_argument("--passes", type=positive_int, default=10, help="passes over the test split")
     parser.add_argument("--batch_size", type=positive_int, default=512, help="images per forward call")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to run")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads torch may use (pin it: energy per image depends on it)")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_tracker_arguments(parser)
     return parser
 
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         arch=args.arch_type, dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
         configs=args.configs, seeds=args.seeds, state=args.state, passes=args.passes, device=args.device,
         batch_size=args.batch_size, threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
+        show_progress=not args.no_progress,
         tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                 measure_power_secs=args.measure_power_secs)))
     return 0

@@ -29,7 +29,8 @@ Choosing. "sparse" runs every pruned linear layer with CSR. "auto" is never mean
 slower than dense: a layer goes sparse from a measured sparsity threshold (higher for
 very wide layers, never for tiny ones), or by timing both kernels on example
 activations; and a chain keeps the original dense modules for batches too small to pay
-its fixed costs (:func:`min_sparse_batch`).
+its fixed costs (:func:`min_sparse_batch`). The thresholds were measured on a CPU, so on any
+other device "auto" runs every layer dense unless the kernels are timed.
 
 Exactness caveat shared by every sparse kernel: a skipped zero weight times an infinite or
 NaN activation would have produced NaN in the dense product; for finite inputs the results
@@ -52,7 +53,7 @@ import torch
 from torch import nn
 
 from archs.masks import PRUNABLE_LAYERS
-from utils import UserError
+from utils import UserError, synchronise
 
 KERNEL_MODES = ("dense", "sparse", "auto")
 # "coo" reproduces the original program (COO weight, torch.sparse.mm) for the benchmark.
@@ -382,12 +383,10 @@ def median_seconds(run: Callable[[], object], device: torch.device, repeats: int
                    warmup: int = 2) -> float:
     """Median wall time of ``run()``; the median shrugs off the odd descheduled call."""
     def timed() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronise(device)
         start = time.perf_counter()
         run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronise(device)
         return time.perf_counter() - start
 
     for _ in range(warmup):
@@ -409,8 +408,14 @@ def _measure_layer(linear: nn.Linear, relu: bool, x: torch.Tensor) -> tuple[floa
         return median_seconds(dense, x.device), median_seconds(lambda: sparse(h), x.device)
 
 
-def _choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshold: float | None,
-                   recorded_input: torch.Tensor | None) -> LayerChoice:
+def choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshold: float | None,
+                  recorded_input: torch.Tensor | None, device: torch.device) -> LayerChoice:
+    """The kernel of one linear layer (``name`` is its weight's) in "sparse" or "auto" mode.
+
+    ``device`` is where the layer will run. "auto" times both kernels when given the layer's
+    ``recorded_input``; otherwise it compares the sparsity with a threshold, which by default
+    was measured on a CPU and says nothing about another device: there the layer stays dense.
+    """
     sparsity = weight_sparsity(linear.weight)
     if mode == "sparse":
         if sparsity > 0:
@@ -424,6 +429,10 @@ def _choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshol
         kernel = "sparse" if speedup >= MEASURED_SPEEDUP_REQUIRED else "dense"
         return LayerChoice(name, sparsity, kernel, f"measured: sparse {speedup:.2f}x dense "
                                                    f"(needs {MEASURED_SPEEDUP_REQUIRED}x)")
+    if threshold is None and device.type != "cpu":
+        return LayerChoice(name, sparsity, "dense",
+                           f"on {device.type} auto runs dense unless the kernels are timed "
+                           "(--measure_auto): its sparsity thresholds were measured on a CPU")
     if linear.weight.numel() < SMALL_LAYER_WEIGHTS:
         return LayerChoice(name, sparsity, "dense",
                            f"small layer ({linear.weight.numel()} weights < "
@@ -531,9 +540,9 @@ def _convert_run(run: _Run,
     the first sparse layer on, the run becomes one :class:`TransposedChain`; its dense
     layers are computed feature-major, which costs the same as ``nn.Linear``.
     """
-    choices = [_choose_kernel(_weight_name(settings.module_names[linear]), linear, relu,
-                              settings.mode, settings.threshold,
-                              settings.recorded_inputs.get(linear))
+    choices = [choose_kernel(_weight_name(settings.module_names[linear]), linear, relu,
+                             settings.mode, settings.threshold,
+                             settings.recorded_inputs.get(linear), linear.weight.device)
                for _, linear, relu in run.linears]
     sparse_positions = [i for i, choice in enumerate(choices) if choice.kernel == "sparse"]
     if not sparse_positions:
@@ -638,7 +647,9 @@ def sparsify(model: nn.Module, mode: str, *, threshold: float | None = None, mea
     faster: by its sparsity against :func:`threshold_for` (``threshold`` overrides the
     default constants; layers under :data:`SMALL_LAYER_WEIGHTS` stay dense), or, with
     ``measure=True``, by timing both kernels on the activations ``example_input``
-    produces at that layer (and keeping a chain only if it beats dense as a whole).
+    produces at that layer (and keeping a chain only if it beats dense as a whole). On a
+    device other than the CPU the default thresholds do not apply: "auto" without
+    ``measure`` or ``threshold`` runs every layer dense there.
     "coo" (benchmark only) is the original program's COO approach. The copy is in eval
     mode without gradients; the original is not modified. Returns the copy and one
     :class:`LayerChoice` per prunable layer (convolutions included), in the model's order.

@@ -7,8 +7,6 @@ inference_runs.csv. The arithmetic and its uncertainty are in :mod:`data.breakev
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 
 from data.breakeven import (AFTER, BREAK_EVEN_COLUMNS, CostLine, break_even_rows, cost_lines,
                             describe_break_even, inference_horizon)
+from data.csv_tables import csv_text
 from data.labels import (BASELINE_CONFIG, config_colour, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
@@ -101,20 +100,8 @@ def comparable_configs(training: dict[str, list[float]], inference: dict[str, li
     return [baseline] + [name for name in names if name != baseline]
 
 
-def csv_cell(value) -> str:
-    """Full precision for numbers, 'inf' for never, empty for not applicable (NaN)."""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return str(value)
-
-
 def break_even_csv_text(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(BREAK_EVEN_COLUMNS)
-    for row in rows:
-        writer.writerow([csv_cell(row[column]) for column in BREAK_EVEN_COLUMNS])
-    return out.getvalue()
+    return csv_text(BREAK_EVEN_COLUMNS, rows)
 
 
 def plus_minus(mean: float, std: float) -> str:

@@ -155,3 +155,9 @@ def iterate_batches(split: Split, batch_size: int,
     for start in range(0, n, batch_size):
         index = order[start:start + batch_size]
         yield split.images.index_select(0, index), split.labels.index_select(0, index)
+
+
+def test_split(dataset: Split, seed: int) -> Split:
+    """The test part of :func:`make_splits`, copying only its images (15 %), not the whole dataset."""
+    _, _, test = split_indices(len(dataset), seed)
+    return Split(dataset.images[test], dataset.labels[test])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from archs.masks import expected_percent_remaining
 from data.emissions import EMISSION_FIELDS
 from data.runs import format_number, parse_config_name
 
@@ -30,8 +31,8 @@ MODE_WORDS = {"dense": "dense kernels", "sparse": "sparse kernels", "auto": "aut
 
 
 def weights_left_percent(prune_percent: float, prune_iterations: int) -> float:
-    """Percent of weights left after ``prune_iterations - 1`` rounds of ``prune_percent`` %."""
-    return 100.0 * (1.0 - prune_percent / 100.0) ** (prune_iterations - 1)
+    """Percent of weights a configuration ends with: its cycles after the first each prune."""
+    return expected_percent_remaining(prune_percent, prune_iterations - 1)
 
 
 def times_in_words(count: int) -> str:

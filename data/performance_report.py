@@ -127,9 +127,8 @@ def hyperparameter_grid_figure(groups: dict[tuple[float, float], list[TrainingRu
     return fig
 
 
-def plot_hyperparameters(options: PlotOptions, lr: float = math.nan, decay: float = math.nan) -> list[Path]:
-    """Dense runs grouped by (learning rate, weight decay); ``lr`` and ``decay`` are not used:
-    every value found is drawn."""
+def plot_hyperparameters(options: PlotOptions) -> list[Path]:
+    """Dense runs grouped by (learning rate, weight decay): every pair of values found is drawn."""
     runs = select_training_runs(options, co2=False, dense_only=True,
                                 make_flags=("--train_type", "regular", "--lr", "0.001", "--decay", "0"))
     groups = dict(sorted(group_by(runs, lambda r: (r.config.lr, r.config.decay)).items()))
@@ -145,8 +144,5 @@ def plot_hyperparameters(options: PlotOptions, lr: float = math.nan, decay: floa
     return writer.finish()
 
 
-# --perf_type of lottery_ticket_performance.py
-PERFORMANCE_REPORTS = {
-    "performance": plot_performance,
-    "hyperparameter": plot_hyperparameters,
-}
+# --perf_type of lottery_ticket_performance.py: plot_performance, plot_hyperparameters
+PERF_TYPES = ("performance", "hyperparameter")

@@ -8,24 +8,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from archs.inference import DEFAULT_STATE
 from data.plotting import FORMATS
 from data.results import (InferenceRun, TrainingRun, group_by, load_inference_runs,
                           load_training_runs)
-from data.runs import (DEFAULT_DECAY, DEFAULT_LR, find_run_files, format_number,
+from data.runs import (DEFAULT_DECAY, DEFAULT_LR, config_name, find_run_files, format_number,
                        inference_runs_csv_path, parse_config_name, run_dir)
 from utils import (ArgumentParser, UserError, get_logger, non_negative_float, positive_float,
                    setup_logging)
 
 
-FINAL_STATE = "final"   # the weights the original program replayed
-
-
 def config_name_argument(text: str) -> str:
-    """argparse type: a configuration name such as pp90x2."""
-    if parse_config_name(text) is None:
+    """argparse type: a configuration name such as pp90x2, written as the files name it
+    (pp90.0x2 becomes pp90x2, so that it matches them)."""
+    parsed = parse_config_name(text)
+    if parsed is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a configuration name; write "
                                          "ppPxN, e.g. pp90x2, pp68x3 or pp0x1")
-    return text
+    return config_name(*parsed)
 
 
 @dataclass(frozen=True)
@@ -182,18 +182,44 @@ def select_training_runs(options: PlotOptions, *, co2: bool, lr: float | None = 
                     f"{found_runs_summary(found)}); change the filters or make them with: {make}")
 
 
+def describe_conditions(conditions: tuple[str, int | None, int | None]) -> str:
+    """('final', 2, 512) -> 'final weights, 2 threads, batch 512' (unrecorded parts left out)."""
+    state, threads, batch_size = conditions
+    words = [f"{state} weights"]
+    if threads is not None:
+        words.append(f"{threads} thread{'s' if threads != 1 else ''}")
+    if batch_size is not None:
+        words.append(f"batch {batch_size}")
+    return ", ".join(words)
+
+
+def one_condition_per_device(runs: list[InferenceRun]) -> list[InferenceRun]:
+    """The replays of each device measured under one set of conditions (weights, threads, batch
+    size): times and energies measured under different ones must not be averaged or compared.
+    Where there are several, the final weights (the original's) are preferred, then the
+    conditions most replays were made under; the log says which were used."""
+    kept = []
+    for device, members in sorted(group_by(runs, lambda r: r.device).items()):
+        by_conditions = group_by(members, lambda r: r.conditions)
+        if len(by_conditions) > 1:
+            ordered = sorted(by_conditions, key=lambda c: tuple((v is not None, v or 0) for v in c))
+            chosen = max(ordered, key=lambda c: (c[0] == DEFAULT_STATE, len(by_conditions[c]),
+                                                 -ordered.index(c)))
+            get_logger().info("inference_runs.csv holds replays on %s under several conditions (%s); "
+                              "using %s", device, "; ".join(map(describe_conditions, ordered)),
+                              describe_conditions(chosen))
+            members = by_conditions[chosen]
+        kept += members
+    return kept
+
+
 def select_inference_runs(options: PlotOptions) -> list[InferenceRun]:
-    """The rows of inference_runs.csv the options ask for; raises UserError naming the folder
-    searched and the command that replays the tickets when there is none."""
-    runs = [run for run in load_inference_runs(options.save_dir, options.arch_type, options.dataset)
-            if options.wants(run.config_name, run.seed)]
-    states = sorted({run.state for run in runs})
-    if len(states) > 1:
-        # Replays of different weights of one ticket must not be averaged together.
-        chosen = FINAL_STATE if FINAL_STATE in states else states[0]
-        get_logger().info("inference_runs.csv holds replays of several weight states (%s); "
-                          "using %s", ", ".join(states), chosen)
-        runs = [run for run in runs if run.state == chosen]
+    """The rows of inference_runs.csv the options ask for, one set of measuring conditions per
+    device; raises UserError naming the folder searched and the command that replays the
+    tickets when there is none."""
+    runs = one_condition_per_device([
+        run for run in load_inference_runs(options.save_dir, options.arch_type, options.dataset)
+        if options.wants(run.config_name, run.seed)])
     if runs:
         return runs
     table = inference_runs_csv_path(options.save_dir, options.arch_type, options.dataset)

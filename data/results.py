@@ -13,10 +13,11 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from archs.inference import parse_run_row
 from archs.training import LOG_KEYS
+from data.csv_tables import float_cell
 from data.emissions import EMISSION_FIELDS
-from data.runs import (RunConfig, RunFileInfo, config_name, find_run_files, inference_dir,
-                       inference_runs_csv_path)
+from data.runs import RunConfig, RunFileInfo, find_run_files, inference_dir, inference_runs_csv_path
 from utils import UserError, get_logger, load_checkpoint
 
 T = TypeVar("T")
@@ -83,13 +84,6 @@ class TrainingRun:
         return self.config.config_name
 
     @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    def emission_series(self, field: str) -> dict[int, float]:
-        return {images: record[field] for images, record in self.emissions.items()}
-
-    @property
     def final_emissions(self) -> dict[str, float]:
         """The cumulative record at the end of training (all cycles)."""
         return self.emissions[max(self.emissions)]
@@ -129,12 +123,18 @@ class InferenceRun:
     seed: int
     device: str
     mode: str
-    state: str          # which weights were replayed (the original replayed the final ones)
+    state: str               # which weights were replayed (the original replayed the final ones)
+    threads: int | None      # None in tables written before it was recorded
+    batch_size: int | None   # likewise
     passes: int
     images_per_pass: int
     co2_kg_per_pass: float
-    energy_kwh_per_pass: float
     emissions_csv: Path
+
+    @property
+    def conditions(self) -> tuple[str, int | None, int | None]:
+        """What its time and energy depend on besides the ticket, its kernels and the device."""
+        return self.state, self.threads, self.batch_size
 
     @property
     def co2_kg_per_inference(self) -> float:
@@ -145,14 +145,18 @@ class InferenceRun:
 
 
 def inference_run_from(row: dict, folder: Path) -> InferenceRun:
+    """Raises ValueError for a row that cannot be used (see :func:`archs.inference.parse_run_row`)."""
+    parsed = parse_run_row(row)
+    for needed in ("passes", "images_per_pass"):
+        if parsed[needed] is None or parsed[needed] <= 0:
+            raise ValueError(f"no {needed}")
+    if math.isnan(parsed["co2_kg_per_pass"]):
+        raise ValueError("no co2_kg_per_pass")
     return InferenceRun(
-        config_name=config_name(float(row["prune_percent"]), int(row["prune_iterations"])),
-        seed=int(row["seed"]), device=row["device"], mode=row["mode"] or "dense",
-        state=row.get("state") or "final",
-        passes=int(row["passes"]), images_per_pass=int(row["images_per_pass"]),
-        co2_kg_per_pass=float(row["co2_kg_per_pass"]),
-        energy_kwh_per_pass=float(row["energy_kwh_per_pass"]),
-        emissions_csv=folder / row["emissions_csv"])
+        config_name=parsed["config"], seed=parsed["seed"], device=parsed["device"], mode=parsed["mode"],
+        state=parsed["state"], threads=parsed["threads"], batch_size=parsed["batch_size"],
+        passes=parsed["passes"], images_per_pass=parsed["images_per_pass"],
+        co2_kg_per_pass=parsed["co2_kg_per_pass"], emissions_csv=folder / parsed["emissions_csv"])
 
 
 def load_inference_runs(save_dir: Path | str, arch: str, dataset: str) -> list[InferenceRun]:
@@ -167,15 +171,9 @@ def load_inference_runs(save_dir: Path | str, arch: str, dataset: str) -> list[I
             if row.get("arch", arch) != arch or row.get("dataset", dataset) != dataset:
                 continue
             try:
-                run = inference_run_from(row, inference_dir(save_dir, arch, dataset))
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("warning: skipping line %d of %s (%s: %s)", line, path,
-                            type(exc).__name__, exc)
-                continue
-            if run.images_per_pass <= 0 or run.passes <= 0:
-                log.warning("warning: skipping line %d of %s (no pass or no image)", line, path)
-                continue
-            runs.append(run)
+                runs.append(inference_run_from(row, inference_dir(save_dir, arch, dataset)))
+            except ValueError as exc:
+                log.warning("warning: skipping line %d of %s (%s)", line, path, exc)
     return runs
 
 
@@ -200,12 +198,6 @@ def read_codecarbon_csv(path: Path, max_rows: int | None = None) -> dict[int, di
     rows = [row for row in rows if row.get("run_id") == last_run]
     if max_rows is not None:
         rows = rows[:max_rows]
-    return {number: {field: _float_or_nan(row[field]) for field in EMISSION_FIELDS}
+    return {number: {field: float_cell(row[field]) for field in EMISSION_FIELDS}
             for number, row in enumerate(rows, start=1)}
 
-
-def _float_or_nan(text: str | None) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan

@@ -5,7 +5,7 @@ Layout under ``--save_dir`` (default ``saves/``)::
     {arch}/{dataset}/pp{P}x{N}_seed{S}_co2{True|False}_{dataset}.pt          training results
     {arch}/{dataset}/pp{P}x{N}_seed{S}_co2{True|False}_{dataset}.csv         CodeCarbon rows
     {arch}/{dataset}/pp{P}x{N}_seed{S}_co2{True|False}_{dataset}.checkpoint.pt  (while running)
-    {arch}/{dataset}/inference/{cpu|gpu}_inf_pp{P}x{N}_seed{S}[_{mode}].csv  inference replay
+    {arch}/{dataset}/inference/{cpu|gpu}_inf_pp{P}x{N}_seed{S}_{mode}[_{state}].csv  inference replay
 
 Runs with a learning rate or weight decay other than the defaults (the hyperparameter grid)
 get ``_lr{lr}_decay{decay}`` appended to the stem so they never overwrite each other.
@@ -169,36 +169,24 @@ def inference_dir(save_dir: Path | str, arch: str, dataset: str) -> Path:
 
 
 def inference_csv_path(save_dir: Path | str, arch: str, dataset: str, device_kind: str,
-                       prune_percent: float, prune_iterations: int, seed: int,
-                       mode: str | None = None) -> Path:
-    """``{cpu|gpu}_inf_pp{P}x{N}_seed{S}[_{mode}].csv`` as the original named it."""
-    name = f"{device_kind}_inf_{config_name(prune_percent, prune_iterations)}_seed{seed}"
-    if mode:
-        name += f"_{mode}"
+                       prune_percent: float, prune_iterations: int, seed: int, mode: str,
+                       state: str = "final") -> Path:
+    """``{cpu|gpu}_inf_pp{P}x{N}_seed{S}_{mode}[_{state}].csv``: the original's name plus the kernel
+    mode, and the weight state unless it is the final one (the only one the original replayed),
+    so that no two replays of one ticket overwrite each other."""
+    name = f"{device_kind}_inf_{config_name(prune_percent, prune_iterations)}_seed{seed}_{mode}"
+    if state != "final":
+        name += f"_{state}"
     return inference_dir(save_dir, arch, dataset) / f"{name}.csv"
 
 
-INFERENCE_FILE = re.compile(
-    r"^(?P<device>cpu|gpu)_inf_pp(?P<prune_percent>\d+(?:\.\d+)?)x(?P<prune_iterations>\d+)"
-    r"_seed(?P<seed>\d+)(?:_(?P<mode>dense|sparse|auto))?\.csv$")
-
-
-def parse_inference_file(path: Path | str) -> dict | None:
-    match = INFERENCE_FILE.match(Path(path).name)
-    if not match:
-        return None
-    return {"path": Path(path), "device": match["device"],
-            "prune_percent": float(match["prune_percent"]),
-            "prune_iterations": int(match["prune_iterations"]),
-            "config_name": config_name(float(match["prune_percent"]), int(match["prune_iterations"])),
-            "seed": int(match["seed"]), "mode": match["mode"]}
-
-
 def inference_runs_csv_path(save_dir: Path | str, arch: str, dataset: str) -> Path:
-    """One row per replayed run (configuration, seed, device, kernel mode): see README schema."""
+    """One row per replayed run (configuration, seed, device, kernel mode, weights, threads, batch
+    size): see the README's schema."""
     return inference_dir(save_dir, arch, dataset) / "inference_runs.csv"
 
 
 def inference_summary_csv_path(save_dir: Path | str, arch: str, dataset: str) -> Path:
-    """Mean and standard deviation over seeds of inference_runs.csv, per configuration and mode."""
+    """Mean and standard deviation over seeds of inference_runs.csv, per configuration, mode and
+    measuring conditions."""
     return inference_dir(save_dir, arch, dataset) / "inference_summary.csv"

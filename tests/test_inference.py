@@ -1,5 +1,7 @@
 """post_training_inference.py on runs made by the real training code."""
 import csv
+import math
+import shutil
 import subprocess
 import sys
 
@@ -7,12 +9,17 @@ import pytest
 import torch
 
 import post_training_inference
+from archs import inference
 from archs.experiment import TrainingJob, run_job
-from archs.inference import RUN_COLUMNS, SUMMARY_COLUMNS, InferenceJob, run_inference, select_runs
+from archs.inference import (RUN_COLUMNS, SUMMARY_COLUMNS, InferenceJob, run_inference, select_runs,
+                             summarise)
+from archs.sparse import Agreement
+from data import datasets   # not its test_split itself: pytest would collect that name as a test
+from data.datasets import Split
 from data.emissions import TrackerSettings
 from data.runs import RunConfig, inference_runs_csv_path, inference_summary_csv_path
 from conftest import ROOT
-from utils import UserError
+from utils import UserError, setup_logging
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +149,130 @@ def test_cuda_without_a_gpu(saved_runs):
                              "--device", "cuda"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no CUDA GPU is available" in result.stderr
+
+
+# --------------------------------------------------------------------------- weights, conditions, old tables
+def test_best_state_is_replayed_into_its_own_files_and_rows(saved_runs):
+    for state in ("final", "best"):
+        run_inference(job(saved_runs, state=state, mode="dense", configs=["pp90x2"], seeds=[0], passes=1))
+    folder = saved_runs / "fc1" / "mnist" / "inference"
+    final_csv = folder / "cpu_inf_pp90x2_seed0_dense.csv"
+    best_csv = folder / "cpu_inf_pp90x2_seed0_dense_best.csv"
+    assert len(read(final_csv)) == 1 and len(read(best_csv)) == 1   # one pass each, neither overwritten
+    table = [r for r in read(inference_runs_csv_path(saved_runs, "fc1", "mnist"))
+             if (r["config"], r["seed"], r["mode"]) == ("pp90x2", "0", "dense")]
+    by_state = {r["state"]: r for r in table}
+    assert sorted(by_state) == ["best", "final"] and len(table) == 2
+    assert by_state["best"]["emissions_csv"] == best_csv.name
+    assert by_state["final"]["emissions_csv"] == final_csv.name
+    assert by_state["best"]["seconds_per_pass_std"] == ""   # one pass: no spread, an empty cell
+    assert by_state["best"]["batch_size"] == "512" and int(by_state["best"]["threads"]) >= 1
+    summary = read(inference_summary_csv_path(saved_runs, "fc1", "mnist"))
+    states = {r["state"] for r in summary if (r["config"], r["mode"]) == ("pp90x2", "dense")}
+    assert states == {"best", "final"}
+
+
+def summary_input(config="pp90x2", seed=0, mode="dense", threads=2, batch_size=512, seconds=1.0) -> dict:
+    """A parsed inference_runs.csv row; only what summarise reads matters."""
+    row = {column: math.nan for column in RUN_COLUMNS}
+    return row | {"arch": "fc1", "dataset": "mnist", "config": config, "seed": seed, "device": "cpu",
+                  "mode": mode, "state": "final", "threads": threads, "batch_size": batch_size,
+                  "seconds_per_pass": seconds}
+
+
+def test_speedups_pair_only_replays_under_the_same_threads_and_batch_size():
+    rows = [summary_input(threads=2, seconds=4.0), summary_input(threads=1, seconds=8.0),
+            summary_input(batch_size=64, seconds=100.0),
+            summary_input(mode="sparse", threads=2, seconds=2.0),
+            summary_input(mode="sparse", threads=1, batch_size=64, seconds=1.0)]
+    summary = {(r["mode"], r["threads"], r["batch_size"]): r for r in summarise(rows)}
+    assert len(summary) == 5   # every condition its own group
+    assert summary[("sparse", 2, 512)]["speedup_vs_dense_mean"] == pytest.approx(2.0)   # 4 / 2
+    assert math.isnan(summary[("sparse", 1, 64)]["speedup_vs_dense_mean"])   # no dense run like it
+    assert summary[("dense", 1, 512)]["speedup_vs_dense_mean"] == pytest.approx(1.0)
+    assert summary[("dense", 1, 512)]["seeds"] == 1
+    assert math.isnan(summary[("dense", 1, 512)]["seconds_per_pass_std"])   # one seed: no spread
+
+
+OLD_TABLE = """\
+arch,dataset,config,prune_percent,prune_iterations,seed,device,mode,passes,images_per_pass,percent_remaining,\
+test_loss,test_accuracy,seconds_per_pass,seconds_per_pass_std,images_per_second,energy_kwh_per_pass,\
+co2_kg_per_pass,emissions_csv
+fc1,mnist,pp0x1,0,1,0,cpu,dense,10,105,100,0.5,90,0.02,,5250,1e-06,2e-07,cpu_inf_pp0x1_seed0_dense.csv
+fc1,mnist,pp90x2,90,2,0,cpu,sparse,10,105,10,0.5,90,0.01,0.001,10500,,1e-07,cpu_inf_pp90x2_seed0_sparse.csv
+fc1,mnist,pp90x2,90,2,zero,cpu,dense,10,105,10,0.5,90,0.01,0.001,10500,1e-06,1e-07,x.csv
+"""
+
+
+def copy_run(saved_runs, save_dir, name="pp90x2_seed0_co2False_mnist.pt", as_name=None):
+    folder = save_dir / "fc1" / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(saved_runs / "fc1" / "mnist" / name, folder / (as_name or name))
+    return folder
+
+
+def test_a_table_of_an_earlier_version_is_read_and_kept(saved_runs, tmp_path, capsys):
+    folder = copy_run(saved_runs, tmp_path)
+    (folder / "inference").mkdir()
+    table = inference_runs_csv_path(tmp_path, "fc1", "mnist")
+    table.write_text(OLD_TABLE)
+    code, out, err = run_main(["--save_dir", str(tmp_path), "--mode", "dense", "--passes", "1",
+                               "--country_iso_code", "FRA", "--no_progress"], capsys)
+    assert code == 0, err
+    assert (f"warning: line 4 of {table} cannot be read (invalid literal for int() with base 10: "
+            "'zero'); it is left out of the rewritten table") in out
+    rows = {(r["config"], r["mode"]): r for r in read(table)}
+    assert sorted(rows) == [("pp0x1", "dense"), ("pp90x2", "dense"), ("pp90x2", "sparse")]
+    old = rows[("pp90x2", "sparse")]
+    assert old["state"] == "final" and old["threads"] == "" and old["batch_size"] == ""
+    assert old["energy_kwh_per_pass"] == "" and float(old["co2_kg_per_pass"]) == 1e-07
+    assert rows[("pp90x2", "dense")]["batch_size"] == "512"
+    summary = {(r["config"], r["mode"]): r
+               for r in read(inference_summary_csv_path(tmp_path, "fc1", "mnist"))}
+    # the old sparse replay's threads are unknown, so no dense replay is known to match it
+    assert summary[("pp90x2", "sparse")]["speedup_vs_dense_mean"] == ""
+    assert summary[("pp90x2", "sparse")]["energy_kwh_per_pass_mean"] == ""
+    assert float(summary[("pp0x1", "dense")]["seconds_per_pass_mean"]) == 0.02
+
+
+def test_runs_of_a_hyperparameter_grid_are_skipped_and_said_so(saved_runs, tmp_path, capsys):
+    copy_run(saved_runs, tmp_path, "pp0x1_seed0_co2False_mnist.pt",
+             "pp0x1_seed0_co2False_mnist_lr0.001_decay0.pt")
+    with pytest.raises(UserError, match=r"only 1 run\(s\) of a hyperparameter grid, which are not replayed"):
+        select_runs(job(tmp_path))
+    copy_run(saved_runs, tmp_path)
+    setup_logging()
+    assert [(i.config_name, i.seed) for i in select_runs(job(tmp_path))] == [("pp90x2", 0)]
+    assert ("Skipping 1 run(s) of a hyperparameter grid (non-default --lr/--decay)"
+            in capsys.readouterr().out)
+
+
+def test_kernels_that_disagree_are_a_user_error_with_a_way_out(saved_runs, tmp_path, capsys, monkeypatch):
+    copy_run(saved_runs, tmp_path)
+    monkeypatch.setattr(inference, "compare_outputs", lambda *args: Agreement(0.5, 1e-5))
+    code, _, err = run_main(["--save_dir", str(tmp_path), "--mode", "sparse", "--country_iso_code", "FRA",
+                             "--no_progress"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "sparse kernels disagree with the dense forward on pp90x2 seed 0" in err
+    assert "--mode dense avoids the sparse kernels" in err
+
+
+def test_an_unwritable_inference_folder_is_one_line(saved_runs, tmp_path, capsys):
+    folder = copy_run(saved_runs, tmp_path)
+    (folder / "inference").write_text("a file where the folder should be")
+    code, _, err = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"cannot write to the inference folder {folder / 'inference'}" in err
+
+
+def test_a_misspelt_configuration_is_a_flag_error(capsys):
+    code, _, err = run_main(["--configs", "pp90"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "'pp90' is not a configuration name" in err
+
+
+def test_test_split_is_the_test_part_of_the_splits():
+    dataset = Split(torch.arange(200.0).reshape(200, 1, 1, 1), torch.arange(200))
+    expected = datasets.make_splits(dataset, seed=3).test
+    test = datasets.test_split(dataset, seed=3)
+    assert torch.equal(test.images, expected.images) and torch.equal(test.labels, expected.labels)

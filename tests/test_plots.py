@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import post_training_inference_emissions
 from archs.inference import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
 from archs.inference import InferenceJob, run_inference
 from archs.training import LOG_KEYS
+from conftest import ROOT
 from data.emissions import EMISSION_FIELDS, TrackerSettings
 from data.labels import config_colour, config_sort_key, describe_config
 from data.plotting import percent_tick_label, sparse_log_ticks
@@ -94,7 +98,16 @@ def test_config_name_round_trip():
 
 
 def test_a_configuration_keeps_its_colour_whatever_else_is_drawn():
-    assert config_colour("pp42x3") == config_colour("pp42x3")
+    # Figures are made by separate processes: a colour derived from Python's hash() would
+    # change with each process's hash seed, so two seeds are tried besides this process's.
+    here = config_colour("pp42x3")
+    assert here == "#fbafe4"   # crc32("pp42x3") picks the last of OTHER_COLOURS
+    for hash_seed in ("1", "2"):
+        other = subprocess.run([sys.executable, "-c", "from data.labels import config_colour; "
+                                "print(config_colour('pp42x3'))"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == here
     study = {config_colour(name) for name in ("pp0x1", "pp90x2", "pp68x3")}
     assert len(study) == 3
 
@@ -245,7 +258,7 @@ def write_inference_rows(save_dir: Path, rows: list[tuple[str, int, str, float]]
             writer.writerow({"arch": ARCH, "dataset": DATASET, "config": name,
                              "prune_percent": prune_percent, "prune_iterations": prune_iterations,
                              "seed": seed, "device": "cpu", "mode": mode, "passes": 10,
-                             "state": "final",
+                             "state": "final", "threads": 2, "batch_size": 512,
                              "images_per_pass": images_per_pass, "co2_kg_per_pass": co2,
                              "energy_kwh_per_pass": co2 * 10,
                              "emissions_csv": f"cpu_inf_{name}_seed{seed}.csv"})
@@ -391,19 +404,41 @@ def test_replays_of_several_weight_states_are_not_mixed(known_study, tmp_path, c
         for row in rows:   # the same runs replayed with other weights, 100 times dearer
             writer.writerow(row | {"state": "best", "co2_kg_per_pass": float(row["co2_kg_per_pass"]) * 100})
     assert inference_emission.main(plot_args(known_study, tmp_path)) == 0
-    assert "several weight states (best, final); using final" in capsys.readouterr().out
+    assert ("replays on cpu under several conditions (best weights, 2 threads, batch 512; final weights, "
+            "2 threads, batch 512); using final weights, 2 threads, batch 512") in capsys.readouterr().out
     rows = {r["config"]: r for r in csv.DictReader(open(tmp_path / ARCH / DATASET / "break_even.csv"))}
     assert float(rows["pp90x2"]["break_even_inferences"]) == pytest.approx(1000.0)
 
 
-def test_bad_flags_are_one_line(tmp_path, capsys):
+def test_replays_with_other_threads_or_batch_sizes_are_not_mixed(known_study, tmp_path, capsys):
+    table = inference_runs_csv_path(known_study, ARCH, DATASET)
+    rows = list(csv.DictReader(open(table)))
+    with open(table, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=INFERENCE_RUNS_COLUMNS)
+        for row in rows[:3]:   # a few runs measured again on one thread, 100 times dearer
+            writer.writerow(row | {"threads": 1, "co2_kg_per_pass": float(row["co2_kg_per_pass"]) * 100})
+        writer.writerow(rows[0] | {"batch_size": 64, "co2_kg_per_pass": 1.0})
+    assert inference_emission.main(plot_args(known_study, tmp_path)) == 0
+    out = capsys.readouterr().out
+    # the conditions most runs were replayed under are used
+    assert ("several conditions (final weights, 1 thread, batch 512; final weights, 2 threads, batch 64; "
+            "final weights, 2 threads, batch 512); using final weights, 2 threads, batch 512") in out
+    rows = {r["config"]: r for r in csv.DictReader(open(tmp_path / ARCH / DATASET / "break_even.csv"))}
+    assert float(rows["pp90x2"]["break_even_inferences"]) == pytest.approx(1000.0)
+    assert int(rows["pp0x1"]["inference_runs"]) == 2
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    (lottery_ticket_performance, ["--format", "jpg"], "invalid choice: 'jpg'"),
+    (inference_emission, ["--configs", "ninety"], "'ninety' is not a configuration name"),
+])
+def test_bad_flags_are_one_line(module, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        lottery_ticket_performance.main(["--format", "jpg"])
+        module.main(argv)
     assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
-        inference_emission.main(["--configs", "ninety"])
     err = capsys.readouterr().err
-    assert "'ninety' is not a configuration name" in err
+    assert len(err.strip().splitlines()) == 1
+    assert message in err and "(see --help)" in err
 
 
 def test_library_code_raises_user_errors_not_exits(tmp_path):

@@ -312,3 +312,19 @@ def test_dense_transposed_linear_matches_linear():
     inputs = torch.randn(3, 6)
     layer = DenseTransposedLinear(linear.weight, linear.bias, relu=False)
     assert relative_error(layer(inputs.t()), linear(inputs).t()) < AGREEMENT_TOLERANCE
+
+
+def test_auto_runs_dense_off_the_cpu_unless_the_kernels_are_timed():
+    layer = prune_linears_randomly(nn.Linear(300, 100), 0.99)   # sparse on the CPU by the threshold
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")   # the layer stays on the CPU: no GPU needed
+
+    def choice(device, mode="auto", threshold=None, recorded_input=None):
+        return sparse.choose_kernel("w", layer, True, mode, threshold, recorded_input, device)
+
+    assert choice(cpu).kernel == "sparse"
+    off_cpu = choice(cuda)
+    assert off_cpu.kernel == "dense" and "--measure_auto" in off_cpu.reason and "CPU" in off_cpu.reason
+    # Timing, a threshold of the caller's own, or sparse mode decide wherever the layer runs.
+    assert choice(cuda, recorded_input=torch.randn(256, 300)).reason.startswith("measured")
+    assert choice(cuda, threshold=0.5).kernel == "sparse"
+    assert choice(cuda, mode="sparse").kernel == "sparse"
