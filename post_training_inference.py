@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "sparsity thresholds, which were measured on a CPU (on a GPU, auto "
                              "runs dense without this flag)")
     parser.add_argument("--passes", type=positive_int, default=10, help="passes over the test split")
+    parser.add_argument("--sweeps_per_pass", type=positive_int, default=1,
+                        help="times each pass classifies the whole test split; raise it until a pass "
+                             "lasts several of CodeCarbon's power samples (the script says when)")
     parser.add_argument("--batch_size", type=positive_int, default=512, help="images per forward call")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to run")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -62,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_inference(InferenceJob(
         arch=args.arch_type, dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
-        configs=args.configs, seeds=args.seeds, state=args.state, passes=args.passes, device=args.device,
-        batch_size=args.batch_size, threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
+        configs=args.configs, seeds=args.seeds, state=args.state, passes=args.passes,
+        sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size, threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
         show_progress=not args.no_progress,
         tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                 measure_power_secs=args.measure_power_secs)))

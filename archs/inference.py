@@ -72,6 +72,7 @@ class InferenceJob:
     seeds: list[int] | None = None
     state: str = DEFAULT_STATE
     passes: int = 10
+    sweeps_per_pass: int = 1              # times each pass classifies the whole test split
     device: str = "cpu"
     batch_size: int = 512
     threads: int | None = None
@@ -150,7 +151,8 @@ def replay(model, split: Split, job: InferenceJob, device: torch.device, csv_pat
         for index in range(job.passes):
             synchronise(device)
             start = time.perf_counter()
-            loss, accuracy = evaluate(model, split, job.batch_size)
+            for _ in range(job.sweeps_per_pass):
+                loss, accuracy = evaluate(model, split, job.batch_size)
             synchronise(device)
             seconds.append(time.perf_counter() - start)
             losses.append(loss)
@@ -221,11 +223,13 @@ def run_inference(job: InferenceJob) -> list[dict]:
                                               info.prune_percent, info.prune_iterations, info.seed, mode,
                                               job.state)
                 measured = replay(converted, test, job, device, csv_path, progress)
-                row = run_row(job, info, device_kind, mode, len(test), remaining, measured, csv_path)
+                row = run_row(job, info, device_kind, mode, len(test) * job.sweeps_per_pass, remaining,
+                              measured, csv_path)
                 log.info("%s: %.4f s per pass (%.0f images/s), test accuracy %.2f%%, %.3e kg CO2 per pass",
                          mode, row["seconds_per_pass"], row["images_per_second"], row["test_accuracy"],
                          row["co2_kg_per_pass"])
                 rows.append(row)
+    warn_if_passes_too_short(rows, job)
     runs_csv = inference_runs_csv_path(job.save_dir, job.arch, job.dataset)
     summary_csv = inference_summary_csv_path(job.save_dir, job.arch, job.dataset)
     all_rows = merge_rows(read_rows(runs_csv), rows)
@@ -236,6 +240,23 @@ def run_inference(job: InferenceJob) -> list[dict]:
              format_table(*summary_table(summary)))
     log.info("\nWrote %s and %s", runs_csv, summary_csv)
     return rows
+
+
+# CodeCarbon samples power every measure_power_secs; a pass this many intervals long or
+# longer averages over enough samples for its energy to be more than sampling noise.
+MIN_SAMPLES_PER_PASS = 5
+
+
+def warn_if_passes_too_short(rows: list[dict], job: InferenceJob) -> None:
+    shortest = min((row["seconds_per_pass"] for row in rows), default=math.inf)
+    wanted = MIN_SAMPLES_PER_PASS * job.tracker.measure_power_secs
+    if shortest < wanted:
+        sweeps = math.ceil(job.sweeps_per_pass * wanted / shortest)
+        get_logger().warning(
+            "\nWarning: the shortest passes lasted %.3f s, under %d of CodeCarbon's %g s power samples: "
+            "their energy and CO2 figures are mostly sampling noise. For figures you can trust, "
+            "make each pass longer with --sweeps_per_pass %d (times are fine as they are).",
+            shortest, MIN_SAMPLES_PER_PASS, job.tracker.measure_power_secs, sweeps)
 
 
 def run_row(job: InferenceJob, info: RunFileInfo, device_kind: str, mode: str, images: int,

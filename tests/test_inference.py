@@ -276,3 +276,13 @@ def test_test_split_is_the_test_part_of_the_splits():
     expected = datasets.make_splits(dataset, seed=3).test
     test = datasets.test_split(dataset, seed=3)
     assert torch.equal(test.images, expected.images) and torch.equal(test.labels, expected.labels)
+
+
+def test_sweeps_per_pass_multiply_the_images_of_a_pass_and_short_passes_are_flagged(saved_runs, capsys):
+    setup_logging()
+    rows = run_inference(job(saved_runs, mode="dense", configs=["pp90x2"], seeds=[0], passes=2,
+                             sweeps_per_pass=3))
+    assert rows[0]["images_per_pass"] == 3 * 105
+    assert rows[0]["images_per_second"] == pytest.approx(3 * 105 / rows[0]["seconds_per_pass"])
+    warning = [line for line in capsys.readouterr().out.splitlines() if "sampling noise" in line]
+    assert len(warning) == 1 and "--sweeps_per_pass" in warning[0]
