@@ -231,3 +231,41 @@ def test_results_files_get_the_usual_permissions(finished_run):
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_killed_process_resumes_to_the_uninterrupted_result(tmp_path, mnist_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    flags = ["--end_iter", "8", "--batch_size", "64", "--prune_iterations", "3", "--prune_percent", "50",
+             "--seeds", "0", "--device", "cpu", "--no_progress", "--data_dir", str(mnist_dir)]
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    config = RunConfig(end_iter=8, batch_size=64, prune_iterations=3, prune_percent=50.0)
+    [reference_path] = run_job(TrainingJob(config=config, seeds=[0], data_dir=mnist_dir, save_dir=reference_dir,
+                                           device="cpu", show_progress=False))
+
+    process = subprocess.Popen([sys.executable, "lottery_ticket.py", *flags, "--save_dir", str(killed_dir)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = checkpoint_path(killed_dir, config)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.3)  # a few epochs into the run, wherever the kill lands
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not results_path(killed_dir, config).exists(), "the run ended before the kill"
+
+    resumed = subprocess.run([sys.executable, "lottery_ticket.py", *flags, "--save_dir", str(killed_dir), "--resume"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    reference, result = load(reference_path), load(results_path(killed_dir, config))
+    assert result["val_accuracy"] == reference["val_accuracy"]
+    assert all(torch.equal(result["final_state_dict"][k], reference["final_state_dict"][k])
+               for k in reference["final_state_dict"])
+    assert not [p for p in checkpoint.parent.iterdir() if p.name.endswith((".tmp", ".checkpoint.pt"))]
