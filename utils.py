@@ -50,6 +50,13 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_stale_temporaries(path: Path | str) -> None:
+    """Delete temporary files :func:`atomic_write` left beside ``path`` when a process was killed."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def atomic_torch_save(obj, path: Path | str) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 

@@ -11,7 +11,7 @@ from data.datasets import load_dataset, make_splits
 from data.emissions import EmissionsRecorder, TrackerSettings, keep_first_rows
 from data.runs import RunConfig, checkpoint_path, emissions_csv_path, partial_csv_path, results_path
 from utils import (UserError, atomic_torch_save, ensure_writable_dir, format_table, get_logger,
-                   library_versions, load_checkpoint, resolve_device)
+                   library_versions, load_checkpoint, remove_stale_temporaries, resolve_device)
 
 
 @dataclass
@@ -64,6 +64,8 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     def start_recorder():
         return EmissionsRecorder(running_csv, job.tracker, project_name=config.stem)
 
+    for path in (out_path, ckpt_path):
+        remove_stale_temporaries(path)
     run = LotteryRun(config, splits, device, recorder_factory=start_recorder)
     if job.resume and ckpt_path.exists():
         run.load_state_dict(load_checkpoint(ckpt_path))
