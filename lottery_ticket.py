@@ -22,8 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lottery Ticket Hypothesis (Frankle & Carbin, 2019): train, prune the smallest "
                     "weights, rewind the survivors to their initial values, train again; with "
                     "optional CodeCarbon energy and CO2 tracking. One full run per seed; results "
-                    "go to SAVE_DIR/ARCH/DATASET/ppPxN_seedS_co2BOOL_DATASET.pt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "go to SAVE_DIR/ARCH/DATASET/ppPxN_seedS_co2BOOL_DATASET.pt.")
     parser.add_argument("--arch_type", default=defaults.arch_type, choices=list(ARCHITECTURES),
                         help="network: fc1 (fully connected 784-300-100-10), lenet5 (two 3x3 "
                              "convolutions then 256-256), resnet18 (small-image ResNet18)")

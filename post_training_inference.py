@@ -22,8 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "each over its own test split PASSES times under a CodeCarbon tracker flushed "
                     "after every pass, and compare dense with sparse kernels. Writes one CodeCarbon "
                     "CSV per run, mode and state, inference_runs.csv and inference_summary.csv under "
-                    "SAVE_DIR/ARCH/DATASET/inference/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "SAVE_DIR/ARCH/DATASET/inference/.")
     parser.add_argument("--arch_type", default="fc1", choices=list(ARCHITECTURES), help="network of the runs")
     parser.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="dataset of the runs")
     parser.add_argument("--save_dir", type=Path, default=Path("saves"), help="where lottery_ticket.py saved them")

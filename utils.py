@@ -176,8 +176,22 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
 
 
 # --------------------------------------------------------------------------- command line
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not already say it and X means something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (no usage dump) and exits with 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -231,7 +245,7 @@ def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
                             "network call is made. Default: the online tracker, which looks up "
                             "the location and falls back to a world average when offline")
     group.add_argument("--measure_power_secs", type=positive_float, default=1.0, metavar="S",
-                       help="seconds between CodeCarbon power measurements (default: 1, as the study)")
+                       help="seconds between CodeCarbon power measurements (default: 1, as in the study)")
 
 
 def run_cli(main: Callable[[], int | None], interrupted_hint: str = "files already written are complete") -> None:

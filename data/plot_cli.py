@@ -68,8 +68,7 @@ class PlotOptions:
 
 def plot_parser(description: str) -> ArgumentParser:
     """An argument parser with the flags all plotting scripts share."""
-    parser = ArgumentParser(description=description,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--arch_type", default="fc1", help="network whose runs to plot (fc1, lenet5, resnet18)")
     parser.add_argument("--dataset", default="mnist", help="dataset of the runs (mnist, cifar10)")
     parser.add_argument("--save_dir", type=Path, default=Path("saves"),
