@@ -8,7 +8,7 @@ from pathlib import Path
 
 from archs.training import SUMMARY_HEADERS, LotteryRun, summary_rows
 from data.datasets import load_dataset, make_splits
-from data.emissions import EmissionsRecorder, TrackerSettings, keep_first_rows
+from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, keep_first_rows
 from data.runs import RunConfig, checkpoint_path, emissions_csv_path, partial_csv_path, results_path
 from utils import (UserError, atomic_torch_save, ensure_writable_dir, format_table, get_logger,
                    library_versions, load_checkpoint, remove_stale_temporaries, resolve_device)
@@ -100,5 +100,9 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
         total = run.emissions[max(run.emissions)]
         log.info("Tracked by CodeCarbon (estimates): %.3e kg CO2eq, %.3e kWh over %.1f s; rows in %s",
                  total["emissions"], total["energy_consumed"], total["duration"], final_csv.name)
+        if job.tracker.too_short_to_measure(total["duration"]):
+            log.warning("Warning: %.1f s is under %d of CodeCarbon's %g s power samples: this run's "
+                        "energy and CO2 are mostly sampling noise", total["duration"], MIN_POWER_SAMPLES,
+                        job.tracker.measure_power_secs)
     log.info("Saved %s", out_path)
     return out_path

@@ -26,7 +26,7 @@ from archs.sparse import CONVOLUTION_REASON, KERNEL_MODES, compare_outputs, spar
 from archs.training import evaluate
 from data.csv_tables import csv_text
 from data.datasets import Split, get_spec, load_dataset, test_split
-from data.emissions import EmissionsRecorder, TrackerSettings
+from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings
 from data.runs import (DEFAULT_DECAY, DEFAULT_LR, RunFileInfo, find_run_files, inference_csv_path,
                        inference_dir, inference_runs_csv_path, inference_summary_csv_path,
                        partial_csv_path, run_dir)
@@ -242,21 +242,16 @@ def run_inference(job: InferenceJob) -> list[dict]:
     return rows
 
 
-# CodeCarbon samples power every measure_power_secs; a pass this many intervals long or
-# longer averages over enough samples for its energy to be more than sampling noise.
-MIN_SAMPLES_PER_PASS = 5
-
-
 def warn_if_passes_too_short(rows: list[dict], job: InferenceJob) -> None:
     shortest = min((row["seconds_per_pass"] for row in rows), default=math.inf)
-    wanted = MIN_SAMPLES_PER_PASS * job.tracker.measure_power_secs
-    if shortest < wanted:
+    if job.tracker.too_short_to_measure(shortest):
+        wanted = MIN_POWER_SAMPLES * job.tracker.measure_power_secs
         sweeps = math.ceil(job.sweeps_per_pass * wanted / shortest)
         get_logger().warning(
             "\nWarning: the shortest passes lasted %.3f s, under %d of CodeCarbon's %g s power samples: "
             "their energy and CO2 figures are mostly sampling noise. For figures you can trust, "
             "make each pass longer with --sweeps_per_pass %d (times are fine as they are).",
-            shortest, MIN_SAMPLES_PER_PASS, job.tracker.measure_power_secs, sweeps)
+            shortest, MIN_POWER_SAMPLES, job.tracker.measure_power_secs, sweeps)
 
 
 def run_row(job: InferenceJob, info: RunFileInfo, device_kind: str, mode: str, images: int,

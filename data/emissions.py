@@ -32,6 +32,11 @@ CUMULATIVE_FIELDS = ("duration", "emissions", "cpu_energy", "gpu_energy", "ram_e
                      "energy_consumed")
 
 
+# CodeCarbon samples power every measure_power_secs; a measurement spanning fewer samples
+# than this is mostly sampling noise (identical inference passes differed fourfold).
+MIN_POWER_SAMPLES = 5
+
+
 @dataclass(frozen=True)
 class TrackerSettings:
     country_iso_code: str | None = None
@@ -49,6 +54,11 @@ class TrackerSettings:
                                 f"{', '.join(c for c in ('FRA', 'CAN', 'USA', 'DEU') if c in known)}")
         if not self.measure_power_secs > 0:
             raise UserError(f"--measure_power_secs must be greater than 0, not {self.measure_power_secs}")
+
+
+    def too_short_to_measure(self, seconds: float) -> bool:
+        """Whether energy measured over ``seconds`` spans too few power samples to be trusted."""
+        return seconds < MIN_POWER_SAMPLES * self.measure_power_secs
 
 
 def known_country_codes() -> set[str]:
