@@ -13,7 +13,7 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from archs.inference import parse_run_row
+from archs.inference import read_rows
 from archs.training import LOG_KEYS
 from data.csv_tables import float_cell
 from data.emissions import EMISSION_FIELDS
@@ -144,9 +144,8 @@ class InferenceRun:
         return passes * self.images_per_pass
 
 
-def inference_run_from(row: dict, folder: Path) -> InferenceRun:
-    """Raises ValueError for a row that cannot be used (see :func:`archs.inference.parse_run_row`)."""
-    parsed = parse_run_row(row)
+def inference_run_from(parsed: dict, folder: Path) -> InferenceRun:
+    """A row parsed by :func:`archs.inference.read_rows`; ValueError when it cannot be plotted."""
     for needed in ("passes", "images_per_pass"):
         if parsed[needed] is None or parsed[needed] <= 0:
             raise ValueError(f"no {needed}")
@@ -163,17 +162,14 @@ def load_inference_runs(save_dir: Path | str, arch: str, dataset: str) -> list[I
     """The rows of inference_runs.csv for ``arch`` on ``dataset`` ([] when there is no file)."""
     log = get_logger()
     path = inference_runs_csv_path(save_dir, arch, dataset)
-    if not path.is_file():
-        return []
     runs = []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            if row.get("arch", arch) != arch or row.get("dataset", dataset) != dataset:
-                continue
-            try:
-                runs.append(inference_run_from(row, inference_dir(save_dir, arch, dataset)))
-            except ValueError as exc:
-                log.warning("warning: skipping line %d of %s (%s)", line, path, exc)
+    for row in read_rows(path):  # warns about, and leaves out, rows that cannot be parsed
+        if row["arch"] != arch or row["dataset"] != dataset:
+            continue
+        try:
+            runs.append(inference_run_from(row, inference_dir(save_dir, arch, dataset)))
+        except ValueError as exc:
+            log.warning("warning: skipping %s seed %s in %s (%s)", row["config"], row["seed"], path, exc)
     return runs
 
 
