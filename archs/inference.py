@@ -25,7 +25,7 @@ from archs.masks import masks_from_state, percent_remaining, prunable_names
 from archs.sparse import CONVOLUTION_REASON, KERNEL_MODES, compare_outputs, sparsify
 from archs.training import evaluate
 from data.csv_tables import csv_text
-from data.datasets import Split, get_spec, load_dataset, test_split
+from data.datasets import Split, get_spec, load_dataset, make_test_split
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings
 from data.runs import (DEFAULT_DECAY, DEFAULT_LR, RunFileInfo, find_run_files, inference_csv_path,
                        inference_dir, inference_runs_csv_path, inference_summary_csv_path,
@@ -194,7 +194,7 @@ def run_inference(job: InferenceJob) -> list[dict]:
             if (data_dir, info.seed) not in test_splits:
                 if data_dir not in datasets:
                     datasets[data_dir] = load_dataset(job.dataset, data_dir)
-                test_splits[data_dir, info.seed] = test_split(datasets[data_dir], info.seed).to(device)
+                test_splits[data_dir, info.seed] = make_test_split(datasets[data_dir], info.seed).to(device)
             test = test_splits[data_dir, info.seed]
             state = results[STATES[job.state]]
             remaining = percent_remaining(masks_from_state(state, prunable_names(model)))

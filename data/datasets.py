@@ -139,10 +139,6 @@ def make_splits(dataset: Split, seed: int) -> DataSplits:
     return DataSplits(*(Split(dataset.images[i], dataset.labels[i]) for i in (train, val, test)))
 
 
-def load_splits(name: str, data_dir: Path | str, seed: int, download: bool = True) -> DataSplits:
-    return make_splits(load_dataset(name, data_dir, download), seed)
-
-
 def iterate_batches(split: Split, batch_size: int,
                     generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches by indexing; shuffled when a (CPU) generator is given, in order otherwise."""
@@ -157,7 +153,7 @@ def iterate_batches(split: Split, batch_size: int,
         yield split.images.index_select(0, index), split.labels.index_select(0, index)
 
 
-def test_split(dataset: Split, seed: int) -> Split:
+def make_test_split(dataset: Split, seed: int) -> Split:
     """The test part of :func:`make_splits`, copying only its images (15 %), not the whole dataset."""
     _, _, test = split_indices(len(dataset), seed)
     return Split(dataset.images[test], dataset.labels[test])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data.datasets import (DATASETS, Split, get_spec, iterate_batches, load_dataset, load_splits,
+from data.datasets import (DATASETS, Split, get_spec, iterate_batches, load_dataset, make_splits,
                            split_indices)
 from utils import UserError
 
@@ -38,7 +38,7 @@ def test_split_is_70_15_15_disjoint_complete_and_seeded():
 
 
 def test_load_splits_sizes_on_tiny_mnist(mnist_dir):
-    splits = load_splits("mnist", mnist_dir, seed=0, download=False)
+    splits = make_splits(load_dataset("mnist", mnist_dir, download=False), seed=0)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (490, 105, 105)
 
 

@@ -14,7 +14,7 @@ from archs.experiment import TrainingJob, run_job
 from archs.inference import (RUN_COLUMNS, SUMMARY_COLUMNS, InferenceJob, run_inference, select_runs,
                              summarise)
 from archs.sparse import Agreement
-from data import datasets   # not its test_split itself: pytest would collect that name as a test
+from data.datasets import make_splits, make_test_split
 from data.datasets import Split
 from data.emissions import TrackerSettings
 from data.runs import RunConfig, inference_runs_csv_path, inference_summary_csv_path
@@ -271,10 +271,10 @@ def test_a_misspelt_configuration_is_a_flag_error(capsys):
     assert "'pp90' is not a configuration name" in err
 
 
-def test_test_split_is_the_test_part_of_the_splits():
+def test_make_test_split_is_the_test_part_of_the_splits():
     dataset = Split(torch.arange(200.0).reshape(200, 1, 1, 1), torch.arange(200))
-    expected = datasets.make_splits(dataset, seed=3).test
-    test = datasets.test_split(dataset, seed=3)
+    expected = make_splits(dataset, seed=3).test
+    test = make_test_split(dataset, seed=3)
     assert torch.equal(test.images, expected.images) and torch.equal(test.labels, expected.labels)
 
 
