@@ -16,10 +16,11 @@ from utils import run_cli
 def build_parser():
     from data.break_even_report import MODE_PREFERENCE
     from data.labels import BASELINE_CONFIG
-    from data.plot_cli import add_training_hyperparameter_arguments, config_name_argument, plot_parser
-    from utils import positive_float
+    from data.plot_cli import plot_parser
+    from data.runs import config_name_argument
+    from utils import positive_finite_float
 
-    parser = plot_parser("Break-even analysis of training + inference CO2 against the dense "
+    parser = plot_parser(cycle=True, description="Break-even analysis of training + inference CO2 against the dense "
                          "baseline, from lottery_ticket.py --co2_tracking_mode runs and "
                          "post_training_inference.py's inference_runs.csv.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
@@ -30,10 +31,9 @@ def build_parser():
                              "whichever mode it was replayed with")
     parser.add_argument("--baseline", default=BASELINE_CONFIG, type=config_name_argument,
                         metavar="ppPxN", help="the configuration every other is compared with")
-    parser.add_argument("--max_inferences", type=positive_float, default=None, metavar="N",
+    parser.add_argument("--max_inferences", type=positive_finite_float, default=None, metavar="N",
                         help="end the figure's horizontal axis at N inferences (default: twice "
                              "the largest break-even point)")
-    add_training_hyperparameter_arguments(parser)
     return parser
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.plot_cli import run_plot_script
 
     def draw(args, options):
-        return report_break_even(options, args.device, args.mode, args.baseline, args.lr, args.decay,
+        return report_break_even(options, args.device, args.mode, args.baseline,
                                  args.max_inferences)
 
     return run_plot_script(build_parser(), draw, argv)

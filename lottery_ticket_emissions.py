@@ -11,11 +11,10 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.plot_cli import add_training_hyperparameter_arguments, plot_parser
+    from data.plot_cli import plot_parser
 
     parser = plot_parser("Plot the energy and CO2 of training from lottery_ticket.py's CO2-tracking "
                          "runs. Figures go to PLOTS_DIR/ARCH/DATASET/training_*.")
-    add_training_hyperparameter_arguments(parser)
     return parser
 
 
@@ -23,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.emissions_report import plot_training_emissions
     from data.plot_cli import run_plot_script
 
-    return run_plot_script(build_parser(), lambda args, options: plot_training_emissions(options, args.lr, args.decay), argv)
+    return run_plot_script(build_parser(), lambda args, options: plot_training_emissions(options), argv)
 
 
 if __name__ == "__main__":

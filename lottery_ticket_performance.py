@@ -11,7 +11,7 @@ from utils import run_cli
 
 def build_parser():
     from data.performance_report import PERF_TYPES
-    from data.plot_cli import add_training_hyperparameter_arguments, plot_parser
+    from data.plot_cli import plot_parser
 
     parser = plot_parser("Plot training performance from lottery_ticket.py's results "
                          "(runs made without --co2_tracking_mode). Figures go to "
@@ -19,9 +19,7 @@ def build_parser():
     parser.add_argument("--perf_type", default="performance", choices=list(PERF_TYPES),
                         help="performance: one line per configuration (ppPxN) and the Lottery-Ticket "
                              "figures; hyperparameter: dense runs grouped by learning rate and "
-                             "weight decay, with a heat map of the grid (every value found: "
-                             "--lr and --decay only select the runs of performance)")
-    add_training_hyperparameter_arguments(parser)
+                             "weight decay, with a heat map of the grid")
     return parser
 
 
@@ -32,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     def draw(args, options):
         if args.perf_type == "hyperparameter":
             return plot_hyperparameters(options)
-        return plot_performance(options, args.lr, args.decay)
+        return plot_performance(options)
 
     return run_plot_script(build_parser(), draw, argv)
 

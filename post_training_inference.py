@@ -13,9 +13,10 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 
 def build_parser() -> argparse.ArgumentParser:
     from archs import ARCHITECTURES
-    from archs.inference import MODE_CHOICES, STATES
+    from archs.inference import MODE_CHOICES
     from data.datasets import DATASETS
-    from data.plot_cli import config_name_argument
+    from data.inference_tables import STATES
+    from data.runs import add_selection_arguments
 
     parser = ArgumentParser(
         description="Load the tickets saved by lottery_ticket.py (SAVE_DIR/ARCH/DATASET/*.pt), replay "
@@ -28,12 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_dir", type=Path, default=Path("saves"), help="where lottery_ticket.py saved them")
     parser.add_argument("--data_dir", type=Path, default=None,
                         help="dataset folder (default: the one each run was trained with)")
-    parser.add_argument("--configs", nargs="+", default=None, type=config_name_argument,
-                        metavar="ppPxN",
-                        help="only these configurations, e.g. pp90x2 pp0x1 (default: all found)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: all)")
+    add_selection_arguments(parser)
     parser.add_argument("--state", default="final", choices=list(STATES),
-                        help="weights to replay: the end of the last cycle, or its best validation state")
+                        help="weights to replay: the end of the cycle, or its best validation state")
     parser.add_argument("--mode", default="auto", choices=list(MODE_CHOICES),
                         help="kernels: dense (ordinary forward), sparse (CSR kernel for every pruned "
                              "linear layer), auto (per layer, whichever is faster at its sparsity), "
@@ -61,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from archs.inference import InferenceJob, run_inference
     from data.emissions import TrackerSettings
+    from data.runs import RunFilter
 
     run_inference(InferenceJob(
         arch=args.arch_type, dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
-        configs=args.configs, seeds=args.seeds, state=args.state, passes=args.passes,
-        sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size, threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
+        run_filter=RunFilter.from_args(args), cycle=args.cycle, state=args.state, passes=args.passes,
+        sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
+        threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
         show_progress=not args.no_progress,
         tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                 measure_power_secs=args.measure_power_secs)))

@@ -13,7 +13,7 @@ from utils import run_cli
 def build_parser():
     from data.plot_cli import plot_parser
 
-    return plot_parser("Plot the energy and CO2 of inference from post_training_inference.py's "
+    return plot_parser(cycle=True, description="Plot the energy and CO2 of inference from post_training_inference.py's "
                        "per-pass CodeCarbon CSVs. Figures go to "
                        "PLOTS_DIR/ARCH/DATASET/inference_{cpu|gpu}_*.")
 

@@ -48,6 +48,28 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path | str) -> None:
+    """Make a rename in ``folder`` durable: until the directory itself is synced, a power cut
+    can undo the rename even though the file's data reached the disk."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; nothing more can be done there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(source: Path | str, target: Path | str) -> None:
+    """``os.replace`` followed by a sync of the target's directory."""
+    os.replace(source, target)
+    fsync_dir(Path(target).parent)
 
 
 def remove_stale_temporaries(path: Path | str) -> None:
@@ -63,6 +85,118 @@ def atomic_torch_save(obj, path: Path | str) -> None:
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# --------------------------------------------------------------------------- locks
+class LockHeld(UserError):
+    """Another live process holds the lock."""
+
+
+class ProcessLock:
+    """An exclusive claim on a resource by one process, as a file holding its PID and host.
+
+    Created with O_EXCL, so two processes can never both take it. A lock left by a process
+    that died (same host, PID no longer alive) is taken over; a lock held by a live process,
+    or by a process on another host (whose liveness cannot be checked from here), is refused
+    with :class:`LockHeld`, naming the holder.
+    """
+
+    def __init__(self, path: Path | str, what: str):
+        self.path = Path(path)
+        self.what = what
+        self._held = False
+
+    def acquire(self) -> "ProcessLock":
+        import json
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read_holder()
+                if holder is None or self._holder_is_dead(holder, me["host"]):
+                    # Dead holder (or a lock file cut short by a crash): take it over. Removing
+                    # and retrying keeps O_EXCL the only way in, so two takers cannot both win.
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise LockHeld(f"{self.what} is being written by process {holder.get('pid')} on "
+                               f"{holder.get('host')} (lock file {self.path}); wait for it to "
+                               "finish, or delete the lock file if that process is gone")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self._held = True
+            return self
+        raise LockHeld(f"could not take the lock {self.path} for {self.what}; try again")
+
+    def _read_holder(self) -> dict | None:
+        import json
+
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    @staticmethod
+    def _holder_is_dead(holder: dict, host: str) -> bool:
+        if holder.get("host") != host:
+            return False
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return True
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:   # alive, owned by someone else
+            return False
+        return False
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> "ProcessLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class FileLock:
+    """A blocking advisory lock (``flock``) for short read-modify-write updates of a shared file.
+
+    The lock is taken on ``PATH.lock`` beside the file, so the file itself can still be
+    replaced atomically while the lock is held.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path).with_name(Path(path).name + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> "FileLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def first_line(exc: BaseException) -> str:
@@ -220,6 +354,13 @@ def positive_float(text: str) -> float:
     value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def positive_finite_float(text: str) -> float:
+    value = positive_float(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number; give a count such as 1e6")
     return value
 
 

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from archs.training import SUMMARY_HEADERS, LotteryRun, summary_rows
 from data.datasets import load_dataset, make_splits
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, keep_first_rows
-from data.runs import RunConfig, checkpoint_path, emissions_csv_path, partial_csv_path, results_path
-from utils import (UserError, atomic_torch_save, ensure_writable_dir, format_table, get_logger,
-                   library_versions, load_checkpoint, remove_stale_temporaries, resolve_device)
+from data.runs import (RESULTS_FORMAT_VERSION, RunConfig, checkpoint_path, cycle_ticket_path,
+                       emissions_csv_path, lock_path, partial_csv_path, results_path)
+from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
+                   get_logger, library_versions, load_checkpoint, remove_stale_temporaries,
+                   replace_durably, resolve_device)
+
+# Which weights each cycle's ticket file keeps besides its masks (--save_cycle_weights).
+CYCLE_WEIGHTS = {"both": ("best_state_dict", "final_state_dict"), "best": ("best_state_dict",),
+                 "final": ("final_state_dict",), "none": ()}
 
 
 @dataclass
@@ -26,6 +31,21 @@ class TrainingJob:
     resume: bool = False
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     show_progress: bool = True
+    cycle_weights: str = "both"     # see CYCLE_WEIGHTS
+    print_freq: int = 1
+
+    def __post_init__(self):
+        repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if repeated:
+            raise UserError(f"--seeds lists {', '.join(map(str, repeated))} more than once; "
+                            "give each seed once")
+        if not self.seeds:
+            raise UserError("no seed given; pass --seeds with at least one seed")
+        if self.cycle_weights not in CYCLE_WEIGHTS:
+            raise UserError(f"--save_cycle_weights {self.cycle_weights!r} is not one of "
+                            f"{', '.join(CYCLE_WEIGHTS)}")
+        for seed in self.seeds:
+            dataclasses.replace(self.config, seed=seed).validate()
 
 
 def run_job(job: TrainingJob) -> list[Path]:
@@ -38,18 +58,20 @@ def run_job(job: TrainingJob) -> list[Path]:
     for seed in job.seeds:
         config = dataclasses.replace(job.config, seed=seed)
         out_path = results_path(job.save_dir, config)
-        if job.resume and out_path.exists():
-            saved = load_checkpoint(out_path)
-            if RunConfig.from_dict(saved.get("args", {})).training_settings() != config.training_settings():
-                raise UserError(f"{out_path} holds a run with other settings; use another "
-                                "--save_dir or delete it to retrain")
-            log.info("Seed %d already finished: %s (skipped)", seed, out_path)
-            written.append(out_path)
-            continue
-        if dataset is None:
-            dataset = load_dataset(config.dataset, job.data_dir)
-        splits = make_splits(dataset, seed).to(device)
-        written.append(train_seed(config, splits, device, job))
+        # One writer per run: a second process on the same run stops here, naming the first.
+        with ProcessLock(lock_path(job.save_dir, config), f"run {out_path}"):
+            if job.resume and out_path.exists():
+                saved = load_checkpoint(out_path)
+                if RunConfig.from_dict(saved.get("args", {})).identity() != config.identity():
+                    raise UserError(f"{out_path} holds a run with other settings; use another "
+                                    "--save_dir or delete it to retrain")
+                log.info("Seed %d already finished: %s (skipped)", seed, out_path)
+                written.append(out_path)
+                continue
+            if dataset is None:
+                dataset = load_dataset(config.dataset, job.data_dir)
+            splits = make_splits(dataset, seed).to(device)
+            written.append(train_seed(config, splits, device, job))
     log.info("\nFinished %d seed(s); results:\n%s", len(written), "\n".join(f"  {p}" for p in written))
     return written
 
@@ -66,7 +88,14 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
 
     for path in (out_path, ckpt_path):
         remove_stale_temporaries(path)
-    run = LotteryRun(config, splits, device, recorder_factory=start_recorder)
+    def save_cycle_ticket(ticket: dict) -> None:
+        kept = {key: value for key, value in ticket.items()
+                if not key.endswith("_state_dict") or key in CYCLE_WEIGHTS[job.cycle_weights]}
+        atomic_torch_save({"format_version": RESULTS_FORMAT_VERSION, "args": config.identity(), **kept},
+                          cycle_ticket_path(out_path, ticket["cycle"]))
+
+    run = LotteryRun(config, splits, device, recorder_factory=start_recorder,
+                     on_cycle_end=save_cycle_ticket, print_freq=job.print_freq)
     if job.resume and ckpt_path.exists():
         run.load_state_dict(load_checkpoint(ckpt_path))
         # Rows CodeCarbon wrote after the checkpoint (a flush, the stop at the interruption)
@@ -90,7 +119,7 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     results["data_dir"] = str(Path(job.data_dir).resolve())  # the inference replay's default
     # CSV first: once the results exist, --resume skips the seed and would never move it.
     if running_csv.exists():
-        os.replace(running_csv, final_csv)
+        replace_durably(running_csv, final_csv)
     atomic_torch_save(results, out_path)
     ckpt_path.unlink(missing_ok=True)
     log.info("\nSeed %d summary (%s, %s on %s):\n%s", config.seed, config.config_name,

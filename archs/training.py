@@ -23,12 +23,8 @@ from archs import build_model
 from archs.masks import (Masks, count_alive, full_masks, layer_table_rows, percent_remaining,
                          prunable_names, prune_by_magnitude, rewind)
 from data.datasets import DataSplits, Split, get_spec, iterate_batches
-from data.runs import RESULTS_FORMAT_VERSION, RunConfig
+from data.runs import LOG_KEYS, RESULTS_FORMAT_VERSION, RunConfig
 from utils import TrainingDiverged, UserError, format_table, get_logger, seed_everything
-
-# The original program's training logs: dicts keyed by the number of training images seen.
-LOG_KEYS = ("time", "non_zeros_weights", "co2", "train_loss", "train_accuracy",
-            "val_loss", "val_accuracy", "test_loss", "test_accuracy")
 
 
 @dataclass
@@ -105,15 +101,19 @@ class LotteryRun:
     """The state of one seed's run and the procedure that advances it epoch by epoch.
 
     ``recorder_factory`` (CO2 tracking mode only) starts a CodeCarbon recorder; it is called
-    when training starts or resumes.
+    when training starts or resumes. ``on_cycle_end`` receives each finished cycle's ticket
+    (see :meth:`cycle_ticket`), so that every level of pruning can be replayed later.
     """
 
     def __init__(self, config: RunConfig, splits: DataSplits, device: torch.device,
-                 recorder_factory: Callable | None = None, eval_batch_size: int | None = None):
+                 recorder_factory: Callable | None = None, eval_batch_size: int | None = None,
+                 on_cycle_end: Callable[[dict], None] | None = None, print_freq: int = 1):
         self.config = config
         self.splits = splits
         self.device = device
         self.recorder_factory = recorder_factory
+        self.on_cycle_end = on_cycle_end
+        self.print_freq = print_freq   # display only: not a setting of the run
         self.eval_batch_size = eval_batch_size or config.batch_size
         self.log = get_logger()
 
@@ -242,7 +242,7 @@ class LotteryRun:
                                      and self.cycle == config.prune_iterations - 1)
                 if self.epoch % config.valid_freq == 0 or self.epoch == config.end_iter:
                     self._record(loss, accuracy, remaining, recorder, last_epoch_of_run)
-                if self.epoch % config.print_freq == 0 or self.epoch == config.end_iter:
+                if self.epoch % self.print_freq == 0 or self.epoch == config.end_iter:
                     bar.set_postfix_str(self._progress_text(loss))
                 bar.update(1)
                 if self.epoch == config.end_iter:
@@ -297,6 +297,15 @@ class LotteryRun:
             best_epoch=self.best["epoch"], best_images_seen=self.best["images_seen"],
             seconds=self.cycle_elapsed()))
         self.mask_history.append(cpu_state(self.masks))
+        if self.on_cycle_end is not None:
+            self.on_cycle_end(self.cycle_ticket())
+
+    def cycle_ticket(self) -> dict:
+        """The current cycle's ticket: its masks, its best and final weights, its summary."""
+        return {"cycle": self.cycle, "masks": cpu_state(self.masks),
+                "best_state_dict": cpu_state(self.best["state"]),
+                "final_state_dict": cpu_state(self.model.state_dict()),
+                "summary": asdict(self.cycles[-1])}
 
     def _start_next_cycle(self) -> None:
         """Prune the trained weights, rewind the survivors to the initial state, fresh Adam."""

@@ -15,7 +15,7 @@ import numpy as np
 from data.breakeven import (AFTER, BREAK_EVEN_COLUMNS, CostLine, break_even_rows, cost_lines,
                             describe_break_even, inference_horizon)
 from data.csv_tables import csv_text
-from data.labels import (BASELINE_CONFIG, config_colour, config_linestyle, config_sort_key,
+from data.labels import (config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
                            training_flags)
@@ -44,9 +44,9 @@ def choose_mode(available: set[str], requested: str | None, baseline: bool) -> s
     return next((mode for mode in order if mode in available), None)
 
 
-def training_co2_by_config(options: PlotOptions, lr: float, decay: float) -> dict[str, list[float]]:
+def training_co2_by_config(options: PlotOptions) -> dict[str, list[float]]:
     """kg CO2eq of each CO2-tracking training run (all its cycles), by configuration."""
-    runs = select_training_runs(options, co2=True, lr=lr, decay=decay)
+    runs = select_training_runs(options, co2=True)
     return {name: [run.final_emissions["emissions"] for run in members]
             for name, members in group_by(runs, lambda r: r.config_name).items()}
 
@@ -86,6 +86,13 @@ def comparable_configs(training: dict[str, list[float]], inference: dict[str, li
          options.command("lottery_ticket.py", *training_flags(baseline), "--co2_tracking_mode")),
         ("inference replay", inference, options.command("post_training_inference.py")))
     for side, have, make in needs:
+        variants = sorted(name for name in have if split_label(name)[0] == baseline and name != baseline)
+        if baseline not in have and variants:
+            # Dense baselines of several settings were selected: which one a ticket is compared
+            # with is the user's choice, never a silent average.
+            raise UserError(f"the selection holds several {baseline} configurations ("
+                            f"{'; '.join(variants)}); pick one with --where KEY=VALUE on the setting that "
+                            "differs (e.g. --where lr=0.0012)")
         if baseline not in have:
             raise UserError(f"the baseline {baseline} ({describe_config(baseline)}) has no {side} "
                             f"for {options.arch_type} on {options.dataset} in {options.input_dir}; "
@@ -137,7 +144,7 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
         mean, std = line.total(n)
         colour = config_colour(name)
         ax.plot(n, mean, color=colour, linestyle=config_linestyle(name), linewidth=1.8,
-                zorder=3 if name == BASELINE_CONFIG else 2,
+                zorder=3 if is_baseline(name) else 2,
                 label=f"{describe_config(name)}, {describe_mode(row['mode'])}")
         if not np.all(np.isnan(std)):
             ax.fill_between(n, np.maximum(mean - std, 0.0), mean + std, color=colour, alpha=0.15,
@@ -162,10 +169,10 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
 
 
 def report_break_even(options: PlotOptions, device: str, mode: str | None, baseline: str,
-                      lr: float, decay: float, max_inferences: float | None = None) -> list[Path]:
+                      max_inferences: float | None = None) -> list[Path]:
     """Print the break-even table, write break_even.csv and the figure; returns the files."""
     log = get_logger()
-    training = training_co2_by_config(options, lr, decay)
+    training = training_co2_by_config(options)
     inference, modes = inference_co2_by_config(options, device, mode, baseline)
     names = comparable_configs(training, inference, baseline, options)
     lines = cost_lines({n: training[n] for n in names}, {n: inference[n] for n in names})

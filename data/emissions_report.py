@@ -27,9 +27,9 @@ def tracked_duration(records: dict[int, dict[str, float]]) -> dict[int, float]:
     return record_values(records, "duration")
 
 
-def plot_training_emissions(options: PlotOptions, lr: float, decay: float) -> list[Path]:
+def plot_training_emissions(options: PlotOptions) -> list[Path]:
     """Every CodeCarbon field of the CO2-tracking training runs against images seen and time."""
-    runs = select_training_runs(options, co2=True, lr=lr, decay=decay)
+    runs = select_training_runs(options, co2=True)
     groups = {name: [run.emissions for run in members] for name, members in
               sorted(group_by(runs, lambda r: r.config_name).items(),
                      key=lambda item: config_sort_key(item[0]))}

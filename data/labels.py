@@ -9,9 +9,10 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from archs.masks import expected_percent_remaining
+import re
+
 from data.emissions import EMISSION_FIELDS
-from data.runs import format_number, parse_config_name
+from data.runs import expected_percent_remaining, format_number, parse_config_name
 
 BASELINE_CONFIG = "pp0x1"
 
@@ -39,21 +40,63 @@ def times_in_words(count: int) -> str:
     return {1: "once", 2: "twice"}.get(count, f"{count} times")
 
 
-def describe_config(name: str) -> str:
-    """'pp90x2' -> '90% pruned once, 10% of weights left'; 'pp0x1' -> 'dense baseline'.
+CYCLE_PART = re.compile(r"^cycle (\d+)$")
 
-    Names that are not configuration names are returned unchanged.
+
+def split_label(label: str) -> tuple[str, int | None, list[str]]:
+    """A configuration label (data.runs.group_labels, plus ', cycle K' for an earlier cycle's
+    replay) as (configuration name, cycle or None, the other settings in words)."""
+    head, *parts = [part.strip() for part in label.split(",")]
+    cycle, others = None, []
+    for part in parts:
+        match = CYCLE_PART.match(part)
+        if match:
+            cycle = int(match[1])
+        else:
+            others.append(part)
+    return head, cycle, others
+
+
+def is_baseline(label: str) -> bool:
+    return split_label(label)[0] == BASELINE_CONFIG
+
+
+def label_percent_left(label: str) -> float | None:
+    """Weights a labelled configuration ends with (at its cycle, when the label names one)."""
+    head, cycle, _ = split_label(label)
+    parsed = parse_config_name(head)
+    if parsed is None:
+        return None
+    prune_percent, prune_iterations = parsed
+    return expected_percent_remaining(prune_percent, prune_iterations - 1 if cycle is None else cycle)
+
+
+def describe_config(name: str) -> str:
+    """'pp90x2' -> '90% pruned once, 10% of weights left'; 'pp0x1' -> 'dense baseline';
+    'pp68x3, cycle 1' -> '68% pruned once, 32% of weights left (cycle 1 of pp68x3)';
+    'pp90x2, lr 0.0012' -> '90% pruned once, 10% of weights left, lr 0.0012'.
+
+    Labels that do not start with a configuration name are returned unchanged.
     """
-    parsed = parse_config_name(name)
+    head, cycle, others = split_label(name)
+    parsed = parse_config_name(head)
     if parsed is None:
         return name
     prune_percent, prune_iterations = parsed
-    rounds = prune_iterations - 1
-    if rounds == 0 or prune_percent == 0:
-        return "dense baseline" if rounds == 0 else f"dense ({prune_iterations} cycles, nothing pruned)"
-    left = weights_left_percent(prune_percent, prune_iterations)
-    return (f"{format_number(prune_percent)}% pruned {times_in_words(rounds)}, "
-            f"{left:.3g}% of weights left")
+    rounds = prune_iterations - 1 if cycle is None else cycle
+    if prune_iterations == 1:
+        text = "dense baseline"
+    elif prune_percent == 0:
+        text = f"dense ({prune_iterations} cycles, nothing pruned)"
+    elif rounds == 0:
+        text = "dense network (first cycle)"
+    else:
+        left = expected_percent_remaining(prune_percent, rounds)
+        text = (f"{format_number(prune_percent)}% pruned {times_in_words(rounds)}, "
+                f"{left:.3g}% of weights left")
+    if cycle is not None and cycle != prune_iterations - 1:
+        text += f" (cycle {cycle} of {head})"
+    return ", ".join([text, *others])
 
 
 def describe_hyperparameters(lr: float, decay: float) -> str:
@@ -66,10 +109,10 @@ def describe_mode(mode: str | None) -> str:
 
 def config_sort_key(name: str) -> tuple:
     """Densest first (the baseline leads legends and tables), then by name."""
-    parsed = parse_config_name(name)
-    if parsed is None:
+    left = label_percent_left(name)
+    if left is None:
         return (1, 0.0, name)
-    return (0, -weights_left_percent(*parsed), name)
+    return (0, -left, not is_baseline(name), name)
 
 
 def config_colour(name: str) -> str:
@@ -83,7 +126,7 @@ def config_colour(name: str) -> str:
 def config_linestyle(name: str) -> str:
     """Dashed for the dense baseline: in training curves a ticket's first cycle is the dense
     network, so the two lines coincide there and the dashes keep both visible."""
-    return "--" if name == BASELINE_CONFIG else "-"
+    return "--" if is_baseline(name) else "-"
 
 
 def mode_linestyle(mode: str | None) -> str:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from data.labels import (BASELINE_CONFIG, TRAINING_METRICS, X_IMAGES, X_TRAINING_TIME,
+from data.labels import (TRAINING_METRICS, is_baseline, X_IMAGES, X_TRAINING_TIME,
                          config_colour, config_sort_key, describe_config, describe_hyperparameters)
 from data.plot_cli import PlotOptions, select_training_runs
 from data.plotting import (FIGURE_SIZE, FigureWriter, Series, config_series, figure_style,
@@ -60,7 +60,7 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
             continue
         colour = config_colour(name)
         label = with_seed_count(describe_config(name), band.n)
-        if name == BASELINE_CONFIG:
+        if is_baseline(name):
             mean, std = float(band.mean[-1]), float(band.std[-1])
             ax.axhline(mean, color=colour, linestyle="--", linewidth=1.5, label=label)
             if not math.isnan(std):
@@ -81,9 +81,9 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     return fig
 
 
-def plot_performance(options: PlotOptions, lr: float, decay: float) -> list[Path]:
-    """Training curves of every configuration found, and the Lottery-Ticket figures."""
-    runs = select_training_runs(options, co2=False, lr=lr, decay=decay)
+def plot_performance(options: PlotOptions) -> list[Path]:
+    """Training curves of every configuration selected, and the Lottery-Ticket figures."""
+    runs = select_training_runs(options, co2=False)
     groups = dict(sorted(group_by(runs, lambda r: r.config_name).items(),
                          key=lambda item: config_sort_key(item[0])))
     title = f"{options.arch_type} on {options.dataset}: mean ± std across seeds"

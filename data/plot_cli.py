@@ -8,24 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from archs.inference import DEFAULT_STATE
+from data.inference_tables import DEFAULT_STATE
 from data.plotting import FORMATS
-from data.results import (InferenceRun, TrainingRun, group_by, load_inference_runs,
-                          load_training_runs)
-from data.runs import (DEFAULT_DECAY, DEFAULT_LR, config_name, find_run_files, format_number,
-                       inference_runs_csv_path, parse_config_name, run_dir)
-from utils import (ArgumentParser, UserError, get_logger, non_negative_float, positive_float,
-                   setup_logging)
-
-
-def config_name_argument(text: str) -> str:
-    """argparse type: a configuration name such as pp90x2, written as the files name it
-    (pp90.0x2 becomes pp90x2, so that it matches them)."""
-    parsed = parse_config_name(text)
-    if parsed is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a configuration name; write "
-                                         "ppPxN, e.g. pp90x2, pp68x3 or pp0x1")
-    return config_name(*parsed)
+from data.results import InferenceRun, TrainingRun, group_by, load_inference_runs, load_training_runs
+from data.runs import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
+                       format_number, inference_runs_csv_path, parse_config_name, run_dir, select_runs)
+from utils import ArgumentParser, UserError, get_logger, setup_logging
 
 
 @dataclass(frozen=True)
@@ -34,8 +22,8 @@ class PlotOptions:
     dataset: str = "mnist"
     save_dir: Path = Path("saves")
     plots_dir: Path = Path("plots")
-    configs: tuple[str, ...] | None = None
-    seeds: tuple[int, ...] | None = None
+    run_filter: RunFilter = RunFilter()
+    cycle: int | None = None      # which cycle's replays; None: each run's last
     file_format: str = "png"
     show: bool = False
 
@@ -47,10 +35,6 @@ class PlotOptions:
     def input_dir(self) -> Path:
         return run_dir(self.save_dir, self.arch_type, self.dataset)
 
-    def wants(self, config: str, seed: int) -> bool:
-        return ((self.configs is None or config in self.configs)
-                and (self.seeds is None or seed in self.seeds))
-
     def command(self, script: str, *flags: str) -> str:
         """The command that makes this script's inputs, for messages about missing files."""
         words = ["python3", script, "--arch_type", self.arch_type, "--dataset", self.dataset]
@@ -61,13 +45,13 @@ class PlotOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PlotOptions":
         return cls(arch_type=args.arch_type, dataset=args.dataset, save_dir=args.save_dir,
-                   plots_dir=args.plots_dir, configs=tuple(args.configs) if args.configs else None,
-                   seeds=tuple(args.seeds) if args.seeds is not None else None,
-                   file_format=args.format, show=args.show)
+                   plots_dir=args.plots_dir, run_filter=RunFilter.from_args(args),
+                   cycle=getattr(args, "cycle", None), file_format=args.format, show=args.show)
 
 
-def plot_parser(description: str) -> ArgumentParser:
-    """An argument parser with the flags all plotting scripts share."""
+def plot_parser(description: str, *, cycle: bool = False) -> ArgumentParser:
+    """An argument parser with the flags all plotting scripts share (``cycle``: the script reads
+    the inference replay, whose rows are per cycle)."""
     parser = ArgumentParser(description=description)
     parser.add_argument("--arch_type", default="fc1", help="network whose runs to plot (fc1, lenet5, resnet18)")
     parser.add_argument("--dataset", default="mnist", help="dataset of the runs (mnist, cifar10)")
@@ -75,23 +59,12 @@ def plot_parser(description: str) -> ArgumentParser:
                         help="where lottery_ticket.py and post_training_inference.py wrote their results")
     parser.add_argument("--plots_dir", type=Path, default=Path("plots"),
                         help="figures go to PLOTS_DIR/ARCH/DATASET/")
-    parser.add_argument("--configs", nargs="+", type=config_name_argument, metavar="ppPxN",
-                        help="only these configurations, e.g. pp90x2 pp0x1 (default: all found)")
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
-                        help="only these seeds (default: all found)")
+    add_selection_arguments(parser, cycle=cycle)
     parser.add_argument("--format", default="png", choices=FORMATS, help="file format of the figures")
     parser.add_argument("--show", action="store_true",
                         help="also open the figures in windows (the script then waits until they "
                              "are closed); by default it only writes files")
     return parser
-
-
-def add_training_hyperparameter_arguments(parser: ArgumentParser) -> None:
-    """--lr and --decay: which training runs to use (the grid's runs have other values)."""
-    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
-                        help="use the training runs made with this learning rate")
-    parser.add_argument("--decay", type=non_negative_float, default=DEFAULT_DECAY,
-                        help="use the training runs made with this weight decay")
 
 
 def training_flags(name: str) -> list[str]:
@@ -100,22 +73,6 @@ def training_flags(name: str) -> list[str]:
     if prune_iterations == 1:
         return ["--train_type", "regular"]
     return ["--prune_percent", format_number(prune_percent), "--prune_iterations", str(prune_iterations)]
-
-
-def found_runs_summary(infos) -> str:
-    """'pp0x1 seeds 0 1; pp0x1 lr 0.001 decay 0 seed 0' for messages about filters."""
-    def describe(key) -> str:
-        name, lr, decay = key
-        if lr == DEFAULT_LR and decay == DEFAULT_DECAY:
-            return name
-        return f"{name} lr {format_number(lr)} decay {format_number(decay)}"
-
-    groups = group_by(infos, lambda info: (info.config_name, info.lr, info.decay))
-    parts = []
-    for key, members in sorted(groups.items()):
-        seeds = sorted({info.seed for info in members})
-        parts.append(f"{describe(key)} seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}")
-    return "; ".join(parts)
 
 
 def run_plot_script(parser: argparse.ArgumentParser, draw: Callable[[argparse.Namespace, "PlotOptions"], list[Path]],
@@ -137,23 +94,21 @@ def print_written(paths: list[Path]) -> None:
         log.info("  %s", path)
 
 
-def select_training_runs(options: PlotOptions, *, co2: bool, lr: float | None = None,
-                         decay: float | None = None, dense_only: bool = False,
+def select_training_runs(options: PlotOptions, *, co2: bool, dense_only: bool = False,
                          make_flags: tuple[str, ...] = ()) -> list[TrainingRun]:
-    """The readable training runs the options ask for; raises UserError naming the folder
+    """The readable training runs the options select; raises UserError naming the folder
     searched, what it holds and the command that makes the missing runs when there is none.
 
     ``co2`` picks the CO2-tracking runs (emission records, no evaluation) or the evaluated ones;
-    ``lr``/``decay`` (None: any) and ``dense_only`` narrow the choice further. A CO2 run whose
-    tracker recorded nothing is skipped with a warning.
+    ``dense_only`` keeps the dense baselines. Runs of configurations that differ in any setting
+    get different labels (data.runs.group_labels), so they are never averaged together. A CO2
+    run whose tracker recorded nothing is skipped with a warning.
     """
-    def keep(info) -> bool:
-        return (info.co2 == co2 and options.wants(info.config_name, info.seed)
-                and (lr is None or math.isclose(info.lr, lr))
-                and (decay is None or math.isclose(info.decay, decay))
-                and (not dense_only or info.prune_iterations == 1))
+    def keep(record: RunRecord) -> bool:
+        return record.co2 == co2 and (not dense_only or record.config.is_dense_baseline)
 
-    runs = load_training_runs(options.save_dir, options.arch_type, options.dataset, keep)
+    runs = load_training_runs(options.save_dir, options.arch_type, options.dataset,
+                              options.run_filter, keep)
     if co2:
         for run in runs:
             if not run.emissions:
@@ -165,20 +120,15 @@ def select_training_runs(options: PlotOptions, *, co2: bool, lr: float | None = 
 
     what = ("CO2-tracking" if co2 else "evaluated") + (" dense" if dense_only else "") + " training runs"
     make = options.command("lottery_ticket.py", *make_flags, *(["--co2_tracking_mode"] if co2 else []))
-    on_disk = find_run_files(options.save_dir, options.arch_type, options.dataset)
-    found = [info for info in on_disk if info.co2 == co2]
+    on_disk = select_runs(find_runs(options.save_dir, options.arch_type, options.dataset), RunFilter())
+    found = [run for run in on_disk if run.co2 == co2]
     if not found:
         note = "" if co2 or not on_disk else \
             " (only CO2-tracking runs, which skip evaluation, so they cannot be used here)"
         raise UserError(f"no {what} for {options.arch_type} on {options.dataset} in "
                         f"{options.input_dir}{note}; make them with: {make}")
-    filters = [f"--configs {' '.join(options.configs)}" if options.configs else "",
-               f"--seeds {' '.join(map(str, options.seeds))}" if options.seeds is not None else "",
-               f"--lr {format_number(lr)}" if lr is not None else "",
-               f"--decay {format_number(decay)}" if decay is not None else ""]
-    asked = ", ".join(f for f in filters if f) or "the filters given"
-    raise UserError(f"no {what} in {options.input_dir} match {asked} (found: "
-                    f"{found_runs_summary(found)}); change the filters or make them with: {make}")
+    raise UserError(f"no {what} in {options.input_dir} match {options.run_filter.describe()} (found: "
+                    f"{describe_groups(found)}); change the filters or make them with: {make}")
 
 
 def describe_conditions(conditions: tuple[str, int | None, int | None]) -> str:
@@ -212,13 +162,38 @@ def one_condition_per_device(runs: list[InferenceRun]) -> list[InferenceRun]:
     return kept
 
 
+def replays_of_selected_runs(options: PlotOptions, rows: list[InferenceRun]) -> list[InferenceRun]:
+    """The replays of the training runs the options select (the same filter as every script), of
+    the cycle asked for (each run's last by default; the dense baseline has only cycle 0), each
+    named by its configuration's label. A replay whose cycle is not its run's last says so in
+    its label."""
+    import dataclasses
+
+    selected = select_runs(find_runs(options.save_dir, options.arch_type, options.dataset),
+                           options.run_filter)
+    by_stem = {run.path.stem: run for run in selected}
+    by_configuration_seed = {(run.config.configuration_id, run.seed): run for run in selected}
+    kept = []
+    for row in rows:
+        # Rows of tables written before they named their run match by configuration and seed.
+        run = by_stem.get(row.run) if row.run else by_configuration_seed.get((row.configuration, row.seed))
+        if run is None:
+            continue
+        last = run.config.prune_iterations - 1
+        wanted = last if options.cycle is None or run.config.is_dense_baseline else options.cycle
+        if row.cycle != wanted:
+            continue
+        label = run.config_name if wanted == last else f"{run.config_name}, cycle {wanted}"
+        kept.append(dataclasses.replace(row, config_name=label))
+    return kept
+
+
 def select_inference_runs(options: PlotOptions) -> list[InferenceRun]:
     """The rows of inference_runs.csv the options ask for, one set of measuring conditions per
     device; raises UserError naming the folder searched and the command that replays the
     tickets when there is none."""
-    runs = one_condition_per_device([
-        run for run in load_inference_runs(options.save_dir, options.arch_type, options.dataset)
-        if options.wants(run.config_name, run.seed)])
+    runs = one_condition_per_device(replays_of_selected_runs(
+        options, load_inference_runs(options.save_dir, options.arch_type, options.dataset)))
     if runs:
         return runs
     table = inference_runs_csv_path(options.save_dir, options.arch_type, options.dataset)

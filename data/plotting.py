@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from data.labels import BASELINE_CONFIG, Metric, config_colour, config_linestyle, describe_config
+from data.labels import Metric, is_baseline, config_colour, config_linestyle, describe_config
 from data.results import SeedBand, band_over_seeds
 from utils import atomic_write, ensure_writable_dir, get_logger
 
@@ -57,7 +57,7 @@ class Series:
 def config_series(name: str, band: SeedBand) -> Series:
     """A configuration's line in its own colour and words; the baseline dashed and on top."""
     return Series(band, describe_config(name), config_colour(name), config_linestyle(name),
-                  on_top=name == BASELINE_CONFIG)
+                  on_top=is_baseline(name))
 
 
 def with_seed_count(label: str, n: int) -> str:

@@ -13,11 +13,11 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from archs.inference import read_rows
-from archs.training import LOG_KEYS
 from data.csv_tables import float_cell
 from data.emissions import EMISSION_FIELDS
-from data.runs import RunConfig, RunFileInfo, find_run_files, inference_dir, inference_runs_csv_path
+from data.inference_tables import read_rows
+from data.runs import (LOG_KEYS, RunConfig, RunFilter, RunRecord, find_runs, inference_dir,
+                       inference_runs_csv_path, select_runs)
 from utils import UserError, get_logger, load_checkpoint
 
 T = TypeVar("T")
@@ -78,10 +78,12 @@ class TrainingRun:
     logs: dict[str, dict[int, float]]
     emissions: dict[int, dict[str, float]]   # images seen -> cumulative CodeCarbon record
     cycles: list[dict]
+    label: str = ""          # the configuration's name in figures (data.runs.group_labels)
 
     @property
     def config_name(self) -> str:
-        return self.config.config_name
+        """What figures group and name this run by: one label per configuration selected."""
+        return self.label or self.config.config_name
 
     @property
     def final_emissions(self) -> dict[str, float]:
@@ -89,26 +91,28 @@ class TrainingRun:
         return self.emissions[max(self.emissions)]
 
 
-def training_run_from(path: Path, saved: dict) -> TrainingRun:
+def training_run_from(path: Path, saved: dict, label: str = "") -> TrainingRun:
     missing = [key for key in REQUIRED_TRAINING_KEYS if key not in saved]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}; it was not written by this version "
                         "of lottery_ticket.py")
     return TrainingRun(path=path, config=RunConfig.from_dict(saved["args"]),
                        logs={key: saved[key] for key in LOG_KEYS},
-                       emissions=saved["emissions"], cycles=list(saved["cycles"]))
+                       emissions=saved["emissions"], cycles=list(saved["cycles"]), label=label)
 
 
 def load_training_runs(save_dir: Path | str, arch: str, dataset: str,
-                       keep: Callable[[RunFileInfo], bool] = lambda info: True) -> list[TrainingRun]:
-    """Every readable results file of ``arch`` on ``dataset`` whose name passes ``keep``."""
+                       run_filter: RunFilter = RunFilter(),
+                       keep: Callable[[RunRecord], bool] = lambda run: True) -> list[TrainingRun]:
+    """Every readable run of ``arch`` on ``dataset`` that passes ``run_filter`` and ``keep``,
+    labelled so that runs of different configurations never share a label."""
     log = get_logger()
     runs = []
-    for info in find_run_files(save_dir, arch, dataset):
-        if not keep(info):
+    for record in select_runs(find_runs(save_dir, arch, dataset), run_filter):
+        if not keep(record):
             continue
         try:
-            runs.append(training_run_from(info.path, load_checkpoint(info.path)))
+            runs.append(training_run_from(record.path, load_checkpoint(record.path), record.label))
         except UserError as exc:
             log.warning("warning: %s; skipped", exc)
     return runs
@@ -119,7 +123,10 @@ def load_training_runs(save_dir: Path | str, arch: str, dataset: str,
 class InferenceRun:
     """One row of inference_runs.csv: a replayed ticket (configuration, seed, device, mode)."""
 
-    config_name: str
+    config_name: str         # the figures' label of its configuration (see data.runs.group_labels)
+    configuration: str       # RunConfig.configuration_id of the replayed run
+    run: str                 # the replayed run's results file stem ("" in tables of old versions)
+    cycle: int | None        # which cycle's ticket
     seed: int
     device: str
     mode: str
@@ -145,14 +152,15 @@ class InferenceRun:
 
 
 def inference_run_from(parsed: dict, folder: Path) -> InferenceRun:
-    """A row parsed by :func:`archs.inference.read_rows`; ValueError when it cannot be plotted."""
+    """A row parsed by :func:`data.inference_tables.read_rows`; ValueError when it cannot be plotted."""
     for needed in ("passes", "images_per_pass"):
         if parsed[needed] is None or parsed[needed] <= 0:
             raise ValueError(f"no {needed}")
     if math.isnan(parsed["co2_kg_per_pass"]):
         raise ValueError("no co2_kg_per_pass")
     return InferenceRun(
-        config_name=parsed["config"], seed=parsed["seed"], device=parsed["device"], mode=parsed["mode"],
+        config_name=parsed["config"], configuration=parsed["configuration"], run=parsed["run"],
+        cycle=parsed["cycle"], seed=parsed["seed"], device=parsed["device"], mode=parsed["mode"],
         state=parsed["state"], threads=parsed["threads"], batch_size=parsed["batch_size"],
         passes=parsed["passes"], images_per_pass=parsed["images_per_pass"],
         co2_kg_per_pass=parsed["co2_kg_per_pass"], emissions_csv=folder / parsed["emissions_csv"])

@@ -1,139 +1,399 @@
-"""A run's configuration and every file name the toolkit reads or writes.
+"""What a run is: its settings, its identity, its files, and how runs are found and selected.
+
+A *run* is one seed of one training configuration. Every setting that can change its results
+is a field of :class:`RunConfig`, declared once with :func:`setting`; from that one declaration
+a setting becomes
+
+* a flag of ``lottery_ticket.py`` (:func:`add_setting_arguments`),
+* part of the run's identity and of its file name (:attr:`RunConfig.stem`),
+* a key of the ``--where KEY=VALUE`` filter that every script selects runs with
+  (:class:`RunFilter`),
+* words in figure labels when runs that differ in it are drawn together (:func:`group_labels`).
+
+File names. A run made with every default setting keeps the original program's name,
+``pp{P}x{N}_seed{S}_co2{True|False}_{dataset}``; any other run appends one ``_{token}{value}``
+per setting that differs from its default, in declaration order (``_lr0.0012_bs64``). When
+that list would be long, or a value holds characters unfit for a file name, the readable part
+is cut and a digest of the full settings follows (``_h1a2b3c4d``), so names stay short and two
+runs that differ in any setting never share a path. Names are for people: readers take a
+run's settings from its results file (``args``), never from its name.
 
 Layout under ``--save_dir`` (default ``saves/``)::
 
-    {arch}/{dataset}/pp{P}x{N}_seed{S}_co2{True|False}_{dataset}.pt          training results
-    {arch}/{dataset}/pp{P}x{N}_seed{S}_co2{True|False}_{dataset}.csv         CodeCarbon rows
-    {arch}/{dataset}/pp{P}x{N}_seed{S}_co2{True|False}_{dataset}.checkpoint.pt  (while running)
-    {arch}/{dataset}/inference/{cpu|gpu}_inf_pp{P}x{N}_seed{S}_{mode}[_{state}].csv  inference replay
-
-Runs with a learning rate or weight decay other than the defaults (the hyperparameter grid)
-get ``_lr{lr}_decay{decay}`` appended to the stem so they never overwrite each other.
+    {arch}/{dataset}/{stem}.pt                       results of a finished run
+    {arch}/{dataset}/{stem}.csv                      CodeCarbon rows (CO2-tracking runs)
+    {arch}/{dataset}/{stem}.checkpoint.pt            while it trains
+    {arch}/{dataset}/{stem}.lock                     while a process trains it (PID and host)
+    {arch}/{dataset}/tickets/{stem}/cycle{K}.pt      every cycle's masks and weights
+    {arch}/{dataset}/inference/...                   the inference replay (see data.inference_tables)
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
-DEFAULT_LR = 1e-4
-DEFAULT_DECAY = 1e-5
-RESULTS_FORMAT_VERSION = 1
+from utils import UserError, get_logger
+
+RESULTS_FORMAT_VERSION = 2
+# Version 1 (before every cycle's ticket was kept) is still read: its settings were a subset
+# of today's, and a missing setting had today's default value.
+READABLE_FORMAT_VERSIONS = (1, 2)
+
+# The original program's training logs: dicts keyed by the number of training images seen.
+LOG_KEYS = ("time", "non_zeros_weights", "co2", "train_loss", "train_accuracy",
+            "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+
+MAX_SEED = 2 ** 32 - 1          # numpy.random.seed's range
+MAX_READABLE_SUFFIX = 48        # characters of "_lr0.0012_bs64..." before a digest replaces the rest
+NAME_SAFE = re.compile(r"^[A-Za-z0-9.+-]*$")
+
+# Roles of a setting: what it means to compare two runs that differ in it.
+TRAINING = "training"        # changes what is trained: runs differing in it are other configurations
+MEASUREMENT = "measurement"  # how the run was measured (CO2 tracking): same configuration
+SEED = "seed"                # the repetition: averaged over
+
+
+# --------------------------------------------------------------------------- values
+def format_number(value: float) -> str:
+    """90.0 -> '90', 68.5 -> '68.5', 1e-5 -> '1e-05': the shortest text that reads back exactly."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return format_number(value)
+    if isinstance(value, (tuple, list)):
+        return "+".join(format_value(v) for v in value) or "none"
+    return str(value)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def parse_whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def parse_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+# --------------------------------------------------------------------------- declaring settings
+def setting(default: Any, *, help: str, token: str | None, role: str = TRAINING,
+            flags: Sequence[str] = (), choices: Sequence[str] | None = None,
+            parse: Callable[[str], Any] | None = None, words: Callable[[Any], str] | None = None,
+            metavar: str | None = None, nargs: str | None = None) -> Any:
+    """Declare one field of :class:`RunConfig`.
+
+    ``token`` prefixes the value in file names (None: the setting is in the name's fixed head);
+    ``flags`` are extra spellings of the command-line flag (the first flag is ``--{field}``);
+    ``parse`` turns command-line text (and ``--where`` values) into a value; ``words`` says the
+    value in a figure label ("lr 0.0012").
+    """
+    metadata = {"help": help, "token": token, "role": role, "flags": tuple(flags),
+                "choices": tuple(choices) if choices else None, "parse": parse, "words": words,
+                "metavar": metavar, "nargs": nargs}
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _percent(text: str) -> float:
+    value = parse_number(text)
+    if not 0 <= value < 100:
+        raise ValueError(f"{text} is outside [0, 100): give the percent of surviving weights to "
+                         "prune each cycle, e.g. 90")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = parse_whole(text)
+    if value < 1:
+        raise ValueError(f"{text} must be at least 1")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = parse_number(text)
+    if not value > 0:
+        raise ValueError(f"{text} must be greater than 0")
+    return value
+
+
+def _non_negative_number(text: str) -> float:
+    value = parse_number(text)
+    if not value >= 0:
+        raise ValueError(f"{text} must be 0 or more")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = parse_whole(text)
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{text} is outside 0..{MAX_SEED} (NumPy's seed range)")
+    return value
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines one training run (one seed)."""
+    """Everything that defines one run (one seed). Add a setting here, and only here."""
 
-    arch_type: str = "fc1"
-    dataset: str = "mnist"
-    prune_percent: float = 90.0
-    prune_iterations: int = 2
-    lr: float = DEFAULT_LR
-    decay: float = DEFAULT_DECAY
-    batch_size: int = 512
-    end_iter: int = 32
-    print_freq: int = 1
-    valid_freq: int = 1
-    train_type: str = "lt"
-    co2_tracking_mode: bool = False
-    seed: int = 0
+    arch_type: str = setting("fc1", token=None, help="network")
+    dataset: str = setting("mnist", token=None,
+                           help="dataset; the official train and test sets are merged and split "
+                                "70/15/15 into train/validation/test with the run's seed")
+    prune_percent: float = setting(90.0, token=None, parse=_percent,
+                                   help="percent of the surviving weights of each layer pruned before "
+                                        "each cycle after the first, in [0, 100)")
+    prune_iterations: int = setting(2, token=None, parse=_positive_int,
+                                    help="number of training cycles; 1 = no pruning, N = N-1 pruning "
+                                         "rounds")
+    # No token: "regular" is exactly the pp0x1 head (an lt run needs 2 or more cycles).
+    train_type: str = setting("lt", token=None, choices=("lt", "regular"),
+                              help="lt: lottery ticket; regular: dense baseline (forces "
+                                   "--prune_percent 0 --prune_iterations 1)")
+    lr: float = setting(1e-4, token="lr", parse=_positive_number, words=lambda v: f"lr {format_number(v)}",
+                        help="Adam learning rate")
+    decay: float = setting(1e-5, token="decay", parse=_non_negative_number,
+                           words=lambda v: f"weight decay {format_number(v)}",
+                           help="Adam weight decay (L2 penalty)")
+    batch_size: int = setting(512, token="bs", parse=_positive_int, words=lambda v: f"batch {v}",
+                              help="training mini-batch size")
+    end_iter: int = setting(32, token="ep", parse=_positive_int, flags=("--end_epoch",),
+                            words=lambda v: f"{v} epochs per cycle", help="epochs of training in each cycle")
+    valid_freq: int = setting(1, token="vf", parse=_positive_int,
+                              words=lambda v: f"evaluated every {v} epochs",
+                              help="evaluate validation and test sets (or, with --co2_tracking_mode, "
+                                   "record the CO2 tracker) every this many epochs, and at each "
+                                   "cycle's end")
+    co2_tracking_mode: bool = setting(False, token=None, role=MEASUREMENT, parse=parse_bool,
+                                      help="track energy and CO2 with CodeCarbon; skips all evaluation "
+                                           "during training so that it stays out of the energy figures")
+    seed: int = setting(0, token=None, role=SEED, parse=_seed, help="the run's seed")
 
     def __post_init__(self):
         if self.train_type == "regular":
             # The dense baseline: one cycle, nothing pruned.
             object.__setattr__(self, "prune_percent", 0.0)
             object.__setattr__(self, "prune_iterations", 1)
+        for f in fields(self):   # one canonical type per setting, so identities compare equal
+            value = getattr(self, f.name)
+            if isinstance(f.default, float) and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif isinstance(f.default, tuple) and isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "RunConfig":
+        """Raise UserError (one line) for a combination no run should be made with."""
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed {self.seed} is outside 0..{MAX_SEED} (NumPy's seed range); "
+                            "choose seeds in that range")
+        if not 0 <= self.prune_percent < 100:
+            raise UserError(f"--prune_percent {self.prune_percent} is outside [0, 100)")
+        if self.train_type == "lt" and self.prune_iterations == 1:
+            raise UserError("--train_type lt with --prune_iterations 1 prunes nothing: that is the "
+                            "dense baseline, train it with --train_type regular (or give 2 or more "
+                            "cycles)")
+        return self
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        """Every setting, as plain values (what the results file stores under ``args``)."""
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in asdict(self).items()}
+
+    as_dict = identity
+
+    def training_settings(self) -> dict[str, Any]:
+        """The identity (kept under this name: checkpoints compare it to refuse a foreign resume)."""
+        return self.identity()
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        """The config of saved ``args``; settings it lacks (older files) take their defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def differing_settings(self) -> list[tuple[str, Any]]:
+        """(field, value) of the tokened settings that differ from their defaults, in order."""
+        out = []
+        for f in fields(self):
+            if f.metadata["token"] is None:
+                continue
+            value = getattr(self, f.name)
+            if value != f.default:
+                out.append((f.name, value))
+        return out
 
     @property
     def config_name(self) -> str:
         return config_name(self.prune_percent, self.prune_iterations)
 
     @property
+    def is_dense_baseline(self) -> bool:
+        return self.train_type == "regular"
+
+    @property
     def stem(self) -> str:
-        return run_stem(self.prune_percent, self.prune_iterations, self.seed,
-                        self.co2_tracking_mode, self.dataset, self.lr, self.decay)
+        """The run's file name without extension (see the module's docstring)."""
+        head = f"{self.config_name}_seed{self.seed}_co2{bool(self.co2_tracking_mode)}_{self.dataset}"
+        return head + self._suffix()
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def configuration_suffix(self) -> str:
+        """The stem's settings part for the configuration (seed and measurement mode left out)."""
+        return replace(self, seed=0, co2_tracking_mode=False)._suffix()
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+    @property
+    def configuration_id(self) -> str:
+        """The stem without seed and measurement mode: what runs averaged together share."""
+        return f"{self.config_name}_{self.dataset}{self.configuration_suffix}"
 
-    def training_settings(self) -> dict:
-        """The settings that change results (used to refuse resuming a different run)."""
-        values = self.as_dict()
-        for cosmetic in ("print_freq",):
-            values.pop(cosmetic)
-        return values
+    def _suffix(self) -> str:
+        differing = self.differing_settings()
+        if not differing:
+            return ""
+        tokens = {f.name: f.metadata["token"] for f in fields(self)}
+        parts = [f"{tokens[name]}{format_value(value)}" for name, value in differing]
+        readable = "".join(f"_{p}" for p in parts)
+        if len(readable) <= MAX_READABLE_SUFFIX and all(NAME_SAFE.match(p) for p in parts):
+            return readable
+        kept = ""
+        for part in parts:
+            if not NAME_SAFE.match(part) or len(kept) + len(part) + 1 > MAX_READABLE_SUFFIX - 10:
+                break
+            kept += f"_{part}"
+        return f"{kept}_h{self.digest()}"
+
+    def digest(self) -> str:
+        """8 hex digits of the full settings (seed included)."""
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def format_number(value: float) -> str:
-    """90.0 -> '90', 68.5 -> '68.5', 1e-4 -> '0.0001'."""
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
+def setting_fields() -> list:
+    return list(fields(RunConfig))
 
 
+def setting_names() -> list[str]:
+    return [f.name for f in fields(RunConfig)]
+
+
+def setting_role(name: str) -> str:
+    return {f.name: f.metadata["role"] for f in fields(RunConfig)}[name]
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """A setting's value from command-line text; ValueError with the reason when it is not one."""
+    for f in fields(RunConfig):
+        if f.name != name:
+            continue
+        meta = f.metadata
+        if meta["choices"] and text not in meta["choices"]:
+            raise ValueError(f"{text!r} is not one of {', '.join(meta['choices'])}")
+        if meta["parse"] is not None:
+            return meta["parse"](text)
+        if isinstance(f.default, bool):
+            return parse_bool(text)
+        if isinstance(f.default, int):
+            return parse_whole(text)
+        if isinstance(f.default, float):
+            return parse_number(text)
+        return text
+    raise ValueError(f"{name!r} is not a setting; settings: {', '.join(setting_names())}")
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, *, choices: dict[str, Sequence[str]] | None = None,
+                          skip: Iterable[str] = ("seed",)) -> None:
+    """One flag per setting of :class:`RunConfig` (``--seeds`` is the script's own)."""
+    choices = choices or {}
+    for f in fields(RunConfig):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        flags = [f"--{f.name}", *meta["flags"]]
+        help_text = meta["help"]
+        if isinstance(f.default, bool):
+            parser.add_argument(*flags, dest=f.name, action="store_true", help=help_text)
+            continue
+
+        def convert(text, _name=f.name):
+            try:
+                return parse_setting(_name, text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        convert.__name__ = f.name   # argparse names the type in its messages
+        parser.add_argument(*flags, dest=f.name, default=f.default, type=convert,
+                            choices=choices.get(f.name) or meta["choices"], help=help_text,
+                            metavar=meta["metavar"], nargs=meta["nargs"])
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> RunConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+# --------------------------------------------------------------------------- configuration names
 def config_name(prune_percent: float, prune_iterations: int) -> str:
     return f"pp{format_number(prune_percent)}x{prune_iterations}"
 
 
-CONFIG_NAME = re.compile(r"^pp(?P<prune_percent>\d+(?:\.\d+)?)x(?P<prune_iterations>\d+)$")
+CONFIG_NAME = re.compile(r"^pp(?P<prune_percent>\d+(?:\.\d+)?(?:e-?\d+)?)x(?P<prune_iterations>\d+)$")
+STEM_HEAD = re.compile(
+    r"^pp(?P<prune_percent>\d+(?:\.\d+)?(?:e-?\d+)?)x(?P<prune_iterations>\d+)_seed(?P<seed>\d+)"
+    r"_co2(?P<co2>True|False)_(?P<dataset>[a-z0-9]+)(?P<rest>_.*)?$")
 
 
 def parse_config_name(name: str) -> tuple[float, int] | None:
-    """'pp68x3' -> (68.0, 3); None for anything that is not a configuration name."""
-    match = CONFIG_NAME.match(name)
+    """'pp68x3' -> (68.0, 3); 'pp1e-05x2' -> (1e-05, 2); None for anything else."""
+    match = CONFIG_NAME.match(name.split(",")[0].strip())
     if not match:
         return None
     return float(match["prune_percent"]), int(match["prune_iterations"])
 
 
-def run_stem(prune_percent: float, prune_iterations: int, seed: int, co2: bool, dataset: str,
-             lr: float = DEFAULT_LR, decay: float = DEFAULT_DECAY) -> str:
-    stem = f"{config_name(prune_percent, prune_iterations)}_seed{seed}_co2{bool(co2)}_{dataset}"
-    if float(lr) != DEFAULT_LR or float(decay) != DEFAULT_DECAY:
-        stem += f"_lr{format_number(lr)}_decay{format_number(decay)}"
-    return stem
-
-
-RUN_FILE = re.compile(
-    r"^pp(?P<prune_percent>\d+(?:\.\d+)?)x(?P<prune_iterations>\d+)_seed(?P<seed>\d+)"
-    r"_co2(?P<co2>True|False)_(?P<dataset>[a-z0-9]+)"
-    r"(?:_lr(?P<lr>[^_]+)_decay(?P<decay>[^_]+))?\.pt$")
-
-
-@dataclass(frozen=True)
-class RunFileInfo:
-    path: Path
-    prune_percent: float
-    prune_iterations: int
-    seed: int
-    co2: bool
-    dataset: str
-    lr: float
-    decay: float
-
-    @property
-    def config_name(self) -> str:
-        return config_name(self.prune_percent, self.prune_iterations)
-
-
-def parse_run_file(path: Path | str) -> RunFileInfo | None:
-    """What a results file's name says about it, or None for any other file."""
-    path = Path(path)
-    match = RUN_FILE.match(path.name)
+def parse_stem(stem: str) -> dict | None:
+    """The fixed head of a run's file name: prune percent, cycles, seed, CO2 mode, dataset."""
+    match = STEM_HEAD.match(stem)
     if not match:
         return None
-    return RunFileInfo(path=path, prune_percent=float(match["prune_percent"]),
-                       prune_iterations=int(match["prune_iterations"]), seed=int(match["seed"]),
-                       co2=match["co2"] == "True", dataset=match["dataset"],
-                       lr=float(match["lr"]) if match["lr"] else DEFAULT_LR,
-                       decay=float(match["decay"]) if match["decay"] else DEFAULT_DECAY)
+    return {"prune_percent": float(match["prune_percent"]),
+            "prune_iterations": int(match["prune_iterations"]), "seed": int(match["seed"]),
+            "co2_tracking_mode": match["co2"] == "True", "dataset": match["dataset"]}
 
 
+def expected_percent_remaining(prune_percent: float, cycle: int) -> float:
+    """Weights left after ``cycle`` rounds of pruning, ignoring rounding: 100 (1 - p)^cycle."""
+    return 100.0 * (1 - prune_percent / 100) ** cycle
+
+
+# --------------------------------------------------------------------------- paths
 def run_dir(save_dir: Path | str, arch: str, dataset: str) -> Path:
     return Path(save_dir) / arch / dataset
 
@@ -146,6 +406,10 @@ def checkpoint_path(save_dir: Path | str, config: RunConfig) -> Path:
     return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.checkpoint.pt"
 
 
+def lock_path(save_dir: Path | str, config: RunConfig) -> Path:
+    return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.lock"
+
+
 def emissions_csv_path(save_dir: Path | str, config: RunConfig) -> Path:
     return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.csv"
 
@@ -155,34 +419,36 @@ def partial_csv_path(final_csv: Path) -> Path:
     return final_csv.with_name(final_csv.stem + ".partial.csv")
 
 
-def find_run_files(save_dir: Path | str, arch: str, dataset: str) -> list[RunFileInfo]:
-    """Every training results file for ``arch`` on ``dataset``, sorted by name."""
-    folder = run_dir(save_dir, arch, dataset)
-    if not folder.is_dir():
-        return []
-    found = (parse_run_file(p) for p in sorted(folder.glob("*.pt")))
-    return [info for info in found if info is not None and info.dataset == dataset]
+def tickets_dir(save_dir: Path | str, config: RunConfig) -> Path:
+    return run_dir(save_dir, config.arch_type, config.dataset) / "tickets" / config.stem
+
+
+def cycle_ticket_path(results_file: Path | str, cycle: int) -> Path:
+    """Where the ticket of ``cycle`` (0 = the dense network) of the run in ``results_file`` lives."""
+    results_file = Path(results_file)
+    return results_file.parent / "tickets" / results_file.stem / f"cycle{cycle}.pt"
 
 
 def inference_dir(save_dir: Path | str, arch: str, dataset: str) -> Path:
     return run_dir(save_dir, arch, dataset) / "inference"
 
 
-def inference_csv_path(save_dir: Path | str, arch: str, dataset: str, device_kind: str,
-                       prune_percent: float, prune_iterations: int, seed: int, mode: str,
-                       state: str = "final") -> Path:
-    """``{cpu|gpu}_inf_pp{P}x{N}_seed{S}_{mode}[_{state}].csv``: the original's name plus the kernel
-    mode, and the weight state unless it is the final one (the only one the original replayed),
-    so that no two replays of one ticket overwrite each other."""
-    name = f"{device_kind}_inf_{config_name(prune_percent, prune_iterations)}_seed{seed}_{mode}"
+def inference_csv_path(save_dir: Path | str, config: RunConfig, device_kind: str, mode: str,
+                       state: str = "final", cycle: int | None = None) -> Path:
+    """``{cpu|gpu}_inf_pp{P}x{N}_seed{S}[_SETTINGS]_{mode}[_{state}][_cycle{K}].csv``: the original's
+    name plus the run's non-default settings, the kernel mode, the weights unless they are the
+    final ones, and the cycle unless it is the last, so that no two replays share a file. (One
+    run per configuration and seed is replayed, so the CO2 mode need not be in the name.)"""
+    name = f"{device_kind}_inf_{config.config_name}_seed{config.seed}{config.configuration_suffix}_{mode}"
     if state != "final":
         name += f"_{state}"
-    return inference_dir(save_dir, arch, dataset) / f"{name}.csv"
+    if cycle is not None and cycle != config.prune_iterations - 1:
+        name += f"_cycle{cycle}"
+    return inference_dir(save_dir, config.arch_type, config.dataset) / f"{name}.csv"
 
 
 def inference_runs_csv_path(save_dir: Path | str, arch: str, dataset: str) -> Path:
-    """One row per replayed run (configuration, seed, device, kernel mode, weights, threads, batch
-    size): see the README's schema."""
+    """One row per replay (run, device, kernel mode, weights, cycle, threads, batch size)."""
     return inference_dir(save_dir, arch, dataset) / "inference_runs.csv"
 
 
@@ -190,3 +456,220 @@ def inference_summary_csv_path(save_dir: Path | str, arch: str, dataset: str) ->
     """Mean and standard deviation over seeds of inference_runs.csv, per configuration, mode and
     measuring conditions."""
     return inference_dir(save_dir, arch, dataset) / "inference_summary.csv"
+
+
+def is_results_file(path: Path) -> bool:
+    return (path.suffix == ".pt" and not path.name.startswith(".")
+            and not path.name.endswith(".checkpoint.pt"))
+
+
+# --------------------------------------------------------------------------- finding runs
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run on disk: its results file and the settings it was made with."""
+
+    path: Path
+    config: RunConfig
+    label: str = ""           # how figures name its configuration (see group_labels)
+
+    @property
+    def config_name(self) -> str:
+        return self.label or self.config.config_name
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def co2(self) -> bool:
+        return self.config.co2_tracking_mode
+
+
+def read_run_settings(path: Path) -> RunConfig:
+    """The settings a results file was made with (UserError when it is not one of ours).
+
+    The file is memory-mapped, so only its small ``args`` entry is read from disk.
+    """
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        text = str(exc).strip().splitlines()
+        raise UserError(f"{path} is not a readable results file ({text[0] if text else type(exc).__name__})"
+                        "; delete it and rerun the command that made it") from exc
+    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+        raise UserError(f"{path} holds no run settings; was it written by lottery_ticket.py?")
+    version = saved.get("format_version", 1)
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise UserError(f"{path} has results format {version}, which this version cannot read "
+                        "(it reads formats " + ", ".join(map(str, READABLE_FORMAT_VERSIONS))
+                        + "); update the toolkit")
+    return RunConfig.from_dict(saved["args"])
+
+
+def find_runs(save_dir: Path | str, arch: str, dataset: str) -> list[RunRecord]:
+    """Every readable finished run of ``arch`` on ``dataset`` (unreadable files: a warning each)."""
+    folder = run_dir(save_dir, arch, dataset)
+    if not folder.is_dir():
+        return []
+    log = get_logger()
+    runs = []
+    for path in sorted(p for p in folder.glob("*.pt") if is_results_file(p)):
+        try:
+            config = read_run_settings(path)
+        except UserError as exc:
+            log.warning("warning: %s; skipped", exc)
+            continue
+        if config.arch_type != arch or config.dataset != dataset:
+            log.warning("warning: %s holds a %s run on %s, not %s on %s; skipped", path,
+                        config.arch_type, config.dataset, arch, dataset)
+            continue
+        runs.append(RunRecord(path, config))
+    return runs
+
+
+# --------------------------------------------------------------------------- selecting runs
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a script uses: configuration names, seeds and ``--where KEY=VALUE`` conditions."""
+
+    configs: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    where: tuple[tuple[str, Any], ...] = ()
+
+    def matches(self, config: RunConfig) -> bool:
+        if self.configs is not None and config.config_name not in self.configs:
+            return False
+        if self.seeds is not None and config.seed not in self.seeds:
+            return False
+        return all(_same(getattr(config, name), value) for name, value in self.where)
+
+    def describe(self) -> str:
+        parts = []
+        if self.configs:
+            parts.append("--configs " + " ".join(self.configs))
+        if self.seeds is not None:
+            parts.append("--seeds " + " ".join(map(str, self.seeds)))
+        if self.where:
+            parts.append("--where " + " ".join(f"{k}={format_value(v)}" for k, v in self.where))
+        return " ".join(parts) or "no filter"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunFilter":
+        return cls(configs=tuple(args.configs) if getattr(args, "configs", None) else None,
+                   seeds=tuple(args.seeds) if getattr(args, "seeds", None) is not None else None,
+                   where=tuple(getattr(args, "where", None) or ()))
+
+
+def _same(actual: Any, wanted: Any) -> bool:
+    if isinstance(actual, float) or isinstance(wanted, float):
+        return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=0.0)
+    return actual == wanted
+
+
+def where_argument(text: str) -> tuple[str, Any]:
+    """argparse type of ``--where``: KEY=VALUE with KEY a setting and VALUE one of its values."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. lr=0.0012)")
+    if key == "end_epoch":
+        key = "end_iter"
+    try:
+        return key, parse_setting(key, value.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--where {text}: {exc}") from None
+
+
+def config_name_argument(text: str) -> str:
+    """argparse type: a configuration name such as pp90x2, written as file names write it."""
+    parsed = parse_config_name(text)
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a configuration name; write "
+                                         "ppPxN, e.g. pp90x2, pp68x3 or pp0x1")
+    return config_name(*parsed)
+
+
+def seed_argument(text: str) -> int:
+    try:
+        return _seed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser, *, cycle: bool = True) -> None:
+    """The flags every reading script selects runs with (documented once, in the README)."""
+    group = parser.add_argument_group("selecting runs (the same in every script)")
+    group.add_argument("--configs", nargs="+", type=config_name_argument, metavar="ppPxN",
+                       help="only these configurations, e.g. pp90x2 pp0x1 (default: all found)")
+    group.add_argument("--seeds", nargs="+", type=seed_argument, metavar="SEED",
+                       help="only these seeds (default: all found)")
+    group.add_argument("--where", nargs="+", type=where_argument, metavar="KEY=VALUE", default=(),
+                       help="only runs whose setting KEY (any flag of lottery_ticket.py without "
+                            "its dashes, e.g. lr, batch_size, end_iter) equals VALUE; several "
+                            "conditions must all hold")
+    if cycle:
+        group.add_argument("--cycle", type=int, default=None, metavar="K",
+                           help="which cycle's ticket: 0 is the dense network, 1 the first pruned "
+                                "one... (default: each run's last cycle)")
+
+
+def select_runs(runs: Iterable[RunRecord], run_filter: RunFilter) -> list[RunRecord]:
+    """The runs that pass the filter, each labelled by :func:`group_labels`."""
+    chosen = [run for run in runs if run_filter.matches(run.config)]
+    labels = group_labels([run.config for run in chosen])
+    return [replace(run, label=labels[run.config.configuration_id]) for run in chosen]
+
+
+def group_labels(configs: Sequence[RunConfig]) -> dict[str, str]:
+    """A label per configuration (``configuration_id``) that tells apart every configuration given.
+
+    The label is the configuration name (pp90x2); where two configurations share it, the
+    settings in which any configurations differ are added in words ("pp90x2, lr 0.0012").
+    Runs with one label are thus one configuration, and may be averaged over seeds.
+    """
+    by_id = {config.configuration_id: config for config in configs}
+    by_name: dict[str, list[RunConfig]] = {}
+    for config in by_id.values():
+        by_name.setdefault(config.config_name, []).append(config)
+    varying = [f for f in fields(RunConfig) if f.metadata["role"] == TRAINING
+               and f.metadata["token"] is not None
+               and len({format_value(getattr(c, f.name)) for c in by_id.values()}) > 1]
+    labels = {}
+    for name, members in by_name.items():
+        for config in members:
+            if len(members) == 1:
+                labels[config.configuration_id] = name
+                continue
+            words = [(f.metadata["words"] or (lambda v, _n=f.name: f"{_n} {format_value(v)}"))(
+                getattr(config, f.name)) for f in varying]
+            labels[config.configuration_id] = ", ".join([name, *words])
+    return labels
+
+
+def describe_groups(runs: Sequence[RunRecord]) -> str:
+    """'pp0x1 seeds 0 1; pp90x2, lr 0.0012 seed 0' for messages about filters."""
+    groups: dict[str, set[int]] = {}
+    for run in runs:
+        groups.setdefault(run.config_name, set()).add(run.seed)
+    parts = []
+    for name in sorted(groups):
+        seeds = sorted(groups[name])
+        parts.append(f"{name} seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}")
+    return "; ".join(parts)
+
+
+def training_flags(config: RunConfig) -> list[str]:
+    """lottery_ticket.py's flags that make ``config``'s runs (defaults left out)."""
+    if config.is_dense_baseline:
+        words = ["--train_type", "regular"]
+    else:
+        words = ["--prune_percent", format_number(config.prune_percent),
+                 "--prune_iterations", str(config.prune_iterations)]
+    for name, value in config.differing_settings():
+        if name == "train_type":
+            continue
+        words += [f"--{name}", *([format_value(v) for v in value] if isinstance(value, tuple)
+                                 else [format_value(value)])]
+    return words

@@ -93,7 +93,7 @@ def test_end_to_end_for_each_architecture_and_dataset(arch, dataset, tmp_path, r
                                "--prune_iterations", "2", "--prune_percent", "80", "--batch_size", "64",
                                "--seeds", "7", "--no_progress"], capsys)
     assert code == 0, err
-    path = tmp_path / arch / dataset / f"pp80x2_seed7_co2False_{dataset}.pt"
+    path = tmp_path / arch / dataset / f"pp80x2_seed7_co2False_{dataset}_bs64_ep1.pt"
     results = torch.load(path, weights_only=True)
     assert [round(c["percent_remaining"], 1) for c in results["cycles"]] == [100.0, 20.0]
     assert "Seed 7 summary" in out and "compression rate: 5.00x" in out

@@ -11,13 +11,14 @@ import torch
 import post_training_inference
 from archs import inference
 from archs.experiment import TrainingJob, run_job
-from archs.inference import (RUN_COLUMNS, SUMMARY_COLUMNS, InferenceJob, run_inference, select_runs,
-                             summarise)
+from archs.inference import InferenceJob, run_inference, select_runs
+from data.inference_tables import RUN_COLUMNS, SUMMARY_COLUMNS, summarise
 from archs.sparse import Agreement
 from data.datasets import make_splits, make_test_split
 from data.datasets import Split
 from data.emissions import TrackerSettings
-from data.runs import RunConfig, inference_runs_csv_path, inference_summary_csv_path
+from data.runs import (RunConfig, RunFilter, inference_runs_csv_path, inference_summary_csv_path,
+                       results_path)
 from conftest import ROOT
 from utils import UserError, setup_logging
 
@@ -35,9 +36,11 @@ def saved_runs(tmp_path_factory, mnist_dir):
     return save_dir
 
 
-def job(save_dir, **changes):
+def job(save_dir, configs=None, seeds=None, **changes):
     settings = dict(save_dir=save_dir, passes=2, tracker=TrackerSettings(country_iso_code="FRA"),
-                    show_progress=False)
+                    show_progress=False,
+                    run_filter=RunFilter(configs=tuple(configs) if configs else None,
+                                         seeds=tuple(seeds) if seeds is not None else None))
     return InferenceJob(**{**settings, **changes})
 
 
@@ -66,7 +69,7 @@ def test_replay_writes_one_codecarbon_row_per_pass_and_the_run_and_summary_table
     rows = run_inference(job(saved_runs, mode="both", passes=3, configs=["pp90x2", "pp0x1"]))
     assert len(rows) == 3 * 2  # three runs x (dense, sparse)
     folder = saved_runs / "fc1" / "mnist" / "inference"
-    per_pass = read(folder / "cpu_inf_pp90x2_seed1_sparse.csv")
+    per_pass = read(folder / "cpu_inf_pp90x2_seed1_bs64_ep1_sparse.csv")
     assert len(per_pass) == 3 and "energy_consumed" in per_pass[0] and "emissions" in per_pass[0]
     durations = [float(r["duration"]) for r in per_pass]
     assert durations == sorted(durations)  # cumulative, one row per pass
@@ -121,26 +124,42 @@ def test_no_saved_runs_names_the_folder_and_the_command(tmp_path, capsys):
                            f"python3 lottery_ticket.py --arch_type lenet5 --dataset mnist --save_dir {tmp_path}")
 
 
-def test_corrupt_and_foreign_files_and_mismatched_weights_are_refused(saved_runs, tmp_path, capsys):
+def test_unreadable_foreign_and_mismatched_files_are_skipped_and_the_rest_replayed(saved_runs, tmp_path,
+                                                                                   capsys):
     folder = tmp_path / "fc1" / "mnist"
     folder.mkdir(parents=True)
-    good = saved_runs / "fc1" / "mnist" / "pp90x2_seed0_co2False_mnist.pt"
-    target = folder / "pp90x2_seed0_co2False_mnist.pt"
+    good = saved_runs / "fc1" / "mnist" / "pp90x2_seed0_co2False_mnist_bs64_ep1.pt"
+    shutil.copy(good, folder / good.name)
+    target = folder / "pp90x2_seed1_co2False_mnist_bs64_ep1.pt"
+    table = inference_runs_csv_path(tmp_path, "fc1", "mnist")
 
     target.write_bytes(good.read_bytes()[:1000])  # truncated
-    code, _, err = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA"], capsys)
-    assert code == 1 and "is not a readable results file" in err and "Traceback" not in err
+    code, out, err = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA", "--passes", "1",
+                               "--mode", "dense"], capsys)
+    assert code == 0 and "Traceback" not in err
+    assert f"{target} is not a readable results file" in out and "skipped" in out
+    assert [(r["run"], r["seed"]) for r in read(table)] == [(good.stem, "0")]
 
     torch.save({"something": torch.zeros(2)}, target)  # foreign
-    code, _, err = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA"], capsys)
-    assert code == 1 and "is not a training results file of this toolkit" in err
+    code, out, _ = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA", "--passes", "1",
+                             "--mode", "dense"], capsys)
+    assert code == 0 and "holds no run settings" in out
 
     results = torch.load(good, weights_only=True)
     results["final_state_dict"]["1.weight"] = torch.zeros(10, 10)  # does not fit fc1
+    results["args"]["seed"] = 1
     torch.save(results, target)
-    code, _, err = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA"], capsys)
-    assert code == 1 and "do not fit fc1 on mnist" in err
+    code, out, _ = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA", "--passes", "1",
+                             "--mode", "dense"], capsys)
+    assert code == 0 and "do not fit fc1 on mnist" in out
+    assert len(read(table)) == 1     # the replay already made is kept, nothing else added
     assert torch.load(good, weights_only=True)["args"]["arch_type"] == "fc1"  # the original untouched
+
+    (folder / good.name).unlink()   # only the bad file left: nothing to replay, one line
+    code, _, err = run_main(["--save_dir", str(tmp_path), "--country_iso_code", "FRA", "--no_progress"],
+                            capsys)
+    assert code == 1 and err.startswith("error: none of the 1 selected run(s) could be replayed")
+    assert len(read(table)) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -156,8 +175,8 @@ def test_best_state_is_replayed_into_its_own_files_and_rows(saved_runs):
     for state in ("final", "best"):
         run_inference(job(saved_runs, state=state, mode="dense", configs=["pp90x2"], seeds=[0], passes=1))
     folder = saved_runs / "fc1" / "mnist" / "inference"
-    final_csv = folder / "cpu_inf_pp90x2_seed0_dense.csv"
-    best_csv = folder / "cpu_inf_pp90x2_seed0_dense_best.csv"
+    final_csv = folder / "cpu_inf_pp90x2_seed0_bs64_ep1_dense.csv"
+    best_csv = folder / "cpu_inf_pp90x2_seed0_bs64_ep1_dense_best.csv"
     assert len(read(final_csv)) == 1 and len(read(best_csv)) == 1   # one pass each, neither overwritten
     table = [r for r in read(inference_runs_csv_path(saved_runs, "fc1", "mnist"))
              if (r["config"], r["seed"], r["mode"]) == ("pp90x2", "0", "dense")]
@@ -204,7 +223,7 @@ fc1,mnist,pp90x2,90,2,zero,cpu,dense,10,105,10,0.5,90,0.01,0.001,10500,1e-06,1e-
 """
 
 
-def copy_run(saved_runs, save_dir, name="pp90x2_seed0_co2False_mnist.pt", as_name=None):
+def copy_run(saved_runs, save_dir, name="pp90x2_seed0_co2False_mnist_bs64_ep1.pt", as_name=None):
     folder = save_dir / "fc1" / "mnist"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(saved_runs / "fc1" / "mnist" / name, folder / (as_name or name))
@@ -235,16 +254,23 @@ def test_a_table_of_an_earlier_version_is_read_and_kept(saved_runs, tmp_path, ca
     assert float(summary[("pp0x1", "dense")]["seconds_per_pass_mean"]) == 0.02
 
 
-def test_runs_of_a_hyperparameter_grid_are_skipped_and_said_so(saved_runs, tmp_path, capsys):
-    copy_run(saved_runs, tmp_path, "pp0x1_seed0_co2False_mnist.pt",
-             "pp0x1_seed0_co2False_mnist_lr0.001_decay0.pt")
-    with pytest.raises(UserError, match=r"only 1 run\(s\) of a hyperparameter grid, which are not replayed"):
-        select_runs(job(tmp_path))
-    copy_run(saved_runs, tmp_path)
-    setup_logging()
-    assert [(i.config_name, i.seed) for i in select_runs(job(tmp_path))] == [("pp90x2", 0)]
-    assert ("Skipping 1 run(s) of a hyperparameter grid (non-default --lr/--decay)"
-            in capsys.readouterr().out)
+def test_a_study_with_another_learning_rate_is_replayed_and_selected_with_where(saved_runs, tmp_path):
+    folder = copy_run(saved_runs, tmp_path)
+    results = torch.load(folder / "pp90x2_seed0_co2False_mnist_bs64_ep1.pt", weights_only=True)
+    results["args"]["lr"] = 1.2e-3
+    config = RunConfig.from_dict(results["args"])
+    torch.save(results, results_path(tmp_path, config))
+    assert results_path(tmp_path, config).name == "pp90x2_seed0_co2False_mnist_lr0.0012_bs64_ep1.pt"
+    # Both studies are found; their labels tell them apart instead of averaging them.
+    assert sorted(r.config_name for r in select_runs(job(tmp_path))) == ["pp90x2, lr 0.0001",
+                                                                         "pp90x2, lr 0.0012"]
+    only = select_runs(job(tmp_path, run_filter=RunFilter(where=(("lr", 1.2e-3),))))
+    assert [(r.config_name, r.path.name) for r in only] == [
+        ("pp90x2", "pp90x2_seed0_co2False_mnist_lr0.0012_bs64_ep1.pt")]
+    rows = run_inference(job(tmp_path, run_filter=RunFilter(where=(("lr", 1.2e-3),)), mode="dense",
+                             passes=1))
+    assert [(r["run"], r["configuration"]) for r in rows] == [
+        ("pp90x2_seed0_co2False_mnist_lr0.0012_bs64_ep1", "pp90x2_mnist_lr0.0012_bs64_ep1")]
 
 
 def test_kernels_that_disagree_are_a_user_error_with_a_way_out(saved_runs, tmp_path, capsys, monkeypatch):
@@ -253,7 +279,7 @@ def test_kernels_that_disagree_are_a_user_error_with_a_way_out(saved_runs, tmp_p
     code, _, err = run_main(["--save_dir", str(tmp_path), "--mode", "sparse", "--country_iso_code", "FRA",
                              "--no_progress"], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "sparse kernels disagree with the dense forward on pp90x2 seed 0" in err
+    assert "sparse kernels disagree with the dense forward on pp90x2_seed0_co2False_mnist_bs64_ep1.pt" in err
     assert "--mode dense avoids the sparse kernels" in err
 
 

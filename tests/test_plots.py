@@ -19,7 +19,7 @@ import lottery_ticket
 import lottery_ticket_emissions
 import lottery_ticket_performance
 import post_training_inference_emissions
-from archs.inference import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
+from data.inference_tables import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
 from archs.inference import InferenceJob, run_inference
 from archs.training import LOG_KEYS
 from conftest import ROOT

@@ -33,7 +33,7 @@ def finished_run(tmp_path_factory, mnist_dir):
 
 def test_results_file_has_the_documented_schema_and_loads_weights_only(finished_run):
     path, results = finished_run
-    assert path.name == "pp50x3_seed0_co2False_mnist.pt"
+    assert path.name == "pp50x3_seed0_co2False_mnist_bs64_ep2.pt"   # the settings that differ
     for key in training.LOG_KEYS:
         assert isinstance(results[key], dict)
     for key in ("initial_state_dict", "best_state_dict", "final_state_dict", "masks", "cycles",
@@ -134,15 +134,18 @@ def test_resume_skips_finished_seeds_and_refuses_other_settings(tmp_path, mnist_
     stamp = path.stat().st_mtime_ns
     first.resume = True
     assert run_job(first) == [path] and path.stat().st_mtime_ns == stamp
+    # A file whose contents are another run's (renamed by hand) is refused, not resumed over.
     other = job(tmp_path, mnist_dir, end_iter=1, batch_size=32)
     other.resume = True
+    impostor = results_path(other.save_dir, RunConfig(**{**TINY, "end_iter": 1, "batch_size": 32}))
+    impostor.write_bytes(path.read_bytes())
     with pytest.raises(UserError, match="other settings"):
         run_job(other)
 
 
 def test_regular_training_is_one_dense_cycle(tmp_path, mnist_dir):
     [path] = run_job(job(tmp_path, mnist_dir, train_type="regular", end_iter=1))
-    assert path.name == "pp0x1_seed0_co2False_mnist.pt"
+    assert path.name == "pp0x1_seed0_co2False_mnist_bs64_ep1.pt"
     results = load(path)
     assert len(results["cycles"]) == 1 and results["cycles"][0]["percent_remaining"] == 100.0
 
@@ -167,7 +170,7 @@ def test_co2_mode_tracks_without_evaluating(tmp_path, mnist_dir):
     the_job = job(tmp_path, mnist_dir, co2_tracking_mode=True, prune_iterations=2, valid_freq=1)
     [path] = run_job(the_job)
     results = load(path)
-    assert path.name == "pp50x2_seed0_co2True_mnist.pt"
+    assert path.name == "pp50x2_seed0_co2True_mnist_bs64_ep2.pt"
     assert results["val_accuracy"] == {} and results["test_accuracy"] == {}
     assert list(results["co2"]) == [490, 980, 1470, 1960]
     co2 = list(results["co2"].values())
