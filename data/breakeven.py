@@ -218,6 +218,11 @@ BREAK_EVEN_COLUMNS = (
     "shortest_measurement_s", "too_short",
 )
 
+# What only a comparison with the baseline has (NaN, an empty cell, in the baseline's row).
+COMPARISON_COLUMNS = tuple(column for column in BREAK_EVEN_COLUMNS
+                           if column.startswith(("extra_", "co2_kg_saved", "break_even_", "welch_"))
+                           and column != "welch_level")
+
 
 def cost_lines(measurements: dict[str, Measurements]) -> dict[str, CostLine]:
     return {name: m.line for name, m in measurements.items()}
@@ -240,6 +245,7 @@ def break_even_rows(measurements: dict[str, Measurements], baseline: str) -> lis
                "confidence_level": CONFIDENCE_LEVEL, "welch_level": WELCH_LEVEL,
                "shortest_measurement_s": measured.shortest_measurement_s}
         if name == baseline:
+            row.update({column: math.nan for column in COMPARISON_COLUMNS})
             row.update(outcome=BASELINE, reason="", too_short=measured.too_short)
         else:
             result = break_even(measured, base)
