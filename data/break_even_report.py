@@ -218,7 +218,7 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
         if row["outcome"] == BASELINE:
             label += " (baseline)"
         elif row["outcome"] != AFTER:   # "after" is written beside its marker
-            label += f": {row['outcome']}" + (" (measured too briefly)" if row["too_short"] else "")
+            label += f": {row['outcome']}" + (", too short" if row["too_short"] else "")
         ax.plot(n, mean, color=colour, linestyle=config_linestyle(name), linewidth=1.8,
                 zorder=3 if name == BASELINE_CONFIG else 2, label=label)
         if not np.all(np.isnan(std)):
@@ -237,8 +237,8 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
     ax.set_ylim(bottom=0)
     ax.ticklabel_format(style="sci", scilimits=(-3, 4))
     ax.set_xlabel("Inferences served (images classified)\n"
-                  f"bands: ± 1 standard deviation over seeds; bars: {CONFIDENCE_LEVEL:.0%} confidence "
-                  "interval of the break-even point (Fieller, over seeds)", fontsize="small")
+                  f"bands: ± 1 SD over seeds; bars: {CONFIDENCE_LEVEL:.0%} CI of the break-even "
+                  "point (Fieller, over seeds)", fontsize="small")
     ax.set_ylabel("Total CO2-equivalent emissions (kg CO2eq)\ntraining + inference")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
@@ -246,7 +246,7 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
         import textwrap
 
         # Above the title rather than over the lines, so that it hides nothing it warns about.
-        fig.suptitle(textwrap.fill(caveat, 90), color="darkred", fontweight="bold",
+        fig.suptitle(textwrap.fill(caveat, 65), color="darkred", fontweight="bold",
                      fontsize="medium")
     return fig
 

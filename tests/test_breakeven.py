@@ -305,7 +305,7 @@ def test_table_csv_and_figure_say_when_measurements_were_too_short():
     assert caveat.startswith("WARNING: measurements as short as 0.4 s")
     fig = break_even_figure(rows, cost_lines(known_measurements("pp90x2")), 2000.0, "t", caveat)
     legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
-    assert any(label.endswith("undetermined (measured too briefly)") for label in legend)
+    assert any(label.endswith("undetermined, too short") for label in legend)
     assert fig._suptitle.get_text().replace("\n", " ") == caveat
     # a longer measurement on a slower sampling interval is just as suspect
     assert too_short_caveat(report_rows(), TrackerSettings(measure_power_secs=15.0))
