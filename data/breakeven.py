@@ -10,13 +10,12 @@ and the ticket pays back its extra training after the break-even point
 
     N* = (training_ticket - training_dense) / (per_inference_dense - per_inference_ticket).
 
-Outcomes: "immediately" when the ticket costs no more to train and no more per inference
-(N* = 0), "after" N* inferences when it costs more to train and less per inference, "never"
-when its per-inference CO2 is not lower and it costs more to train, or is higher at all
-(N* = inf; a ticket cheaper to train but dearer per inference is only ahead until the lines
-cross, so in the long run it never pays).
+From the means alone (:func:`break_even_point`): N* = 0 when the ticket costs no more to train
+and no more per inference, extra / saving when it costs more to train and less per inference,
+inf when it is no cheaper per inference (a ticket cheaper to train but dearer per inference
+is only ahead until the lines cross, so in the long run it never pays).
 
-Uncertainty (95% unless asked otherwise). The inputs are per-seed samples: training CO2 of
+Uncertainty (95%, :data:`CONFIDENCE_LEVEL`). The inputs are per-seed samples: training CO2 of
 each CO2-tracking training run and CO2 per inference of each replayed run, four independent
 groups (ticket and baseline, training and inference; separate runs, so no pairing by seed).
 The extra training CO2 and the saving per inference each get Welch's confidence interval (a
@@ -181,7 +180,8 @@ def break_even(ticket: Measurements, baseline: Measurements) -> BreakEven:
     if statistical.outcome == AFTER and not ratio.bounded:
         # Fieller's t (degrees of freedom of the combination) can be a little wider than the
         # saving's own: the saving is then only just significant and N* is not bounded.
-        statistical = Verdict(UNDETERMINED, f"the {CONFIDENCE_LEVEL:.0%} CI of the break-even point is unbounded")
+        statistical = Verdict(UNDETERMINED,
+                              f"the {CONFIDENCE_LEVEL:.0%} CI of the break-even point is unbounded")
     low, high = _break_even_interval(statistical.outcome, ratio)
     verdict = too_short_verdict(statistical) if too_short else statistical
     return BreakEven(verdict.outcome, verdict.reason, break_even_point(extra.estimate, saving.estimate),
