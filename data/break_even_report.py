@@ -3,7 +3,10 @@
 Training CO2 of a configuration is the final cumulative emissions of each of its CO2-tracking
 training runs (every cycle, the dense first cycle included: that is what finding the ticket
 cost). Its CO2 per inference is, for each replayed run, co2_kg_per_pass / images_per_pass from
-inference_runs.csv. The arithmetic and its uncertainty are in :mod:`data.breakeven`.
+inference_runs.csv. The arithmetic, its confidence intervals and the verdict rules are in
+:mod:`data.breakeven`. A measurement (a whole training run, one inference pass) that spans
+fewer than MIN_POWER_SAMPLES of CodeCarbon's power samples makes every verdict that uses it
+"undetermined", and the table, break_even.csv (column too_short) and the figure say so.
 """
 from __future__ import annotations
 
@@ -12,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from data.breakeven import (AFTER, BREAK_EVEN_COLUMNS, CostLine, break_even_rows, cost_lines,
+from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, CONFIDENCE_LEVEL, UNDETERMINED,
+                            WELCH_LEVEL, CostLine, Measurements, break_even_rows, cost_lines,
                             describe_break_even, inference_horizon)
+from data.emissions import MIN_POWER_SAMPLES, TrackerSettings
 from data.csv_tables import csv_text
 from data.labels import (config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
+from data.runs import find_runs, select_runs
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
                            training_flags)
 from data.plotting import FIGURE_SIZE, FigureWriter, figure_style
@@ -44,17 +50,41 @@ def choose_mode(available: set[str], requested: str | None, baseline: bool) -> s
     return next((mode for mode in order if mode in available), None)
 
 
-def training_co2_by_config(options: PlotOptions) -> dict[str, list[float]]:
-    """kg CO2eq of each CO2-tracking training run (all its cycles), by configuration."""
+def shortest_of(seconds: list[float]) -> float:
+    """The shortest of some durations, those not recorded (NaN) left out; NaN when none is."""
+    known = [value for value in seconds if not math.isnan(value)]
+    return min(known) if known else math.nan
+
+
+def measurements_by_config(names: list[str], training: dict[str, list[float]],
+                           training_seconds: dict[str, float], inference: dict[str, list[float]],
+                           inference_seconds: dict[str, float],
+                           tracker: TrackerSettings) -> dict[str, Measurements]:
+    """Each configuration's per-run CO2 with its shortest measurement and whether that is too
+    short for ``tracker``'s power sampling."""
+    measurements = {}
+    for name in names:
+        shortest = shortest_of([training_seconds[name], inference_seconds[name]])
+        measurements[name] = Measurements(training[name], inference[name], shortest,
+                                          tracker.too_short_to_measure(shortest))
+    return measurements
+
+
+def training_co2_by_config(options: PlotOptions) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """kg CO2eq of each CO2-tracking training run (all its cycles), by configuration, and the
+    shortest tracked duration (s) among each configuration's runs."""
     runs = select_training_runs(options, co2=True)
-    return {name: [run.final_emissions["emissions"] for run in members]
-            for name, members in group_by(runs, lambda r: r.config_name).items()}
+    by_config = group_by(runs, lambda r: r.config_name)
+    return ({name: [run.final_emissions["emissions"] for run in members]
+             for name, members in by_config.items()},
+            {name: shortest_of([run.final_emissions["duration"] for run in members])
+             for name, members in by_config.items()})
 
 
-def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None,
-                            baseline: str) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """kg CO2eq per inference of each replayed run on ``device``, by configuration, and the
-    kernel mode chosen for each configuration."""
+def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None, baseline: str
+                            ) -> tuple[dict[str, list[float]], dict[str, str], dict[str, float]]:
+    """kg CO2eq per inference of each replayed run on ``device``, by configuration, the kernel
+    mode chosen for each configuration, and its shortest measured pass (s; NaN: not recorded)."""
     log = get_logger()
     runs = select_inference_runs(options)
     on_device = [run for run in runs if run.device == device]
@@ -66,6 +96,7 @@ def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None,
                         f"tickets on {device} with: {options.command('post_training_inference.py')}")
     per_inference: dict[str, list[float]] = {}
     modes: dict[str, str] = {}
+    shortest: dict[str, float] = {}
     for name, members in group_by(on_device, lambda r: r.config_name).items():
         chosen = choose_mode({r.mode for r in members}, mode, baseline=name == baseline)
         if chosen is None:
@@ -73,8 +104,46 @@ def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None,
                         device)
             continue
         modes[name] = chosen
-        per_inference[name] = [r.co2_kg_per_inference for r in members if r.mode == chosen]
-    return per_inference, modes
+        chosen_runs = [r for r in members if r.mode == chosen]
+        per_inference[name] = [r.co2_kg_per_inference for r in chosen_runs]
+        shortest[name] = shortest_of([r.seconds_per_pass for r in chosen_runs])
+    return per_inference, modes, shortest
+
+
+def resolve_baseline(options: PlotOptions, baseline: str) -> tuple[str, set[str]]:
+    """The label of the dense baseline the tickets are compared with, and the labels of the
+    configurations trained under other settings than it (left out: a ticket is only compared
+    with a baseline trained like it).
+
+    When the selection holds several configurations named ``baseline`` (a learning-rate grid
+    beside the study, say), the one trained with the tickets' settings is chosen; if that does
+    not single one out, the script stops and says how to pick one.
+    """
+    records = select_runs(find_runs(options.save_dir, options.arch_type, options.dataset),
+                          options.run_filter)
+    by_label = {record.config_name: record.config for record in records}
+    candidates = sorted(label for label in by_label if split_label(label)[0] == baseline)
+    if not candidates:
+        return baseline, set()
+    tickets = {label: config for label, config in by_label.items() if label not in candidates}
+    chosen = candidates[0]
+    if len(candidates) > 1:
+        keys = {config.baseline_key() for config in tickets.values()}
+        matching = [label for label in candidates if by_label[label].baseline_key() in keys]
+        if len(keys) != 1 or len(matching) != 1:
+            raise UserError(f"the selection holds several {baseline} configurations "
+                            f"({'; '.join(candidates)}); pick one with --where KEY=VALUE on the "
+                            "setting that differs (e.g. --where lr=0.0012)")
+        chosen = matching[0]
+        get_logger().info("Comparing with %s: the dense baseline trained with the tickets' settings",
+                          chosen)
+    others = {label for label, config in tickets.items()
+              if config.baseline_key() != by_label[chosen].baseline_key()}
+    if others:
+        get_logger().warning("warning: %s trained with other settings than the baseline %s; left "
+                             "out of the break-even analysis (select them with --where to compare "
+                             "them with their own baseline)", "; ".join(sorted(others)), chosen)
+    return chosen, others
 
 
 def comparable_configs(training: dict[str, list[float]], inference: dict[str, list[float]],
@@ -86,13 +155,6 @@ def comparable_configs(training: dict[str, list[float]], inference: dict[str, li
          options.command("lottery_ticket.py", *training_flags(baseline), "--co2_tracking_mode")),
         ("inference replay", inference, options.command("post_training_inference.py")))
     for side, have, make in needs:
-        variants = sorted(name for name in have if split_label(name)[0] == baseline and name != baseline)
-        if baseline not in have and variants:
-            # Dense baselines of several settings were selected: which one a ticket is compared
-            # with is the user's choice, never a silent average.
-            raise UserError(f"the selection holds several {baseline} configurations ("
-                            f"{'; '.join(variants)}); pick one with --where KEY=VALUE on the setting that "
-                            "differs (e.g. --where lr=0.0012)")
         if baseline not in have:
             raise UserError(f"the baseline {baseline} ({describe_config(baseline)}) has no {side} "
                             f"for {options.arch_type} on {options.dataset} in {options.input_dir}; "
@@ -115,25 +177,70 @@ def plus_minus(mean: float, std: float) -> str:
     return f"{mean:.3g}" + ("" if math.isnan(std) else f" ± {std:.2g}")
 
 
+def describe_measurement(row: dict) -> str:
+    seconds = row["shortest_measurement_s"]
+    text = "?" if math.isnan(seconds) else f"{seconds:.3g} s"
+    return f"{text} TOO SHORT" if row["too_short"] else text
+
+
 def break_even_table(rows: list[dict]) -> str:
     def number(value: float, spec: str) -> str:
         return "-" if math.isnan(value) else format(value, spec)
 
     headers = ("config", "mode", "training CO2 kg", "n", "CO2 kg per inference", "n",
-               "break-even (inferences)", "Welch t", "p")
+               "break-even (inferences)", "Welch t", "p", "shortest measurement")
     return format_table(headers, [
         (row["config"], row["mode"],
          plus_minus(row["training_co2_kg_mean"], row["training_co2_kg_std"]), row["training_runs"],
          plus_minus(row["co2_kg_per_inference_mean"], row["co2_kg_per_inference_std"]),
-         row["inference_runs"], describe_break_even(row), number(row["welch_t"], ".3g"),
-         number(row["welch_p"], ".3g"))
+         row["inference_runs"], describe_break_even(row), number(row.get("welch_t", math.nan), ".3g"),
+         number(row.get("welch_p", math.nan), ".3g"), describe_measurement(row))
         for row in rows])
 
 
-def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: float, title: str):
-    """Total CO2 against inferences served, one line and band per configuration; each finite
-    break-even point marked and labelled with its range (a horizontal error bar would run off
-    the figure whenever the range is open-ended, "never")."""
+def too_short_caveat(rows: list[dict], tracker: TrackerSettings) -> str:
+    """A warning naming the configurations measured too briefly for ``tracker``'s power
+    sampling, or "" when none was."""
+    short = [row for row in rows if tracker.too_short_to_measure(row["shortest_measurement_s"])]
+    if not short:
+        return ""
+    shortest = min(row["shortest_measurement_s"] for row in short)
+    return (f"WARNING: measurements of {', '.join(row['config'] for row in short)} lasted as little "
+            f"as {shortest:.3g} s, under {MIN_POWER_SAMPLES} of CodeCarbon's "
+            f"{tracker.measure_power_secs:g} s power samples: their CO2 is mostly sampling noise, "
+            f"so every verdict using them is undetermined. Measure longer (lottery_ticket.py with "
+            f"more epochs, post_training_inference.py --sweeps_per_pass) before concluding.")
+
+
+def figure_caveat(rows: list[dict], tracker: TrackerSettings) -> str:
+    """The too-short warning, short enough to head a figure; "" when nothing was too short."""
+    seconds = [row["shortest_measurement_s"] for row in rows
+               if tracker.too_short_to_measure(row["shortest_measurement_s"])]
+    if not seconds:
+        return ""
+    return (f"WARNING: measurements as short as {min(seconds):.3g} s, under {MIN_POWER_SAMPLES} of "
+            f"CodeCarbon's {tracker.measure_power_secs:g} s power samples: CO2 mostly sampling "
+            f"noise, break-even undetermined")
+
+
+def table_notes(rows: list[dict]) -> str:
+    """How the figures were computed, then why each undetermined verdict is undetermined."""
+    lines = [f"break-even: mean training CO2 difference / mean saving per inference; "
+             f"{CONFIDENCE_LEVEL:.0%} confidence interval by Fieller's method over seeds; "
+             f"training CO2 and CO2 per inference are mean ± standard deviation over runs.",
+             f"Welch t, p: CO2 per inference against the baseline, two-sided Welch t-test "
+             f"(significant at p < {WELCH_LEVEL:g})."]
+    lines += [f"{row['config']}: undetermined because {row['reason']}" for row in rows
+              if row["outcome"] == UNDETERMINED]
+    return "\n".join(lines)
+
+
+def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: float, title: str,
+                      caveat: str = ""):
+    """Total CO2 against inferences served, one line and seed-to-seed band per configuration;
+    each "after N" break-even point marked with its confidence interval as a horizontal bar;
+    each configuration's verdict in the legend, and ``caveat`` (measurements too short) in red
+    above the title."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
@@ -143,46 +250,69 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
         line = lines[name]
         mean, std = line.total(n)
         colour = config_colour(name)
+        label = f"{describe_config(name)}, {describe_mode(row['mode'])}"
+        if row["outcome"] == BASELINE:
+            label += " (baseline)"
+        elif row["outcome"] != AFTER:   # "after" is written beside its marker
+            label += f": {row['outcome']}" + (", too short" if row["too_short"] else "")
         ax.plot(n, mean, color=colour, linestyle=config_linestyle(name), linewidth=1.8,
-                zorder=3 if is_baseline(name) else 2,
-                label=f"{describe_config(name)}, {describe_mode(row['mode'])}")
+                zorder=3 if is_baseline(name) else 2, label=label)
         if not np.all(np.isnan(std)):
             ax.fill_between(n, np.maximum(mean - std, 0.0), mean + std, color=colour, alpha=0.15,
                             linewidth=0)
         if row["outcome"] == AFTER:
-            at = row["break_even_inferences"]
+            at, low, high = row["break_even_inferences"], row["break_even_low"], row["break_even_high"]
             total, _ = line.total(at)
             ax.plot([at, at], [0, total], color=colour, linestyle=":", linewidth=1.2)
-            ax.plot([at], [total], color=colour, marker="o", markersize=7, markeredgecolor="white",
-                    linestyle="none", zorder=4)
+            ax.errorbar([at], [total], xerr=[[at - low], [high - at]], color=colour, marker="o",
+                        markersize=7, markeredgecolor="white", capsize=4, linestyle="none", zorder=4)
             ax.annotate(describe_break_even(row).replace("after", "break-even after", 1)
                         .replace(" (", "\ninferences (", 1), (at, total), textcoords="offset points",
                         xytext=(8, -30), fontsize="small", color=colour)
     ax.set_xlim(0, horizon)
     ax.set_ylim(bottom=0)
     ax.ticklabel_format(style="sci", scilimits=(-3, 4))
-    ax.set_xlabel("Inferences served (images classified)")
+    ax.set_xlabel("Inferences served (images classified)\n"
+                  f"bands: ± 1 SD over seeds; bars: {CONFIDENCE_LEVEL:.0%} CI of the break-even "
+                  "point (Fieller, over seeds)", fontsize="small")
     ax.set_ylabel("Total CO2-equivalent emissions (kg CO2eq)\ntraining + inference")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
+    if caveat:
+        import textwrap
+
+        # Above the title rather than over the lines, so that it hides nothing it warns about.
+        fig.suptitle(textwrap.fill(caveat, 65), color="darkred", fontweight="bold",
+                     fontsize="medium")
     return fig
 
 
 def report_break_even(options: PlotOptions, device: str, mode: str | None, baseline: str,
-                      max_inferences: float | None = None) -> list[Path]:
-    """Print the break-even table, write break_even.csv and the figure; returns the files."""
+                      max_inferences: float | None = None,
+                      measure_power_secs: float = TrackerSettings.measure_power_secs) -> list[Path]:
+    """Print the break-even table, write break_even.csv and the figure; returns the files.
+
+    ``measure_power_secs``: the CodeCarbon sampling interval the runs were measured with, which
+    decides which measurements were too short to trust (the runs do not record it)."""
     log = get_logger()
-    training = training_co2_by_config(options)
-    inference, modes = inference_co2_by_config(options, device, mode, baseline)
+    training, training_seconds = training_co2_by_config(options)
+    baseline, others = resolve_baseline(options, baseline)
+    inference, modes, inference_seconds = inference_co2_by_config(options, device, mode, baseline)
+    training = {name: values for name, values in training.items() if name not in others}
+    inference = {name: values for name, values in inference.items() if name not in others}
     names = comparable_configs(training, inference, baseline, options)
-    lines = cost_lines({n: training[n] for n in names}, {n: inference[n] for n in names})
-    rows = break_even_rows(lines, inference, baseline)
+    tracker = TrackerSettings(measure_power_secs=measure_power_secs)
+    measurements = measurements_by_config(names, training, training_seconds, inference,
+                                          inference_seconds, tracker)
+    lines = cost_lines(measurements)
+    rows = break_even_rows(measurements, baseline)
     for row in rows:
         row.update(description=describe_config(row["config"]), device=device,
                    mode=modes[row["config"]])
-    log.info("Break-even against %s (%s), inference on %s, %s on %s:\n%s", baseline,
+    caveat = too_short_caveat(rows, tracker)
+    log.info("Break-even against %s (%s), inference on %s, %s on %s:\n%s\n%s%s", baseline,
              describe_config(baseline), device, options.arch_type, options.dataset,
-             break_even_table(rows))
+             break_even_table(rows), table_notes(rows), f"\n\n{caveat}" if caveat else "")
     writer = FigureWriter(options.output_dir, options.file_format, options.show)
     csv_path = options.output_dir / BREAK_EVEN_CSV
     atomic_write_text(csv_path, break_even_csv_text(rows))
@@ -190,6 +320,7 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
     with figure_style():
         fig = break_even_figure(rows, lines, horizon,
                                 f"Training + inference CO2, {options.arch_type} on {options.dataset}, "
-                                f"inference on {device.upper()}")
+                                f"inference on {device.upper()}",
+                                caveat=figure_caveat(rows, tracker))
         writer.save(fig, f"break_even_total_co2_vs_inferences_{device}")
     return [csv_path] + writer.finish()

@@ -137,6 +137,7 @@ class InferenceRun:
     images_per_pass: int
     co2_kg_per_pass: float
     emissions_csv: Path
+    seconds_per_pass: float = math.nan   # how long one measured pass lasted (NaN: not recorded)
 
     @property
     def conditions(self) -> tuple[str, int | None, int | None]:
@@ -163,7 +164,8 @@ def inference_run_from(parsed: dict, folder: Path) -> InferenceRun:
         cycle=parsed["cycle"], seed=parsed["seed"], device=parsed["device"], mode=parsed["mode"],
         state=parsed["state"], threads=parsed["threads"], batch_size=parsed["batch_size"],
         passes=parsed["passes"], images_per_pass=parsed["images_per_pass"],
-        co2_kg_per_pass=parsed["co2_kg_per_pass"], emissions_csv=folder / parsed["emissions_csv"])
+        co2_kg_per_pass=parsed["co2_kg_per_pass"], emissions_csv=folder / parsed["emissions_csv"],
+        seconds_per_pass=parsed.get("seconds_per_pass", math.nan))
 
 
 def load_inference_runs(save_dir: Path | str, arch: str, dataset: str) -> list[InferenceRun]:

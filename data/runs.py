@@ -55,6 +55,7 @@ NAME_SAFE = re.compile(r"^[A-Za-z0-9.+-]*$")
 
 # Roles of a setting: what it means to compare two runs that differ in it.
 TRAINING = "training"        # changes what is trained: runs differing in it are other configurations
+PRUNING = "pruning"          # how the ticket is found: a dense baseline has no say in it
 MEASUREMENT = "measurement"  # how the run was measured (CO2 tracking): same configuration
 SEED = "seed"                # the repetition: averaged over
 
@@ -166,14 +167,14 @@ class RunConfig:
     dataset: str = setting("mnist", token=None,
                            help="dataset; the official train and test sets are merged and split "
                                 "70/15/15 into train/validation/test with the run's seed")
-    prune_percent: float = setting(90.0, token=None, parse=_percent,
+    prune_percent: float = setting(90.0, token=None, parse=_percent, role=PRUNING,
                                    help="percent of the surviving weights of each layer pruned before "
                                         "each cycle after the first, in [0, 100)")
-    prune_iterations: int = setting(2, token=None, parse=_positive_int,
+    prune_iterations: int = setting(2, token=None, parse=_positive_int, role=PRUNING,
                                     help="number of training cycles; 1 = no pruning, N = N-1 pruning "
                                          "rounds")
     # No token: "regular" is exactly the pp0x1 head (an lt run needs 2 or more cycles).
-    train_type: str = setting("lt", token=None, choices=("lt", "regular"),
+    train_type: str = setting("lt", token=None, choices=("lt", "regular"), role=PRUNING,
                               help="lt: lottery ticket; regular: dense baseline (forces "
                                    "--prune_percent 0 --prune_iterations 1)")
     lr: float = setting(1e-4, token="lr", parse=_positive_number, words=lambda v: f"lr {format_number(v)}",
@@ -248,6 +249,12 @@ class RunConfig:
             if value != f.default:
                 out.append((f.name, value))
         return out
+
+    def baseline_key(self) -> tuple:
+        """The training settings a fair dense baseline shares with this run (all but how the
+        ticket is pruned, the seed and the measurement)."""
+        return tuple((f.name, format_value(getattr(self, f.name))) for f in fields(self)
+                     if f.metadata["role"] == TRAINING)
 
     @property
     def config_name(self) -> str:
@@ -633,7 +640,7 @@ def group_labels(configs: Sequence[RunConfig]) -> dict[str, str]:
     by_name: dict[str, list[RunConfig]] = {}
     for config in by_id.values():
         by_name.setdefault(config.config_name, []).append(config)
-    varying = [f for f in fields(RunConfig) if f.metadata["role"] == TRAINING
+    varying = [f for f in fields(RunConfig) if f.metadata["role"] in (TRAINING, PRUNING)
                and f.metadata["token"] is not None
                and len({format_value(getattr(c, f.name)) for c in by_id.values()}) > 1]
     labels = {}

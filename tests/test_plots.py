@@ -236,7 +236,7 @@ def write_training_result(save_dir: Path, prune_percent: float, prune_iterations
     """A results file holding only what the break-even analysis reads, with a chosen CO2."""
     config = RunConfig(prune_percent=prune_percent, prune_iterations=prune_iterations, seed=seed,
                        co2_tracking_mode=True)
-    record = {field: 0.0 for field in EMISSION_FIELDS} | {"emissions": training_co2, "duration": 1.0}
+    record = {field: 0.0 for field in EMISSION_FIELDS} | {"emissions": training_co2, "duration": 600.0}
     saved = {key: {} for key in LOG_KEYS} | {
         "args": config.as_dict(), "cycles": [], "emissions": {100: record},
         "co2": {100: training_co2}}
@@ -260,6 +260,7 @@ def write_inference_rows(save_dir: Path, rows: list[tuple[str, int, str, float]]
                              "seed": seed, "device": "cpu", "mode": mode, "passes": 10,
                              "state": "final", "threads": 2, "batch_size": 512,
                              "images_per_pass": images_per_pass, "co2_kg_per_pass": co2,
+                             "seconds_per_pass": 10.0,
                              "energy_kwh_per_pass": co2 * 10,
                              "emissions_csv": f"cpu_inf_{name}_seed{seed}.csv"})
 
@@ -267,11 +268,12 @@ def write_inference_rows(save_dir: Path, rows: list[tuple[str, int, str, float]]
 @pytest.fixture
 def known_study(tmp_path) -> Path:
     """Dense: 2 kg to train, 4 g per inference; pp90x2: 5 kg and 1 g, so break-even at 1000;
-    pp50x2: cheaper on both (immediately); pp80x2: dearer per inference (never)."""
+    pp50x2: cheaper on both (immediately); pp80x2: dearer per inference (never); with two
+    seeds each, far enough apart for the 95% intervals (t with about 1 df) to tell."""
     save_dir = tmp_path / "saves"
-    training = {"pp0x1": (1.9, 2.1), "pp90x2": (4.8, 5.2), "pp50x2": (1.0, 1.2), "pp80x2": (3.0, 3.0)}
-    per_pass = {"pp0x1": (0.38, 0.42), "pp90x2": (0.09, 0.11), "pp50x2": (0.2, 0.3),
-                "pp80x2": (0.5, 0.6)}
+    training = {"pp0x1": (1.9, 2.1), "pp90x2": (4.8, 5.2), "pp50x2": (0.3, 0.32), "pp80x2": (4.0, 4.0)}
+    per_pass = {"pp0x1": (0.38, 0.42), "pp90x2": (0.09, 0.11), "pp50x2": (0.05, 0.06),
+                "pp80x2": (0.8, 0.82)}
     for name, values in training.items():
         prune_percent, prune_iterations = parse_config_name(name)
         for seed, value in enumerate(values):
@@ -297,11 +299,10 @@ def test_break_even_csv_holds_the_answers_worked_by_hand(known_study, tmp_path, 
     assert ticket["outcome"] == "after"
     assert float(ticket["break_even_inferences"]) == pytest.approx(1000.0)
 
-    # one-sigma box: sample stds of the two seeds are |a - b| / sqrt(2)
-    extra_sigma = math.hypot(0.4 / math.sqrt(2), 0.2 / math.sqrt(2))
-    saving_sigma = math.hypot(0.0002 / math.sqrt(2), 0.0004 / math.sqrt(2))
-    assert float(ticket["break_even_low"]) == pytest.approx((3 - extra_sigma) / (0.003 + saving_sigma))
-    assert float(ticket["break_even_high"]) == pytest.approx((3 + extra_sigma) / (0.003 - saving_sigma))
+    # Fieller's 95% interval: here symmetric about 1000 on a log scale (see test_breakeven)
+    low, high = float(ticket["break_even_low"]), float(ticket["break_even_high"])
+    assert low < 1000 < high and low * high == pytest.approx(1000.0 ** 2)
+    assert ticket["too_short"] == "False" and float(ticket["shortest_measurement_s"]) == 10.0
 
     # Welch t by hand: means 0.001 and 0.004, variances 2e-8 and 8e-8, two runs each
     t = (0.001 - 0.004) / math.sqrt(2e-8 / 2 + 8e-8 / 2)
@@ -315,7 +316,8 @@ def test_break_even_csv_holds_the_answers_worked_by_hand(known_study, tmp_path, 
     assert rows["pp0x1"]["outcome"] == "baseline" and rows["pp0x1"]["welch_t"] == ""
 
     table = out.splitlines()
-    assert any(line.split()[0] == "pp90x2" and "after 1,000 (809 to 1,236)" in line for line in table)
+    assert any(line.split()[0] == "pp90x2" and f"after 1,000 (95% CI {low:,.0f} to {high:,.0f})" in line
+               for line in table)
     assert any(line.split()[0] == "pp80x2" and "never" in line for line in table)
     assert any(line.split()[0] == "pp50x2" and "immediately" in line for line in table)
     assert any(line.split()[0] == "pp90x2" and f"{t:.3g}" in line for line in table)
