@@ -81,8 +81,8 @@ def register_dataset(name: str, *, in_channels: int, image_size: int, num_classe
     ``(train_images, train_labels, test_images, test_labels)`` when the data has an official
     test set; images are uint8 ``N x C x H x W`` (tensors or numpy arrays), labels integers in
     ``[0, num_classes)``. A missing file (``FileNotFoundError``) is reported in one line with
-    ``where`` (e.g. ``"blobs.npz in DATA_DIR/blobs/"``). Without ``mean``/``std`` they are
-    computed from the (official training) images at every load.
+    ``where`` (e.g. ``"blobs.npz in DATA_DIR/blobs/"``, DATA_DIR replaced by the real one).
+    Without ``mean``/``std`` they are computed from the (official training) images at every load.
     """
     def decorate(loader: Callable) -> Callable:
         def read(data_dir: Path, download: bool) -> OfficialImages:
@@ -90,7 +90,7 @@ def register_dataset(name: str, *, in_channels: int, image_size: int, num_classe
             try:
                 arrays = loader(Path(data_dir))
             except FileNotFoundError as exc:
-                hint = f"; put {where}" if where else ""
+                hint = f"; put {where.replace('DATA_DIR', str(data_dir))}" if where else ""
                 raise UserError(f"dataset {name!r}: {first_line(exc)}{hint}") from exc
             return _from_loader(name, arrays)
 
