@@ -36,14 +36,62 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def write_mnist(root: Path, n_train: int = 600, n_test: int = 100) -> Path:
-    raw = root / "MNIST" / "raw"
+def write_mnist(root: Path, n_train: int = 600, n_test: int = 100, folder: str = "MNIST",
+                seed: int = 1) -> Path:
+    """IDX files as MNIST has them (Fashion-MNIST too, with folder="FashionMNIST")."""
+    write_idx_pair(root, n_train, n_test, folder, seed)
+    return root
+
+
+def write_idx_pair(root: Path, n_train: int, n_test: int, folder: str,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Writes the IDX files; returns the images (N x 1 x 28 x 28, train then test) and labels."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
-        images, labels = class_images(n, (28, 28), seed)
+    written = []
+    for prefix, n, part_seed in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
+        images, labels = class_images(n, (28, 28), part_seed)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
+        written.append((images[:, None], labels))
+    return np.concatenate([w[0] for w in written]), np.concatenate([w[1] for w in written])
+
+
+def write_cifar100(root: Path, n_train: int = 40, n_test: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-100's pickles train, test, meta in cifar-100-python/: 'data' (N x 3072, channel-major),
+    'fine_labels' (0-99) and 'coarse_labels'. Returns the images (N x 3 x 32 x 32) and fine labels."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, n, seed in (("train", n_train, 30), ("test", n_test, 31)):
+        images, bands = class_images(n, (32, 32, 3), seed)
+        fine = bands.astype(np.int64) + 10 * np.random.default_rng(seed).integers(0, 10, size=n)
+        chw = images.transpose(0, 3, 1, 2)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": name,
+                         "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),
+                         "data": chw.reshape(n, 3 * 32 * 32)}, f)
+        written.append((chw, fine))
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class_{i}" for i in range(100)],
+                     "coarse_label_names": [f"superclass_{i}" for i in range(20)]}, f)
+    return np.concatenate([w[0] for w in written]), np.concatenate([w[1] for w in written])
+
+
+def write_svhn(root: Path, n_train: int = 40, n_test: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN's MATLAB files svhn/train_32x32.mat and test_32x32.mat: 'X' is H x W x C x N uint8,
+    'y' is N x 1 with the digit 0 labelled 10. Returns the images (N x 3 x 32 x 32) and labels 0-9."""
+    from scipy.io import savemat
+
+    folder = root / "svhn"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, n, seed in (("train", n_train, 40), ("test", n_test, 41)):
+        images, labels = class_images(n, (32, 32, 3), seed)
+        savemat(folder / f"{name}_32x32.mat",
+                {"X": images.transpose(1, 2, 3, 0), "y": np.where(labels == 0, 10, labels)[:, None]})
+        written.append((images.transpose(0, 3, 1, 2), labels))
+    return np.concatenate([w[0] for w in written]), np.concatenate([w[1] for w in written])
 
 
 def write_cifar10(root: Path, per_batch: int = 100, n_test: int = 100) -> Path:
@@ -77,13 +125,43 @@ def small_mnist_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def accept_handmade_cifar10(monkeypatch) -> None:
-    """torchvision verifies the official CIFAR-10 files' MD5 sums, which hand-made batches cannot
-    match; only that check is replaced, by a presence check."""
+    """torchvision verifies the official CIFAR-10 and CIFAR-100 files' MD5 sums, which hand-made
+    files cannot match; only that check is replaced, by a presence check."""
     import os
 
     import torchvision.datasets.cifar as cifar
 
     monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+@pytest.fixture
+def accept_handmade_svhn(monkeypatch) -> None:
+    """As for CIFAR-10: torchvision's SVHN reader checks the official files' MD5 sums."""
+    import os
+
+    import torchvision.datasets.svhn as svhn
+
+    monkeypatch.setattr(svhn, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+@pytest.fixture(scope="session")
+def fashionmnist_dir(tmp_path_factory) -> Path:
+    return write_mnist(tmp_path_factory.mktemp("fashionmnist_data"), n_train=40, n_test=20,
+                       folder="FashionMNIST", seed=20)
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path_factory, accept_handmade_cifar10) -> Path:
+    root = tmp_path_factory.mktemp("cifar100_data")
+    write_cifar100(root)
+    return root
+
+
+@pytest.fixture
+def svhn_dir(tmp_path_factory, accept_handmade_svhn) -> Path:
+    root = tmp_path_factory.mktemp("svhn_data")
+    write_svhn(root)
+    return root
 
 
 @pytest.fixture
