@@ -42,7 +42,8 @@ class EarlyBirdDetector:
         self.window = window
         self.previous: dict[str, torch.Tensor] | None = None
         self.distances: list[float] = []   # distance of each epoch's mask to the one before
-        self.found_at: int | None = None   # number of masks seen when the ticket was found
+        # Masks seen when the ticket was found: the epochs trained, with one update per epoch.
+        self.found_at: int | None = None
 
     @property
     def found(self) -> bool:
