@@ -11,7 +11,7 @@ from typing import Callable
 from data.inference_tables import DEFAULT_STATE
 from data.plotting import FORMATS
 from data.results import InferenceRun, TrainingRun, group_by, load_inference_runs, load_training_runs
-from data.runs import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
+from data.runs import (RunConfig, RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
                        format_number, inference_runs_csv_path, parse_config_name, run_dir, select_runs)
 from utils import ArgumentParser, UserError, get_logger, setup_logging
 
@@ -162,6 +162,10 @@ def one_condition_per_device(runs: list[InferenceRun]) -> list[InferenceRun]:
     return kept
 
 
+def parse_config_label(text: str) -> str:
+    return text.split(",")[0].strip()
+
+
 def replays_of_selected_runs(options: PlotOptions, rows: list[InferenceRun]) -> list[InferenceRun]:
     """The replays of the training runs the options select (the same filter as every script), of
     the cycle asked for (each run's last by default; the dense baseline has only cycle 0), each
@@ -172,11 +176,24 @@ def replays_of_selected_runs(options: PlotOptions, rows: list[InferenceRun]) -> 
     selected = select_runs(find_runs(options.save_dir, options.arch_type, options.dataset),
                            options.run_filter)
     by_stem = {run.path.stem: run for run in selected}
-    by_configuration_seed = {(run.config.configuration_id, run.seed): run for run in selected}
+    # Versions before run identities replayed only runs of the default learning rate and weight
+    # decay, and their rows name no run: such a row stands for the one selected configuration of
+    # its name and seed with those defaults (none, or several: the row is left out).
+    defaults = RunConfig()
+    old_style = {key: {run.config.configuration_id for run in members} for key, members in group_by(
+        [run for run in selected if run.config.lr == defaults.lr and run.config.decay == defaults.decay],
+        lambda run: (run.config.config_name, run.seed)).items()}
+    by_configuration_seed = {}
+    for run in sorted(selected, key=lambda r: not r.co2):   # the replay preferred the non-CO2 run
+        by_configuration_seed[(run.config.configuration_id, run.seed)] = run
     kept = []
     for row in rows:
-        # Rows of tables written before they named their run match by configuration and seed.
-        run = by_stem.get(row.run) if row.run else by_configuration_seed.get((row.configuration, row.seed))
+        if row.run:
+            run = by_stem.get(row.run)
+        else:
+            configurations = old_style.get((parse_config_label(row.config_name), row.seed), set())
+            run = (by_configuration_seed[(next(iter(configurations)), row.seed)]
+                   if len(configurations) == 1 else None)
         if run is None:
             continue
         last = run.config.prune_iterations - 1

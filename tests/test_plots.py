@@ -194,7 +194,7 @@ def test_inference_emission_figures(study, tmp_path, capsys):
     assert {"inference_cpu_co2_emissions_vs_inferences.svg",
             "inference_cpu_total_energy_vs_time.svg"} <= names
     svg = (tmp_path / ARCH / DATASET / "inference_cpu_co2_emissions_vs_inferences.svg").read_text()
-    for label in ("dense baseline, dense kernels", "10% of weights left, sparse kernels",
+    for label in ("dense baseline, lr 0.0001, weight decay 1e-05, dense kernels", "10% of weights left, sparse kernels",
                   "10% of weights left, dense kernels"):
         assert label in svg
 
@@ -206,7 +206,7 @@ def test_break_even_from_the_real_study(study, tmp_path, capsys):
     folder = tmp_path / ARCH / DATASET
     assert_readable_png(folder / "break_even_total_co2_vs_inferences_cpu.png")
     rows = list(csv.DictReader(open(folder / "break_even.csv")))
-    assert [r["config"] for r in rows] == ["pp0x1", "pp90x2"]
+    assert [r["config"] for r in rows] == ["pp0x1, lr 0.0001, weight decay 1e-05", "pp90x2"]  # a grid of dense runs is beside the study
     assert [r["mode"] for r in rows] == ["dense", "sparse"]   # best available for the ticket
 
     # The numbers are the inputs' own: final training emissions and CO2 per pass / images.
@@ -214,11 +214,15 @@ def test_break_even_from_the_real_study(study, tmp_path, capsys):
         prune_percent, prune_iterations = parse_config_name(row["config"])
         training = [load_checkpoint(results_path(study, RunConfig(
             prune_percent=prune_percent, prune_iterations=prune_iterations, seed=seed,
+            train_type="regular" if prune_iterations == 1 else "lt", end_iter=2, batch_size=128,
             co2_tracking_mode=True)))["co2"] for seed in (0, 1)]
         final = [log[max(log)] for log in training]
         assert float(row["training_co2_kg_mean"]) == pytest.approx(np.mean(final))
         replays = [r for r in csv.DictReader(open(inference_runs_csv_path(study, ARCH, DATASET)))
-                   if r["config"] == row["config"] and r["mode"] == row["mode"]]
+                   if r["configuration"] == RunConfig(
+                       prune_percent=prune_percent, prune_iterations=prune_iterations, end_iter=2,
+                       train_type="regular" if prune_iterations == 1 else "lt",
+                       batch_size=128).configuration_id and r["mode"] == row["mode"]]
         per_inference = [float(r["co2_kg_per_pass"]) / int(r["images_per_pass"]) for r in replays]
         assert float(row["co2_kg_per_inference_mean"]) == pytest.approx(np.mean(per_inference))
         assert int(row["inference_runs"]) == 2 and int(row["training_runs"]) == 2
@@ -235,7 +239,7 @@ def write_training_result(save_dir: Path, prune_percent: float, prune_iterations
                           training_co2: float) -> None:
     """A results file holding only what the break-even analysis reads, with a chosen CO2."""
     config = RunConfig(prune_percent=prune_percent, prune_iterations=prune_iterations, seed=seed,
-                       co2_tracking_mode=True)
+                       train_type="regular" if prune_iterations == 1 else "lt", co2_tracking_mode=True)
     record = {field: 0.0 for field in EMISSION_FIELDS} | {"emissions": training_co2, "duration": 600.0}
     saved = {key: {} for key in LOG_KEYS} | {
         "args": config.as_dict(), "cycles": [], "emissions": {100: record},
@@ -255,7 +259,12 @@ def write_inference_rows(save_dir: Path, rows: list[tuple[str, int, str, float]]
         writer.writeheader()
         for name, seed, mode, co2 in rows:
             prune_percent, prune_iterations = parse_config_name(name)
+            config = RunConfig(prune_percent=prune_percent, prune_iterations=prune_iterations,
+                               train_type="regular" if prune_iterations == 1 else "lt", seed=seed,
+                               co2_tracking_mode=True)
             writer.writerow({"arch": ARCH, "dataset": DATASET, "config": name,
+                             "run": config.stem, "configuration": config.configuration_id,
+                             "cycle": prune_iterations - 1,
                              "prune_percent": prune_percent, "prune_iterations": prune_iterations,
                              "seed": seed, "device": "cpu", "mode": mode, "passes": 10,
                              "state": "final", "threads": 2, "batch_size": 512,
@@ -389,8 +398,8 @@ def test_an_unreadable_file_is_skipped_and_the_rest_drawn(study, tmp_path, capsy
 
 def test_a_missing_inference_csv_is_skipped_and_the_rest_drawn(study, tmp_path, capsys):
     save_dir = tmp_path / "saves"
-    shutil.copytree(study / ARCH / DATASET / "inference", save_dir / ARCH / DATASET / "inference")
-    missing = save_dir / ARCH / DATASET / "inference" / "cpu_inf_pp90x2_seed1_dense.csv"
+    shutil.copytree(study / ARCH / DATASET, save_dir / ARCH / DATASET)
+    missing = save_dir / ARCH / DATASET / "inference" / "cpu_inf_pp90x2_seed1_bs128_ep2_dense.csv"
     missing.unlink()
     assert post_training_inference_emissions.main(plot_args(save_dir, tmp_path / "plots")) == 0
     out = capsys.readouterr().out
