@@ -5,8 +5,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archs import build_model
+from archs.masks import LayerCollapse, first_collapse, full_masks, layer_sizes
 from archs.training import SUMMARY_HEADERS, LotteryRun, summary_rows
-from data.datasets import load_dataset, make_splits
+from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, keep_first_rows
 from data.runs import (RESULTS_FORMAT_VERSION, RunConfig, checkpoint_path, cycle_ticket_path,
                        emissions_csv_path, lock_path, partial_csv_path, results_path)
@@ -48,9 +50,21 @@ class TrainingJob:
             dataclasses.replace(self.config, seed=seed).validate()
 
 
+def check_pruning_schedule(config: RunConfig) -> None:
+    """Refuse, before any training, a schedule whose rounds would leave a layer with no weight."""
+    spec = get_spec(config.dataset)
+    masks = full_masks(build_model(config.arch_type, spec.in_channels, spec.image_size, spec.num_classes,
+                                   device="meta"))
+    rates = {name: config.prune_percent for name in masks}
+    collapse = first_collapse(layer_sizes(masks), rates, config.prune_iterations - 1)
+    if collapse is not None:
+        raise LayerCollapse(*collapse)
+
+
 def run_job(job: TrainingJob) -> list[Path]:
     """Train every seed of ``job``; returns the results files written (or found, on resume)."""
     log = get_logger()
+    check_pruning_schedule(job.config)
     ensure_writable_dir(job.save_dir, "save directory")
     device = resolve_device(job.device)
     written: list[Path] = []
