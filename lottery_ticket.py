@@ -48,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import sys
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if args.target_sparsity is not None and any(a.split("=")[0] == "--prune_percent" for a in given):
+        parser.error("--target_sparsity sets the per-round rate itself: give it or --prune_percent, "
+                     "not both")
     setup_logging()
 
     from archs.experiment import TrainingJob, run_job

@@ -84,7 +84,7 @@ def run_job(job: TrainingJob) -> list[Path]:
                 continue
             if dataset is None:
                 dataset = load_dataset(config.dataset, job.data_dir)
-            splits = make_splits(dataset, seed).to(device)
+            splits = make_splits(dataset, seed, official_test=config.test_split == "official").to(device)
             written.append(train_seed(config, splits, device, job))
     log.info("\nFinished %d seed(s); results:\n%s", len(written), "\n".join(f"  {p}" for p in written))
     return written

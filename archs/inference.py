@@ -198,11 +198,13 @@ def run_inference(job: InferenceJob) -> list[dict]:
                 progress.update(len(modes) * job.passes)
                 continue
             data_dir = str(job.data_dir or results.get("data_dir", "data"))
-            if (data_dir, run.seed) not in test_splits:
+            split_key = (data_dir, run.seed, run.config.test_split)
+            if split_key not in test_splits:
                 if data_dir not in datasets:
                     datasets[data_dir] = load_dataset(run.config.dataset, data_dir)
-                test_splits[data_dir, run.seed] = make_test_split(datasets[data_dir], run.seed).to(device)
-            test = test_splits[data_dir, run.seed]
+                test_splits[split_key] = make_test_split(
+                    datasets[data_dir], run.seed, official_test=run.config.test_split == "official").to(device)
+            test = test_splits[split_key]
             state = results[STATES[job.state]]
             remaining = percent_remaining(masks_from_state(state, prunable_names(model)))
             log.info("\n%s seed %d, cycle %d (%s weights, %.2f%% of prunable weights left)",

@@ -152,6 +152,59 @@ def _non_negative_number(text: str) -> float:
     return value
 
 
+def _optional_percent(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "none") else _percent(text)
+
+
+def _target_sparsity(text: str) -> float | None:
+    if text.strip().lower() in ("", "none"):
+        return None
+    value = parse_number(text)
+    if not 0 < value < 100:
+        raise ValueError(f"{text} is outside (0, 100): give the percent of weights removed after the "
+                         "last cycle, e.g. 96.4")
+    return value
+
+
+DURATION = re.compile(r"^(?P<count>[1-9]\d*)(?P<unit>ep|it)$")
+
+
+def _rewind_point(text: str) -> str:
+    text = text.strip().lower()
+    if text != "init" and not DURATION.match(text):
+        raise ValueError(f"{text!r} is not init, <N>ep (after N epochs of the dense cycle, e.g. 2ep) "
+                         "or <N>it (after N iterations, e.g. 500it)")
+    return text
+
+
+def _warmup(text: str) -> str:
+    text = text.strip().lower()
+    if text not in ("none", "0") and not DURATION.match(text):
+        raise ValueError(f"{text!r} is not none, <N>ep (N epochs, e.g. 2ep) or <N>it (N iterations)")
+    return "none" if text == "0" else text
+
+
+def _momentum(text: str) -> float:
+    value = parse_number(text)
+    if not 0 <= value < 1:
+        raise ValueError(f"{text} is outside [0, 1)")
+    return value
+
+
+def _layer_names(text: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_.]+$", text):
+        raise ValueError(f"{text!r} is not a layer name (e.g. 5 or fc.2 or layer1.0.conv1)")
+    return text.removesuffix(".weight")
+
+
+def _duration_words(value: str) -> str:
+    match = DURATION.match(value)
+    if not match:
+        return value
+    count = int(match["count"])
+    return f"{count} {'epoch' if match['unit'] == 'ep' else 'iteration'}{'s' if count != 1 else ''}"
+
+
 def _seed(text: str) -> int:
     value = parse_whole(text)
     if not 0 <= value <= MAX_SEED:
@@ -178,10 +231,10 @@ class RunConfig:
                               help="lt: lottery ticket; regular: dense baseline (forces "
                                    "--prune_percent 0 --prune_iterations 1)")
     lr: float = setting(1e-4, token="lr", parse=_positive_number, words=lambda v: f"lr {format_number(v)}",
-                        help="Adam learning rate")
+                        help="learning rate (of Adam, or SGD)")
     decay: float = setting(1e-5, token="decay", parse=_non_negative_number,
                            words=lambda v: f"weight decay {format_number(v)}",
-                           help="Adam weight decay (L2 penalty)")
+                           help="weight decay (L2 penalty)")
     batch_size: int = setting(512, token="bs", parse=_positive_int, words=lambda v: f"batch {v}",
                               help="training mini-batch size")
     end_iter: int = setting(32, token="ep", parse=_positive_int, flags=("--end_epoch",),
@@ -191,22 +244,94 @@ class RunConfig:
                               help="evaluate validation and test sets (or, with --co2_tracking_mode, "
                                    "record the CO2 tracker) every this many epochs, and at each "
                                    "cycle's end")
+    test_split: str = setting("merged", token="split", choices=("merged", "official"),
+                              words=lambda v: f"{v} test split",
+                              help="merged: the official train and test sets are merged and split "
+                                   "70/15/15 with the seed (the original's way); official: the "
+                                   "official test set is the test split and the official training "
+                                   "set is split 70:15 into train and validation (results comparable "
+                                   "with papers)")
+    # ---- how a ticket is found (the experiment space; a dense baseline has none of these)
+    prune_type: str = setting("lt", token="pt", role=PRUNING, choices=("lt", "reinit", "random"),
+                              words=lambda v: {"lt": "winning ticket", "reinit": "random reinit",
+                                               "random": "random mask"}[v],
+                              help="lt: magnitude masks, survivors rewound (the winning ticket); "
+                                   "reinit: the same masks, survivors re-drawn from the initial "
+                                   "distribution (control); random: random masks with the same "
+                                   "per-layer counts, rewound (control)")
+    rewind_to: str = setting("init", token="rw", role=PRUNING, parse=_rewind_point, metavar="POINT",
+                             words=lambda v: "rewound to init" if v == "init"
+                             else f"rewound to {_duration_words(v)}",
+                             help="where survivors are rewound: init, Nep (after N epochs of the "
+                                  "dense cycle) or Nit (after N iterations): late rewinding")
+    prune_scope: str = setting("layer", token="scope", role=PRUNING, choices=("layer", "global"),
+                               words=lambda v: f"{v} pruning",
+                               help="layer: each layer loses PRUNE_PERCENT of its survivors (the "
+                                    "original); global: all prunable weights ranked together")
+    output_prune_percent: float | None = setting(
+        None, token="opp", role=PRUNING, parse=_optional_percent, metavar="P",
+        words=lambda v: f"output layer {format_number(v)}% per round",
+        help="per-round rate of the output layer (default: PRUNE_PERCENT; Frankle & Carbin prune "
+             "LeNet-300-100's at half the rate)")
+    prune_ignore: tuple = setting((), token="ign", role=PRUNING, parse=_layer_names, nargs="+",
+                                  metavar="LAYER", words=lambda v: f"{' '.join(v)} kept dense",
+                                  help="layers never pruned, by module name (as in the layer table "
+                                       "a run prints, without .weight)")
+    target_sparsity: float | None = setting(
+        None, token="ts", role=PRUNING, parse=_target_sparsity, metavar="S",
+        words=lambda v: f"target {format_number(v)}% pruned",
+        help="percent of weights removed after the last cycle; sets the per-round rate to "
+             "1-(1-S)^(1/(N-1)) with N = PRUNE_ITERATIONS (instead of --prune_percent)")
+    prune_criterion: str = setting("magnitude", token="crit", role=PRUNING, choices=("magnitude", "snip"),
+                                   words=lambda v: f"{v} criterion",
+                                   help="magnitude: smallest |w| pruned; snip: smallest connection "
+                                        "sensitivity |g*w| on training batches at the rewind point "
+                                        "(Lee et al. 2019)")
+    early_bird: bool = setting(False, token="eb", role=PRUNING, parse=parse_bool,
+                               words=lambda v: "early-bird" if v else "full dense cycle",
+                               help="early-bird tickets (You et al. 2020): stop the dense cycle once "
+                                    "the mask pruning would take stops changing (Hamming distance "
+                                    "< 0.1 for 5 epochs in a row), then prune")
+    # ---- how every cycle is trained (shared with the dense baseline)
+    optimizer: str = setting("adam", token="opt", choices=("adam", "sgd"), words=lambda v: v,
+                             help="optimiser of every cycle")
+    momentum: float = setting(0.0, token="mom", parse=_momentum, words=lambda v: f"momentum {format_number(v)}",
+                              help="SGD momentum (with --optimizer sgd; Adam keeps its own moments)")
+    lr_schedule: str = setting("none", token="sched", choices=("none", "step", "cosine"),
+                               words=lambda v: f"{v} schedule",
+                               help="learning rate within a cycle: constant, step (x0.1 at 50%% and "
+                                    "75%% of the cycle) or cosine (to 0 at the cycle's end)")
+    warmup: str = setting("none", token="wu", parse=_warmup, metavar="DURATION",
+                          words=lambda v: f"warmup {_duration_words(v)}",
+                          help="linear learning-rate warmup at the start of every cycle: none, Nep "
+                               "or Nit (Frankle & Carbin warm VGG and ResNet up)")
+    augment: bool = setting(False, token="aug", parse=parse_bool, words=lambda v: "augmented" if v else "no augmentation",
+                            help="random crop (4-pixel padding) and horizontal flip of training "
+                                 "images, done on the training device (CIFAR-style datasets)")
     co2_tracking_mode: bool = setting(False, token=None, role=MEASUREMENT, parse=parse_bool,
                                       help="track energy and CO2 with CodeCarbon; skips all evaluation "
                                            "during training so that it stays out of the energy figures")
     seed: int = setting(0, token=None, role=SEED, parse=_seed, help="the run's seed")
 
     def __post_init__(self):
-        if self.train_type == "regular":
-            # The dense baseline: one cycle, nothing pruned.
-            object.__setattr__(self, "prune_percent", 0.0)
-            object.__setattr__(self, "prune_iterations", 1)
         for f in fields(self):   # one canonical type per setting, so identities compare equal
             value = getattr(self, f.name)
-            if isinstance(f.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, int) and not isinstance(value, bool) and (
+                    isinstance(f.default, float) or f.name in ("output_prune_percent", "target_sparsity")):
                 object.__setattr__(self, f.name, float(value))
-            elif isinstance(f.default, tuple) and isinstance(value, list):
+            elif isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+        if self.train_type == "regular":
+            # The dense baseline: one cycle, nothing pruned, so no way of pruning applies.
+            for f in fields(self):
+                if f.metadata["role"] == PRUNING and f.name != "train_type":
+                    object.__setattr__(self, f.name, f.default)
+            object.__setattr__(self, "prune_percent", 0.0)
+            object.__setattr__(self, "prune_iterations", 1)
+        elif self.target_sparsity is not None and self.prune_iterations >= 2:
+            # The per-round rate that reaches the target after the last round (seeds 002, 003).
+            rate = 100.0 * (1.0 - (1.0 - self.target_sparsity / 100.0) ** (1.0 / (self.prune_iterations - 1)))
+            object.__setattr__(self, "prune_percent", rate)
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "RunConfig":
@@ -220,6 +345,15 @@ class RunConfig:
             raise UserError("--train_type lt with --prune_iterations 1 prunes nothing: that is the "
                             "dense baseline, train it with --train_type regular (or give 2 or more "
                             "cycles)")
+        if self.momentum and self.optimizer != "sgd":
+            raise UserError(f"--momentum applies to --optimizer sgd only ({self.optimizer} keeps its "
+                            "own moment estimates); drop --momentum or use --optimizer sgd")
+        if self.rewind_to != "init" and self.prune_type == "reinit":
+            raise UserError("--prune_type reinit re-draws the survivors, so it has no rewind point; "
+                            "drop --rewind_to")
+        if self.early_bird and self.rewind_to != "init":
+            raise UserError("--early_bird ends the dense cycle early, possibly before the rewind point; "
+                            "use it with --rewind_to init")
         return self
 
     # ------------------------------------------------------------------ identity
