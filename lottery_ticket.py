@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "--prune_iterations 1)")
     parser.add_argument("--co2_tracking_mode", action="store_true",
                         help="track energy and CO2 with CodeCarbon; skips all evaluation during "
-                             "training so that it stays out of the energy figures")
+                             "training (the original's behaviour)")
+    parser.add_argument("--co2_evaluate", action="store_true",
+                        help="with CO2 tracking (implied), also evaluate as without it: one run gives "
+                             "both accuracies and training energy; evaluation energy is measured "
+                             "as its own task and reported apart, never in the training figures")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], metavar="SEED",
                         help="one full run per seed (initialisation, data split and batch order)")
     parser.add_argument("--data_dir", type=Path, default=Path("data"),
@@ -63,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="skip seeds already finished and continue an interrupted seed from "
                              "its last epoch checkpoint")
+    parser.add_argument("--checkpoint_every", type=positive_int, default=1, metavar="N",
+                        help="write the resume checkpoint every N epochs of a cycle (and at each "
+                             "cycle's end); larger N writes less but redoes up to N-1 epochs after "
+                             "an interruption. Results do not depend on it")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_tracker_arguments(parser)
     return parser
@@ -80,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                        prune_iterations=args.prune_iterations, lr=args.lr, decay=args.decay,
                        batch_size=args.batch_size, end_iter=args.end_iter, print_freq=args.print_freq,
                        valid_freq=args.valid_freq, train_type=args.train_type,
-                       co2_tracking_mode=args.co2_tracking_mode)
+                       co2_tracking_mode=args.co2_tracking_mode or args.co2_evaluate,
+                       co2_evaluate=args.co2_evaluate)
     job = TrainingJob(config=config, seeds=args.seeds, data_dir=args.data_dir, save_dir=args.save_dir,
                       device=args.device, resume=args.resume, show_progress=not args.no_progress,
+                      checkpoint_every=args.checkpoint_every,
                       tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                               measure_power_secs=args.measure_power_secs))
     run_job(job)

@@ -38,6 +38,7 @@ class RunConfig:
     train_type: str = "lt"
     co2_tracking_mode: bool = False
     seed: int = 0
+    co2_evaluate: bool = False   # CO2 mode that also evaluates, measured apart from training
 
     def __post_init__(self):
         if self.train_type == "regular":
