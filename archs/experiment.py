@@ -8,8 +8,8 @@ from pathlib import Path
 
 from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, summary_rows
 from data.datasets import load_dataset, make_splits
-from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_provenance,
-                            keep_first_rows)
+from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
+                            describe_provenance, keep_first_rows)
 from data.runs import RunConfig, checkpoint_path, emissions_csv_path, partial_csv_path, results_path
 from utils import (UserError, atomic_torch_save, ensure_writable_dir, format_table, get_logger,
                    library_versions, load_checkpoint, remove_stale_temporaries, resolve_device)
@@ -100,9 +100,10 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
              format_table(SUMMARY_HEADERS, summary_rows(run.results_cycles())))
     if run.emissions:
         total = run.emissions[max(run.emissions)]
-        log.info("Training energy tracked by CodeCarbon (training only): %.3e kg CO2eq, %.3e kWh "
-                 "over %.1f s; rows in %s\n  %s", total["emissions"], total["energy_consumed"],
-                 total["duration"], final_csv.name, describe_provenance(run.energy_provenance))
+        log.info("Energy tracked by CodeCarbon, each phase apart (the training figure is training "
+                 "only); rows in %s\n%s\n  %s", final_csv.name,
+                 describe_phases(results["energy_by_phase"], results["energy_unmeasured"]),
+                 describe_provenance(run.energy_provenance))
         if job.tracker.too_short_to_measure(total["duration"]):
             log.warning("Warning: %.1f s is under %d of CodeCarbon's %g s power samples: this run's "
                         "energy and CO2 are mostly sampling noise", total["duration"], MIN_POWER_SAMPLES,

@@ -143,6 +143,22 @@ def describe_provenance(provenance: dict | None) -> str:
             f"{provenance.get('measure_power_secs'):g}), {grid}")
 
 
+def describe_phases(energy_by_phase: dict[str, dict[str, float]],
+                    unmeasured: dict[str, dict[str, float]] | None = None) -> str:
+    """One line per measured phase: energy, CO2 and duration, and what CodeCarbon could not measure."""
+    lines = []
+    for phase, record in energy_by_phase.items():
+        missing = (unmeasured or {}).get(phase, {})
+        if record["duration"] == 0 and not missing.get("tasks"):
+            continue   # a phase that never ran (evaluation in plain CO2 tracking mode)
+        line = (f"  {phase:<10s} {record['energy_consumed']:.3e} kWh  {record['emissions']:.3e} kg CO2eq  "
+                f"{record['duration']:8.1f} s")
+        if missing.get("tasks"):
+            line += f"  (+{missing['seconds']:.1f} s in {missing['tasks']} task(s) CodeCarbon did not measure)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def format_seconds(value) -> str:
     return "?" if value is None else f"{value:g} s"
 
