@@ -100,7 +100,8 @@ def measure(arch: str, folder: Path, repeats: int) -> None:
 
     def old_checkpoint():
         state = run.state_dict()
-        flat = {**state, "initial_fingerprint": state_fingerprint(run.initial_state),
+        flat = {**{key: value for key, value in state.items() if key != "parts"},
+                "initial_fingerprint": state_fingerprint(run.initial_state),
                 **{part: content["value"] for part, content in state["parts"].items()}}
         atomic_torch_save(flat, old_path)
 
