@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print_freq", type=positive_int, default=defaults.print_freq,
                         help="update the progress bar's metrics every this many epochs")
     parser.add_argument("--valid_freq", type=positive_int, default=defaults.valid_freq,
-                        help="evaluate validation and test sets (or, with --co2_tracking_mode, "
-                             "flush the CO2 tracker) every this many epochs, and at each cycle's end")
+                        help="evaluate validation and test sets (with --co2_tracking_mode: record "
+                             "the energy totals instead; with --co2_evaluate: both) every this many "
+                             "epochs, and at each cycle's end")
     parser.add_argument("--train_type", default=defaults.train_type, choices=["lt", "regular"],
                         help="lt: lottery ticket; regular: dense baseline (forces --prune_percent 0 "
                              "--prune_iterations 1)")
