@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the last cycle's are always in the results file)")
     parser.add_argument("--print_freq", type=positive_int, default=1,
                         help="update the progress bar's metrics every this many epochs")
+    parser.add_argument("--checkpoint_every", type=positive_int, default=1, metavar="N",
+                        help="write the resume checkpoint every N epochs of a cycle (and at each "
+                             "cycle's end); larger N writes less but redoes up to N-1 epochs after "
+                             "an interruption. Results do not depend on it")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_tracker_arguments(parser)
     return parser
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                       save_dir=args.save_dir, device=args.device, resume=args.resume,
                       show_progress=not args.no_progress, cycle_weights=args.save_cycle_weights,
                       print_freq=args.print_freq,
+                      checkpoint_every=args.checkpoint_every,
                       tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                               measure_power_secs=args.measure_power_secs))
     run_job(job)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from archs import build_model
 from archs.masks import LayerCollapse, first_collapse, full_masks, layer_sizes
-from archs.training import SUMMARY_HEADERS, LotteryRun, summary_rows
+from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, summary_rows
 from data.datasets import get_spec, load_dataset, make_splits
-from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, keep_first_rows
+from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
+                            describe_provenance, keep_first_rows)
 from data.runs import (RESULTS_FORMAT_VERSION, RunConfig, checkpoint_path, cycle_ticket_path,
                        emissions_csv_path, lock_path, partial_csv_path, results_path)
 from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
@@ -35,6 +36,7 @@ class TrainingJob:
     show_progress: bool = True
     cycle_weights: str = "both"     # see CYCLE_WEIGHTS
     print_freq: int = 1
+    checkpoint_every: int = 1
 
     def __post_init__(self):
         repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
@@ -98,7 +100,7 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     running_csv = partial_csv_path(final_csv)
 
     def start_recorder():
-        return EmissionsRecorder(running_csv, job.tracker, project_name=config.stem)
+        return EmissionsRecorder(running_csv, job.tracker, project_name=config.stem, per_task=True)
 
     for path in (out_path, ckpt_path):
         remove_stale_temporaries(path)
@@ -110,8 +112,9 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
 
     run = LotteryRun(config, splits, device, recorder_factory=start_recorder,
                      on_cycle_end=save_cycle_ticket, print_freq=job.print_freq)
+    checkpointer = Checkpointer(ckpt_path)
     if job.resume and ckpt_path.exists():
-        run.load_state_dict(load_checkpoint(ckpt_path))
+        run.load_state_dict(checkpointer.load())
         # Rows CodeCarbon wrote after the checkpoint (a flush, the stop at the interruption)
         # belong to work that is redone now: keep the CSV one row per recorded flush.
         keep_first_rows(running_csv, len(run.emissions))
@@ -126,8 +129,7 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
              config.arch_type, config.dataset, config.config_name, config.prune_iterations,
              config.end_iter, device)
 
-    run.run(checkpoint=lambda r: atomic_torch_save(r.state_dict(), ckpt_path),
-            show_progress=job.show_progress)
+    run.run(checkpoint=checkpointer, show_progress=job.show_progress, checkpoint_every=job.checkpoint_every)
 
     results = run.results(library_versions())
     results["data_dir"] = str(Path(job.data_dir).resolve())  # the inference replay's default
@@ -135,14 +137,16 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     if running_csv.exists():
         replace_durably(running_csv, final_csv)
     atomic_torch_save(results, out_path)
-    ckpt_path.unlink(missing_ok=True)
+    checkpointer.remove()
     log.info("\nSeed %d summary (%s, %s on %s):\n%s", config.seed, config.config_name,
              config.arch_type, config.dataset,
              format_table(SUMMARY_HEADERS, summary_rows(run.results_cycles())))
     if run.emissions:
         total = run.emissions[max(run.emissions)]
-        log.info("Tracked by CodeCarbon (estimates): %.3e kg CO2eq, %.3e kWh over %.1f s; rows in %s",
-                 total["emissions"], total["energy_consumed"], total["duration"], final_csv.name)
+        log.info("Energy tracked by CodeCarbon, each phase apart (the training figure is training "
+                 "only); rows in %s\n%s\n  %s", final_csv.name,
+                 describe_phases(results["energy_by_phase"], results["energy_unmeasured"]),
+                 describe_provenance(run.energy_provenance))
         if job.tracker.too_short_to_measure(total["duration"]):
             log.warning("Warning: %.1f s is under %d of CodeCarbon's %g s power samples: this run's "
                         "energy and CO2 are mostly sampling noise", total["duration"], MIN_POWER_SAMPLES,

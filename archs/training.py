@@ -4,14 +4,22 @@ One :class:`LotteryRun` trains one seed: cycle 0 trains the dense network; each 
 prunes ``prune_percent`` % of the surviving weights of every convolution and linear weight
 by magnitude, rewinds the survivors and every other parameter to the initial state, and
 trains again with a fresh Adam. The whole state of a run is a plain dict of tensors
-(:meth:`LotteryRun.state_dict`), saved after every epoch so an interrupted run resumes to
-the same result.
+(:meth:`LotteryRun.state_dict`), saved every ``checkpoint_every`` epochs (by a
+:class:`Checkpointer`) so an interrupted run resumes to the same result.
+
+Energy (CO2 tracking mode): training epochs (and pruning), evaluation and checkpoint writing
+are each measured as their own CodeCarbon task, so no training figure ever contains
+evaluation or file writing. The run keeps the sum of each phase's tasks in its state, so a
+resumed run continues from exactly what was measured up to its checkpoint.
 """
 from __future__ import annotations
 
 import math
+import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,8 +31,10 @@ from archs import build_model
 from archs.masks import (Masks, count_alive, full_masks, layer_table_rows, percent_remaining,
                          prunable_names, prune_by_magnitude, rewind)
 from data.datasets import DataSplits, Split, get_spec, iterate_batches
+from data.emissions import PHASES, accumulate, provenance_mismatch, zero_record
 from data.runs import LOG_KEYS, RESULTS_FORMAT_VERSION, RunConfig
-from utils import TrainingDiverged, UserError, format_table, get_logger, seed_everything
+from utils import (TrainingDiverged, UserError, atomic_torch_save, format_table, get_logger,
+                   load_checkpoint, seed_everything)
 
 
 @dataclass
@@ -100,9 +110,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split
 class LotteryRun:
     """The state of one seed's run and the procedure that advances it epoch by epoch.
 
-    ``recorder_factory`` (CO2 tracking mode only) starts a CodeCarbon recorder; it is called
-    when training starts or resumes. ``on_cycle_end`` receives each finished cycle's ticket
-    (see :meth:`cycle_ticket`), so that every level of pruning can be replayed later.
+    ``recorder_factory`` (CO2 tracking mode only) makes a per-task recorder (see
+    :class:`data.emissions.EmissionsRecorder`); it is called when training starts or resumes. ``on_cycle_end`` receives each
+    finished cycle's ticket (see :meth:`cycle_ticket`), so that every level of pruning can be
+    replayed later.
     """
 
     def __init__(self, config: RunConfig, splits: DataSplits, device: torch.device,
@@ -116,12 +127,16 @@ class LotteryRun:
         self.print_freq = print_freq   # display only: not a setting of the run
         self.eval_batch_size = eval_batch_size or config.batch_size
         self.log = get_logger()
+        if getattr(config, "co2_evaluate", False) and not config.co2_tracking_mode:
+            raise UserError("--co2_evaluate measures evaluation apart from training and needs "
+                            "--co2_tracking_mode")
 
         seed_everything(config.seed)
         spec = get_spec(config.dataset)
         self.model = build_model(config.arch_type, spec.in_channels, spec.image_size,
                                  spec.num_classes, device)
         self.initial_state = clone_state(self.model)
+        self.initial_fingerprint = state_fingerprint(self.initial_state)  # computed once, not per checkpoint
         self.prunable = prunable_names(self.model)
         self.masks: Masks = {name: m.to(device) for name, m in full_masks(self.model).items()}
         self.mask_history: list[Masks] = []
@@ -134,8 +149,18 @@ class LotteryRun:
         self.cycle_elapsed_before = 0.0  # seconds of the current cycle in earlier sessions
         self._session_start = self._cycle_session_start = time.perf_counter()
         self.logs: dict[str, dict[int, float]] = {key: {} for key in LOG_KEYS}
+        # Images seen -> cumulative training-only record; likewise for evaluation (--co2_evaluate).
         self.emissions: dict[int, dict[str, float]] = {}
-        self.emissions_offset: dict[str, float] | None = None
+        self.evaluation_emissions: dict[int, dict[str, float]] = {}
+        # Sum of every measured task of each phase, across sessions; tasks CodeCarbon could not
+        # measure are counted apart, never added as NaN.
+        self.energy: dict[str, dict[str, float]] = {phase: zero_record() for phase in PHASES}
+        self.unmeasured: dict[str, dict[str, float]] = {phase: {"tasks": 0, "seconds": 0.0}
+                                                        for phase in PHASES}
+        self.energy_provenance: dict | None = None
+        self._recorder = None
+        # Names this run's checkpoint side files, so that a fresh run never mistakes a stale one.
+        self.lineage = secrets.token_hex(4)
         self.cycles: list[CycleSummary] = []
         self.best: dict | None = None
 
@@ -144,7 +169,17 @@ class LotteryRun:
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr,
                                 weight_decay=self.config.decay)
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether validation and test are evaluated (always, except in plain CO2 tracking mode)."""
+        return not self.config.co2_tracking_mode or bool(getattr(self.config, "co2_evaluate", False))
+
     def state_dict(self) -> dict:
+        """The whole state, self-contained. ``parts`` holds what changes only at a cycle's end
+        or a new best (masks, best weights), each under a tag that changes with its content, so
+        that a :class:`Checkpointer` rewrites it only when it changed."""
+        best = None if self.best is None else {**self.best, "state": cpu_state(self.best["state"])}
+        best_tag = "none" if self.best is None else str(self.best["images_seen"])
         return {
             "format_version": RESULTS_FORMAT_VERSION,
             "settings": self.config.training_settings(),
@@ -154,38 +189,51 @@ class LotteryRun:
             "optimizer": self.optimizer.state_dict(),
             # The initial state is rebuilt from the seed on resume, not stored every epoch
             # (45 MB for ResNet18); its fingerprint proves the rebuild is the same.
-            "initial_fingerprint": state_fingerprint(self.initial_state),
-            "masks": cpu_state(self.masks),
-            "mask_history": [cpu_state(m) for m in self.mask_history],
+            "initial_fingerprint": self.initial_fingerprint,
             "generator": self.generator.get_state(),
             "logs": self.logs, "emissions": self.emissions,
-            "emissions_offset": self.emissions_offset,
+            "evaluation_emissions": self.evaluation_emissions,
+            "energy": self.energy, "unmeasured": self.unmeasured,
+            "energy_provenance": self.energy_provenance,
+            "lineage": self.lineage,
             "cycles": [asdict(c) for c in self.cycles],
-            "best": None if self.best is None else {**self.best, "state": cpu_state(self.best["state"])},
+            "parts": {
+                "masks": {"tag": f"{self.lineage}-c{self.cycle}-h{len(self.mask_history)}",
+                          "value": {"masks": cpu_state(self.masks),
+                                    "mask_history": [cpu_state(m) for m in self.mask_history]}},
+                "best": {"tag": f"{self.lineage}-{best_tag}", "value": best},
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("settings") != self.config.training_settings():
             raise UserError("the checkpoint was made with other settings "
                             f"({state.get('settings')}); rerun without --resume to start over")
+        if "parts" not in state or "energy" not in state:
+            raise UserError("the checkpoint was written by an older version of this toolkit; "
+                            "rerun without --resume to start over")
         self.cycle, self.epoch = state["cycle"], state["epoch"]
         self.images_seen = state["images_seen"]
         self.elapsed_before, self.cycle_elapsed_before = state["elapsed"], state["cycle_elapsed"]
-        if state["initial_fingerprint"] != state_fingerprint(self.initial_state):
+        if state["initial_fingerprint"] != self.initial_fingerprint:
             raise UserError("this machine does not rebuild the checkpoint's initial weights from the "
                             "seed (another torch version?); rerun without --resume to start over")
         self.model.load_state_dict(state["model"])
-        self.masks = {k: v.to(self.device) for k, v in state["masks"].items()}
-        self.mask_history = state["mask_history"]
+        masks = state["parts"]["masks"]["value"]
+        self.masks = {k: v.to(self.device) for k, v in masks["masks"].items()}
+        self.mask_history = masks["mask_history"]
         self.optimizer = self._new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.logs, self.emissions = state["logs"], state["emissions"]
-        # A resumed CO2 run starts a new tracker: carry the totals measured so far.
-        self.emissions_offset = (self.emissions[max(self.emissions)] if self.emissions
-                                 else state["emissions_offset"])
+        self.evaluation_emissions = state["evaluation_emissions"]
+        # What was measured up to the checkpoint, and how: a resumed CO2 run continues these
+        # totals, and refuses to start if this session would measure differently.
+        self.energy, self.unmeasured = state["energy"], state["unmeasured"]
+        self.energy_provenance = state["energy_provenance"]
+        self.lineage = state["lineage"]
         self.cycles = [CycleSummary(**c) for c in state["cycles"]]
-        best = state["best"]
+        best = state["parts"]["best"]["value"]
         self.best = None if best is None else {
             **best, "state": {k: v.to(self.device) for k, v in best["state"].items()}}
 
@@ -202,21 +250,63 @@ class LotteryRun:
 
     # ------------------------------------------------------------------ procedure
     def run(self, checkpoint: Callable[["LotteryRun"], None] | None = None,
-            show_progress: bool = True) -> None:
-        """Train until every cycle is done, calling ``checkpoint(self)`` after each epoch."""
+            show_progress: bool = True, checkpoint_every: int = 1) -> None:
+        """Train until every cycle is done, calling ``checkpoint(self)`` every ``checkpoint_every``
+        epochs of a cycle and at each cycle's end."""
+        if checkpoint_every < 1:
+            raise UserError(f"--checkpoint_every must be at least 1, not {checkpoint_every}")
         if self.finished:  # resumed from the checkpoint of a finished run: only saving is left
             return
         config = self.config
         recorder = self.recorder_factory() if config.co2_tracking_mode and self.recorder_factory else None
         self._session_start = self._cycle_session_start = time.perf_counter()
         try:
+            if recorder is not None:
+                self._adopt_provenance(recorder.provenance())
+            self._recorder = recorder
             while not self.finished:
-                self._run_cycle(recorder, checkpoint, show_progress)
+                self._run_cycle(checkpoint, checkpoint_every, show_progress)
         finally:
-            if recorder is not None and not self.finished:
+            self._recorder = None
+            if recorder is not None:
                 recorder.stop()
 
-    def _run_cycle(self, recorder, checkpoint, show_progress) -> None:
+    def _adopt_provenance(self, provenance: dict) -> None:
+        current = {**provenance, "device": str(self.device)}
+        if self.energy_provenance is not None:
+            difference = provenance_mismatch(self.energy_provenance, current)
+            if difference:
+                raise UserError(f"cannot resume: this session would measure energy differently from "
+                                f"the checkpoint ({difference}); resume on the same machine with the "
+                                f"same CodeCarbon settings, or rerun without --resume to start over")
+        self.energy_provenance = current
+
+    @contextmanager
+    def _measured(self, phase: str):
+        """Measure the enclosed work as one CodeCarbon task of ``phase`` (when tracking).
+
+        Work interrupted by an exception is redone after a resume, so its energy is dropped.
+        """
+        recorder = self._recorder
+        if recorder is None:
+            yield
+            return
+        start = time.perf_counter()
+        recorder.start_task(phase)
+        completed = False
+        try:
+            yield
+            completed = True
+        finally:
+            record = recorder.stop_task()
+            if completed:
+                if record is None:
+                    self.unmeasured[phase]["tasks"] += 1
+                    self.unmeasured[phase]["seconds"] += time.perf_counter() - start
+                else:
+                    self.energy[phase] = accumulate(self.energy[phase], record)
+
+    def _run_cycle(self, checkpoint, checkpoint_every, show_progress) -> None:
         config = self.config
         if self.epoch == 0:
             self._log_layer_table()
@@ -229,8 +319,9 @@ class LotteryRun:
                    unit="epoch", disable=not show_progress)
         with bar:
             while self.epoch < config.end_iter:
-                loss, accuracy = train_epoch(self.model, self.optimizer, self.splits.train,
-                                             config.batch_size, self.generator, masked)
+                with self._measured("training"):
+                    loss, accuracy = train_epoch(self.model, self.optimizer, self.splits.train,
+                                                 config.batch_size, self.generator, masked)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"the training loss became {loss} in cycle {self.cycle + 1}, epoch "
@@ -238,45 +329,57 @@ class LotteryRun:
                         "Results of the seeds finished before are saved")
                 self.epoch += 1
                 self.images_seen += len(self.splits.train)
-                last_epoch_of_run = (self.epoch == config.end_iter
-                                     and self.cycle == config.prune_iterations - 1)
                 if self.epoch % config.valid_freq == 0 or self.epoch == config.end_iter:
-                    self._record(loss, accuracy, remaining, recorder, last_epoch_of_run)
+                    self._record(loss, accuracy, remaining)
                 if self.epoch % self.print_freq == 0 or self.epoch == config.end_iter:
                     bar.set_postfix_str(self._progress_text(loss))
                 bar.update(1)
                 if self.epoch == config.end_iter:
                     self._finish_cycle()
                     if self.cycle + 1 < config.prune_iterations:
-                        self._start_next_cycle()
+                        with self._measured("training"):  # pruning and rewinding are the method's work
+                            self._start_next_cycle()
                     else:
                         self.cycle += 1  # past the last cycle: the run is finished
-                if checkpoint is not None:
-                    checkpoint(self)
+                # A cycle's end (epoch back at 0, or the run finished) is always saved: it is
+                # where the masks change.
+                if checkpoint is not None and (self.epoch % checkpoint_every == 0 or self.finished):
+                    with self._measured("checkpoint"):
+                        checkpoint(self)
                 if self.epoch == 0:   # a new cycle started: leave this bar
                     break
 
-    def _record(self, loss, accuracy, remaining, recorder, last_epoch_of_run) -> None:
+    def _record(self, loss, accuracy, remaining) -> None:
         key = self.images_seen
         self.logs["time"][key] = self.elapsed()
         self.logs["non_zeros_weights"][key] = remaining
         self.logs["train_loss"][key] = loss
         self.logs["train_accuracy"][key] = accuracy
-        if self.config.co2_tracking_mode:
-            if recorder is not None:
-                from data.emissions import add_offset
-                raw = recorder.stop() if last_epoch_of_run else recorder.flush()
-                record = add_offset(raw, self.emissions_offset)
-                self.emissions[key] = record
-                self.logs["co2"][key] = record["emissions"]
-            return
-        val_loss, val_accuracy = evaluate(self.model, self.splits.val, self.eval_batch_size)
-        test_loss, test_accuracy = evaluate(self.model, self.splits.test, self.eval_batch_size)
-        self.logs["val_loss"][key], self.logs["val_accuracy"][key] = val_loss, val_accuracy
-        self.logs["test_loss"][key], self.logs["test_accuracy"][key] = test_loss, test_accuracy
-        if self.best is None or val_accuracy > self.best["val_accuracy"]:
-            self.best = {"state": clone_state(self.model), "val_accuracy": val_accuracy,
-                         "test_accuracy": test_accuracy, "epoch": self.epoch, "images_seen": key}
+        if self.evaluates:
+            with self._measured("evaluation"):
+                val_loss, val_accuracy = evaluate(self.model, self.splits.val, self.eval_batch_size)
+                test_loss, test_accuracy = evaluate(self.model, self.splits.test, self.eval_batch_size)
+            self.logs["val_loss"][key], self.logs["val_accuracy"][key] = val_loss, val_accuracy
+            self.logs["test_loss"][key], self.logs["test_accuracy"][key] = test_loss, test_accuracy
+            if self.best is None or val_accuracy > self.best["val_accuracy"]:
+                self.best = {"state": clone_state(self.model), "val_accuracy": val_accuracy,
+                             "test_accuracy": test_accuracy, "epoch": self.epoch, "images_seen": key}
+        if self._recorder is not None:
+            training = self.energy["training"]
+            self.emissions[key] = dict(training)
+            self.logs["co2"][key] = training["emissions"]
+            if self.evaluates:
+                self.evaluation_emissions[key] = dict(self.energy["evaluation"])
+            self._recorder.append_row(self._csv_row(key))
+
+    def _csv_row(self, key: int) -> dict:
+        """One row of the run's CSV: the cumulative training record, then the other phases' totals."""
+        row = {"images_seen": key, "cycle": self.cycle + 1, "epoch": self.epoch, **self.energy["training"]}
+        for phase in PHASES[1:]:
+            for name in ("duration", "energy_consumed", "emissions"):
+                row[f"{phase}_{name}"] = self.energy[phase][name]
+        row["unmeasured_tasks"] = sum(int(u["tasks"]) for u in self.unmeasured.values())
+        return row
 
     def _progress_text(self, loss: float) -> str:
         if self.config.co2_tracking_mode:
@@ -298,7 +401,8 @@ class LotteryRun:
             seconds=self.cycle_elapsed()))
         self.mask_history.append(cpu_state(self.masks))
         if self.on_cycle_end is not None:
-            self.on_cycle_end(self.cycle_ticket())
+            with self._measured("checkpoint"):   # writing files is never training energy
+                self.on_cycle_end(self.cycle_ticket())
 
     def cycle_ticket(self) -> dict:
         """The current cycle's ticket: its masks, its best and final weights, its summary."""
@@ -340,6 +444,11 @@ class LotteryRun:
             "format_version": RESULTS_FORMAT_VERSION,
             **{key: dict(values) for key, values in self.logs.items()},
             "emissions": self.emissions,
+            "evaluation_emissions": self.evaluation_emissions,
+            # Totals of each measured phase (training, evaluation, checkpoint) and what could not be.
+            "energy_by_phase": self.energy if self.energy_provenance else {},
+            "energy_unmeasured": self.unmeasured if self.energy_provenance else {},
+            "energy_provenance": self.energy_provenance,
             "initial_state_dict": cpu_state(self.initial_state),
             "best_state_dict": cpu_state(self.best["state"]),
             "final_state_dict": cpu_state(self.model.state_dict()),
@@ -352,6 +461,73 @@ class LotteryRun:
             "device": str(self.device),
             "versions": versions,
         }
+
+
+class Checkpointer:
+    """Saves a run's :meth:`LotteryRun.state_dict` to ``path``, atomically.
+
+    The state's ``parts`` (masks and best weights: a quarter of a ResNet18 checkpoint, and
+    they change only at a cycle's end or a new best) go to side files beside ``path`` named
+    by their tag, written only when the tag changes; ``path`` names the side files it needs.
+    A side file is deleted only once no saved ``path`` refers to it, so a kill at any moment
+    leaves a loadable checkpoint.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._written: dict[str, str] = {}   # part -> side file name holding its current tag
+
+    def side_path(self, part: str, tag: str) -> Path:
+        return self.path.with_name(f"{self._prefix}{part}-{tag}.pt")
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.path.stem}."   # "X.checkpoint." for "X.checkpoint.pt"
+
+    def __call__(self, run: LotteryRun) -> None:
+        state = run.state_dict()
+        references = {}
+        for part, content in state["parts"].items():
+            target = self.side_path(part, content["tag"])
+            if self._written.get(part) != target.name:
+                atomic_torch_save({"value": content["value"]}, target)
+            references[part] = target.name
+        atomic_torch_save({**state, "parts": references}, self.path)
+        self._written = references
+        self._remove_side_files(keep=set(references.values()))
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> dict:
+        """The state saved last, with its parts read back from their side files."""
+        state = load_checkpoint(self.path)
+        references = state.get("parts") or {}
+        parts = {}
+        for part, name in references.items():
+            side = self.path.with_name(name)
+            if not side.exists():
+                raise UserError(f"{side} is missing (part of the checkpoint {self.path.name}); "
+                                "rerun without --resume to start over")
+            tag = name[len(f"{self._prefix}{part}-"):-len(".pt")]
+            parts[part] = {"tag": tag, "value": load_checkpoint(side)["value"]}
+        self._written = dict(references)
+        return {**state, "parts": parts} if references else state
+
+    def remove(self) -> None:
+        """Delete the checkpoint and its side files (once the results are saved)."""
+        self.path.unlink(missing_ok=True)
+        self._remove_side_files(keep=set())
+        self._written = {}
+
+    def _remove_side_files(self, keep: set[str]) -> None:
+        for candidate in self.path.parent.iterdir():
+            name = candidate.name
+            side_file = name.startswith(self._prefix) and name != self.path.name and name.endswith(".pt")
+            # Temporaries of a write that a kill interrupted (ours are all finished by now).
+            temporary = name.startswith(f".{self._prefix}") and name.endswith(".tmp")
+            if (side_file and name not in keep) or temporary:
+                candidate.unlink(missing_ok=True)
 
 
 def summary_rows(cycles: list[dict]) -> list[tuple]:

@@ -311,6 +311,11 @@ class RunConfig:
     co2_tracking_mode: bool = setting(False, token=None, role=MEASUREMENT, parse=parse_bool,
                                       help="track energy and CO2 with CodeCarbon; skips all evaluation "
                                            "during training so that it stays out of the energy figures")
+    co2_evaluate: bool = setting(False, token="co2eval", role=MEASUREMENT, parse=parse_bool,
+                                 help="with CO2 tracking (implied), also evaluate as without it: one "
+                                      "run gives both accuracies and training energy; evaluation "
+                                      "energy is measured as its own task and reported apart, never "
+                                      "in the training figures")
     seed: int = setting(0, token=None, role=SEED, parse=_seed, help="the run's seed")
 
     def __post_init__(self):
@@ -321,6 +326,8 @@ class RunConfig:
                 object.__setattr__(self, f.name, float(value))
             elif isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+        if self.co2_evaluate:
+            object.__setattr__(self, "co2_tracking_mode", True)
         if self.train_type == "regular":
             # The dense baseline: one cycle, nothing pruned, so no way of pruning applies.
             for f in fields(self):
