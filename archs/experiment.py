@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archs import build_model
-from archs.masks import LayerCollapse, first_collapse, full_masks, layer_sizes
+from archs.masks import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
 from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, summary_rows
 from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
@@ -57,7 +57,14 @@ def check_pruning_schedule(config: RunConfig) -> None:
     spec = get_spec(config.dataset)
     masks = full_masks(build_model(config.arch_type, spec.in_channels, spec.image_size, spec.num_classes,
                                    device="meta"))
-    rates = {name: config.prune_percent for name in masks}
+    plan = PruningPlan(config.prune_percent, config.prune_scope, config.output_prune_percent,
+                       tuple(config.prune_ignore))
+    try:
+        rates = plan.percent_for_layer(list(masks))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if config.prune_scope == "global":
+        return   # global counts depend on the trained weights: checked at each pruning instead
     collapse = first_collapse(layer_sizes(masks), rates, config.prune_iterations - 1)
     if collapse is not None:
         raise LayerCollapse(*collapse)

@@ -28,8 +28,11 @@ from torch import nn
 from tqdm import tqdm
 
 from archs import build_model
-from archs.masks import (Masks, count_alive, full_masks, layer_table_rows, percent_remaining,
-                         prunable_names, prune_by_magnitude, rewind)
+from archs.early_bird import EarlyBirdDetector
+from archs.masks import (Masks, PruningPlan, count_alive, derived_generator, full_masks, layer_table_rows,
+                         magnitude_scores, parse_rewind_point, percent_remaining, prunable_names,
+                         random_masks, reinitialise_survivors, rewind, snip_scores)
+from archs.optim import LrSchedule, build_optimizer, parse_duration, set_learning_rate
 from data.datasets import DataSplits, Split, get_spec, iterate_batches
 from data.emissions import PHASES, accumulate, provenance_mismatch, zero_record
 from data.runs import LOG_KEYS, RESULTS_FORMAT_VERSION, RunConfig
@@ -79,20 +82,44 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, fl
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
+def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop (after zero-padding by ``padding`` pixels) and horizontal flip of every image,
+    done on the images' device with one gather (no per-image Python work). The draws come from
+    the CPU ``generator``, so a run is reproducible on any device."""
+    n, _, height, width = images.shape
+    shifts = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = torch.arange(height, device=images.device)[None, :] + shifts[0][:, None]      # n x H
+    cols = torch.arange(width, device=images.device)[None, :] + shifts[1][:, None]       # n x W
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]    # n x H x W x C
+    return cropped.permute(0, 3, 1, 2).contiguous()
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, batch_size: int,
-                generator: torch.Generator, masked: list[tuple[torch.Tensor, torch.Tensor]]
-                ) -> tuple[float, float]:
+                generator: torch.Generator, masked: list[tuple[torch.Tensor, torch.Tensor]],
+                lr_at_step: Callable[[int], float] | None = None,
+                after_step: Callable[[int], None] | None = None,
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
     """One pass over ``split``; returns mean loss and accuracy (percent).
 
     After each optimiser step the pruned weights are multiplied by their mask, so they stay
     exactly zero whatever the optimiser does (Adam's moments and weight decay included),
-    while a live weight is free to pass through zero.
+    while a live weight is free to pass through zero. ``lr_at_step(k)`` sets the learning rate
+    before step k of the epoch (schedules, warmup); ``after_step(k)`` runs after it (late
+    rewinding saves its state there); ``augment`` transforms each training batch.
     """
     model.train()
     device = split.images.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for images, labels in iterate_batches(split, batch_size, generator):
+    for step, (images, labels) in enumerate(iterate_batches(split, batch_size, generator)):
+        if lr_at_step is not None:
+            set_learning_rate(optimizer, lr_at_step(step))
+        if augment is not None:
+            images = augment(images)
         optimizer.zero_grad(set_to_none=True)
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
@@ -103,6 +130,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split
                 weight.mul_(mask)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
+        if after_step is not None:
+            after_step(step)
     n = len(split)
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
@@ -138,6 +167,26 @@ class LotteryRun:
         self.initial_state = clone_state(self.model)
         self.initial_fingerprint = state_fingerprint(self.initial_state)  # computed once, not per checkpoint
         self.prunable = prunable_names(self.model)
+        self.plan = PruningPlan(config.prune_percent, config.prune_scope, config.output_prune_percent,
+                                tuple(config.prune_ignore))
+        try:
+            self.plan.percent_for_layer(self.prunable)   # an unknown --prune_ignore layer fails here
+            self.rewind_point = parse_rewind_point(config.rewind_to)
+            warmup = None if config.warmup == "none" else parse_duration(config.warmup)
+            self.schedule = LrSchedule(config.lr, config.lr_schedule, warmup)
+            self.schedule.check(self.iterations_per_epoch, config.end_iter)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if (self.rewind_point.kind != "init"
+                and self.rewind_point.iteration(self.iterations_per_epoch) > config.end_iter * self.iterations_per_epoch):
+            raise UserError(f"--rewind_to {config.rewind_to} is past the end of the dense cycle "
+                            f"({config.end_iter} epochs of {self.iterations_per_epoch} iterations)")
+        # The state survivors are rewound to: the initial one, or (late rewinding) the one reached
+        # after the rewind point of cycle 0, captured when training gets there.
+        self.rewind_state: dict[str, torch.Tensor] | None = (
+            self.initial_state if self.rewind_point.kind == "init" else None)
+        self.early_bird = EarlyBirdDetector() if config.early_bird else None
+        self.early_bird_epoch: int | None = None   # epoch of cycle 0 at which the ticket was drawn
         self.masks: Masks = {name: m.to(device) for name, m in full_masks(self.model).items()}
         self.mask_history: list[Masks] = []
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -166,8 +215,19 @@ class LotteryRun:
 
     # ------------------------------------------------------------------ state
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr,
-                                weight_decay=self.config.decay)
+        return build_optimizer(self.model.parameters(), self.config.optimizer, self.config.lr,
+                               self.config.decay, self.config.momentum)
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return math.ceil(len(self.splits.train) / self.config.batch_size)
+
+    @property
+    def cycle_length(self) -> int:
+        """Epochs of the current cycle: the dense one ends early at an early-bird ticket."""
+        if self.cycle == 0 and self.early_bird_epoch is not None:
+            return self.early_bird_epoch
+        return self.config.end_iter
 
     @property
     def evaluates(self) -> bool:
@@ -202,8 +262,18 @@ class LotteryRun:
                           "value": {"masks": cpu_state(self.masks),
                                     "mask_history": [cpu_state(m) for m in self.mask_history]}},
                 "best": {"tag": f"{self.lineage}-{best_tag}", "value": best},
+                # Late rewinding: captured once in cycle 0, so written once.
+                "rewind": {"tag": f"{self.lineage}-{'late' if self._late_rewind_state() else 'init'}",
+                           "value": self._late_rewind_state()},
             },
+            "early_bird": None if self.early_bird is None else {
+                "detector": self.early_bird.state_dict(), "epoch": self.early_bird_epoch},
         }
+
+    def _late_rewind_state(self) -> dict | None:
+        if self.rewind_point.kind == "init" or self.rewind_state is None:
+            return None
+        return cpu_state(self.rewind_state)
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("settings") != self.config.training_settings():
@@ -236,6 +306,12 @@ class LotteryRun:
         best = state["parts"]["best"]["value"]
         self.best = None if best is None else {
             **best, "state": {k: v.to(self.device) for k, v in best["state"].items()}}
+        late = state["parts"].get("rewind", {}).get("value")
+        if late is not None:
+            self.rewind_state = {k: v.to(self.device) for k, v in late.items()}
+        if self.early_bird is not None and state.get("early_bird"):
+            self.early_bird.load_state_dict(state["early_bird"]["detector"])
+            self.early_bird_epoch = state["early_bird"]["epoch"]
 
     @property
     def finished(self) -> bool:
@@ -318,10 +394,11 @@ class LotteryRun:
                    desc=f"cycle {self.cycle + 1}/{config.prune_iterations} ({remaining:.1f}% left)",
                    unit="epoch", disable=not show_progress)
         with bar:
-            while self.epoch < config.end_iter:
+            while self.epoch < self.cycle_length:
                 with self._measured("training"):
                     loss, accuracy = train_epoch(self.model, self.optimizer, self.splits.train,
-                                                 config.batch_size, self.generator, masked)
+                                                 config.batch_size, self.generator, masked,
+                                                 **self._epoch_hooks())
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"the training loss became {loss} in cycle {self.cycle + 1}, epoch "
@@ -329,12 +406,21 @@ class LotteryRun:
                         "Results of the seeds finished before are saved")
                 self.epoch += 1
                 self.images_seen += len(self.splits.train)
-                if self.epoch % config.valid_freq == 0 or self.epoch == config.end_iter:
+                if self.early_bird is not None and self.cycle == 0 and self.early_bird_epoch is None:
+                    with self._measured("training"):   # drawing the mask is the method's work
+                        if self.early_bird.update(self._next_masks_by_magnitude()):
+                            self.early_bird_epoch = self.epoch
+                            self.log.info("Early-bird ticket drawn at epoch %d of %d (masks stable for %d "
+                                          "epochs); %d dense epoch(s) saved", self.epoch, config.end_iter,
+                                          self.early_bird.window, config.end_iter - self.epoch)
+                            bar.total = self.epoch
+                cycle_ends = self.epoch == self.cycle_length
+                if self.epoch % config.valid_freq == 0 or cycle_ends:
                     self._record(loss, accuracy, remaining)
-                if self.epoch % self.print_freq == 0 or self.epoch == config.end_iter:
+                if self.epoch % self.print_freq == 0 or cycle_ends:
                     bar.set_postfix_str(self._progress_text(loss))
                 bar.update(1)
-                if self.epoch == config.end_iter:
+                if cycle_ends:
                     self._finish_cycle()
                     if self.cycle + 1 < config.prune_iterations:
                         with self._measured("training"):  # pruning and rewinding are the method's work
@@ -411,11 +497,58 @@ class LotteryRun:
                 "final_state_dict": cpu_state(self.model.state_dict()),
                 "summary": asdict(self.cycles[-1])}
 
-    def _start_next_cycle(self) -> None:
-        """Prune the trained weights, rewind the survivors to the initial state, fresh Adam."""
+    def _epoch_hooks(self) -> dict:
+        """The per-step work of this epoch besides the step itself: learning-rate schedule,
+        capture of the late-rewinding state, augmentation. Empty for the original's setting, so
+        its training loop stays exactly as lean."""
+        config, hooks = self.config, {}
+        ipe, first = self.iterations_per_epoch, self.epoch * self.iterations_per_epoch
+        if config.lr_schedule != "none" or config.warmup != "none":
+            hooks["lr_at_step"] = lambda step: self.schedule.lr_at(first + step, ipe, config.end_iter)
+        if self.cycle == 0 and self.rewind_state is None:
+            at = self.rewind_point.iteration(ipe)
+
+            def capture(step: int) -> None:
+                if first + step + 1 == at:
+                    self.rewind_state = clone_state(self.model)
+
+            hooks["after_step"] = capture
+        if config.augment:
+            generator = derived_generator(config.seed, "augment", self.cycle * 100_000 + self.epoch)
+            hooks["augment"] = lambda images: augment_batch(images, generator)
+        return hooks
+
+    def _next_masks_by_magnitude(self) -> Masks:
         weights = dict(self.model.named_parameters())
-        self.masks = prune_by_magnitude(weights, self.masks, self.config.prune_percent)
-        rewind(self.model, self.initial_state, self.masks)
+        return self.plan.prune(magnitude_scores(weights, self.masks), self.masks, self.cycle + 1)
+
+    def _start_next_cycle(self) -> None:
+        """Prune, then set the survivors' starting values (rewound, or re-drawn for the reinit
+        control) and a fresh optimiser.
+
+        The masks of the next cycle come from the trained weights' magnitudes, or from SNIP's
+        sensitivities at the rewind point; the random-mask control then keeps, in every layer,
+        as many weights as those masks, drawn at random among the survivors.
+        """
+        config, cycle = self.config, self.cycle + 1
+        if self.rewind_state is None:   # cannot happen: the rewind point is checked to lie in cycle 0
+            raise RuntimeError("the late-rewinding state was never captured")
+        if config.prune_criterion == "snip":
+            rewind(self.model, self.rewind_state, self.masks)
+            batches = iterate_batches(self.splits.train, config.batch_size,
+                                      derived_generator(config.seed, "snip", cycle))
+            scores = snip_scores(self.model, [next(iter(batches))], F.cross_entropy, list(self.masks))
+        else:
+            scores = magnitude_scores(dict(self.model.named_parameters()), self.masks)
+        new_masks = self.plan.prune(scores, self.masks, cycle)
+        if config.prune_type == "random":
+            new_masks = random_masks(new_masks, self.masks, derived_generator(config.seed, "random_mask", cycle))
+        start = self.rewind_state
+        if config.prune_type == "reinit":
+            start = reinitialise_survivors(self.rewind_state, new_masks,
+                                           derived_generator(config.seed, "reinit", cycle))
+        self.masks = {name: mask.to(self.device) for name, mask in new_masks.items()}
+        rewind(self.model, start, self.masks)
         self.optimizer = self._new_optimizer()
         self.cycle += 1
         self.epoch = 0
@@ -460,6 +593,13 @@ class LotteryRun:
                             "test": len(self.splits.test)},
             "device": str(self.device),
             "versions": versions,
+            # Late rewinding: the state every pruned cycle started from (before its masks).
+            "rewind_state_dict": self._late_rewind_state(),
+            "early_bird": None if self.early_bird is None else {
+                "epoch": self.early_bird_epoch,
+                "epochs_saved": (self.config.end_iter - self.early_bird_epoch
+                                 if self.early_bird_epoch is not None else 0),
+                "mask_distances": list(self.early_bird.distances)},
         }
 
 
