@@ -13,7 +13,7 @@ from utils import (ArgumentParser, add_tracker_arguments, non_negative_float, pe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from archs import ARCHITECTURES
+    from archs import architecture_names
     from data.datasets import DATASETS
     from data.runs import RunConfig
 
@@ -23,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "weights, rewind the survivors to their initial values, train again; with "
                     "optional CodeCarbon energy and CO2 tracking. One full run per seed; results "
                     "go to SAVE_DIR/ARCH/DATASET/ppPxN_seedS_co2BOOL_DATASET.pt.")
-    parser.add_argument("--arch_type", default=defaults.arch_type, choices=list(ARCHITECTURES),
-                        help="network: fc1 (fully connected 784-300-100-10), lenet5 (two 3x3 "
-                             "convolutions then 256-256), resnet18 (small-image ResNet18)")
+    parser.add_argument("--arch_type", default=defaults.arch_type,
+                        choices=architecture_names(include_aliases=True),
+                        help="network (lenet300_100 is another name for fc1; see the README for each "
+                             "layout); add your own with @register_model in a file under archs/models/")
     parser.add_argument("--dataset", default=defaults.dataset, choices=list(DATASETS),
                         help="dataset; the official train and test sets are merged and split "
                              "70/15/15 into train/validation/test with the run's seed")
@@ -72,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
 
+    from archs import canonical_arch
     from archs.experiment import TrainingJob, run_job
     from data.emissions import TrackerSettings
     from data.runs import RunConfig
 
-    config = RunConfig(arch_type=args.arch_type, dataset=args.dataset, prune_percent=args.prune_percent,
-                       prune_iterations=args.prune_iterations, lr=args.lr, decay=args.decay,
+    config = RunConfig(arch_type=canonical_arch(args.arch_type), dataset=args.dataset,
+                       prune_percent=args.prune_percent, prune_iterations=args.prune_iterations, lr=args.lr, decay=args.decay,
                        batch_size=args.batch_size, end_iter=args.end_iter, print_freq=args.print_freq,
                        valid_freq=args.valid_freq, train_type=args.train_type,
                        co2_tracking_mode=args.co2_tracking_mode)
