@@ -59,9 +59,9 @@ def register_model(name: str, *, aliases: Iterable[str] = (), replace: bool = Fa
         if not replace:
             for taken in (name, *aliases):
                 if taken in ARCHITECTURES or taken in ALIASES:
-                    owner = ALIASES.get(taken, taken)
-                    raise UserError(f"network name {taken!r} is already registered (by {owner}); "
-                                    "choose another name or pass replace=True to rebind it")
+                    what = f"an alias of {ALIASES[taken]}" if taken in ALIASES else "registered"
+                    raise UserError(f"network name {taken!r} is already {what}; choose another "
+                                    "name or pass replace=True to rebind it")
         for taken in (name, *aliases):
             ALIASES.pop(taken, None)
         for alias in aliases:

@@ -285,9 +285,9 @@ def test_a_taken_name_is_an_error_unless_replaced(scratch_registry):
     def builder(in_channels, image_size, num_classes):
         return nn.Linear(in_channels * image_size * image_size, num_classes)
 
-    with pytest.raises(UserError, match="'vgg19' is already registered .*replace=True"):
+    with pytest.raises(UserError, match="'vgg19' is already registered; .*replace=True"):
         register_model("vgg19")(builder)
-    with pytest.raises(UserError, match="'lenet300_100' is already registered \\(by fc1\\)"):
+    with pytest.raises(UserError, match="'lenet300_100' is already an alias of fc1"):
         register_model("lenet300_100")(builder)
     with pytest.raises(UserError, match="'fc1' is already registered"):
         register_model("my_net", aliases=("fc1",))(builder)
