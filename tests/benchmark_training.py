@@ -11,7 +11,8 @@ and the medians.
 
 --networks [NAME ...]: every network (or those named), on both input shapes: the project's
 training epoch (archs.training.train_epoch: masked Adam steps) over a fixed number of synthetic
-images after one untimed warm-up batch, as seconds for those images, images per second, and the
+images after one untimed warm-up batch, as wall-clock and process CPU seconds for those images,
+images per second, and the
 training part of an epoch of the real train splits (49,000 MNIST, 42,000 CIFAR-10 images)
 projected from that rate; evaluation and checkpointing are not included.
 
@@ -95,8 +96,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def network_seconds(arch: str, dataset: str, images: int, batch_size: int, device: torch.device) -> float:
-    """Seconds of the project's training epoch over ``images`` synthetic images (dense masks)."""
+def network_seconds(arch: str, dataset: str, images: int, batch_size: int,
+                    device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of the project's training epoch over ``images``
+    synthetic images (dense masks)."""
     spec = DATASETS[dataset]
     generator = torch.Generator().manual_seed(0)
     shape = (spec.in_channels, spec.image_size, spec.image_size)
@@ -110,24 +113,26 @@ def network_seconds(arch: str, dataset: str, images: int, batch_size: int, devic
     masked = [(params[name], mask.to(device)) for name, mask in full_masks(model).items()]
     train_epoch(model, optimizer, warm_up, batch_size, torch.Generator().manual_seed(1), masked)
     synchronise(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     train_epoch(model, optimizer, split, batch_size, torch.Generator().manual_seed(2), masked)
     synchronise(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def report_networks(names: list[str], images: int, batch_size: int, device: torch.device) -> None:
     print(f"Training epoch over {images} synthetic images, batch {batch_size}, on {device} "
           f"({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"{'network':12} {'dataset':8} {'s / ' + str(images) + ' img':>12} {'img/s':>8} "
-          f"{'projected s/epoch (train split)':>32}")
+    # On a shared machine the wall clock includes waiting for a core; the process's CPU time
+    # (all threads) does not, so with one thread it is the dedicated-core figure.
+    print(f"{'network':12} {'dataset':8} {'wall s':>8} {'CPU s':>8} {'img/s':>8} "
+          f"{'projected wall s/epoch (train split)':>37}")
     for arch in names:
         for dataset in ("mnist", "cifar10"):
-            seconds = network_seconds(arch, dataset, images, batch_size, device)
+            seconds, cpu_seconds = network_seconds(arch, dataset, images, batch_size, device)
             rate = images / seconds
             projected = TRAIN_IMAGES[dataset] / rate
-            print(f"{arch:12} {dataset:8} {seconds:12.2f} {rate:8.1f} "
+            print(f"{arch:12} {dataset:8} {seconds:8.2f} {cpu_seconds:8.2f} {rate:8.1f} "
                   f"{projected:14.0f} s ({projected / 60:5.1f} min, {TRAIN_IMAGES[dataset]:,} img)", flush=True)
 
 
