@@ -12,9 +12,8 @@ and the medians.
 --networks [NAME ...]: every network (or those named), on both input shapes: the project's
 training epoch (archs.training.train_epoch: masked Adam steps) over a fixed number of synthetic
 images after one untimed warm-up batch, as wall-clock and process CPU seconds for those images,
-images per second, and the
-training part of an epoch of the real train splits (49,000 MNIST, 42,000 CIFAR-10 images)
-projected from that rate; evaluation and checkpointing are not included.
+images per second, and the training part of an epoch of the real train splits (49,000 MNIST,
+42,000 CIFAR-10 images) projected from that rate; evaluation and checkpointing are not included.
 
 --sizes: for every network on 3x32x32 inputs and 10 classes: parameters, float32 state dict,
 a model + Adam checkpoint (two moments per parameter), and the project's own files measured
