@@ -124,15 +124,16 @@ def report_networks(names: list[str], images: int, batch_size: int, device: torc
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
     # On a shared machine the wall clock includes waiting for a core; the process's CPU time
     # (all threads) does not, so with one thread it is the dedicated-core figure.
-    print(f"{'network':12} {'dataset':8} {'wall s':>8} {'CPU s':>8} {'img/s':>8} "
-          f"{'projected wall s/epoch (train split)':>37}")
+    print(f"{'network':12} {'dataset':8} {'wall s':>8} {'CPU s':>8} {'img/s (wall)':>12}  "
+          "projected s per train-split epoch: wall, CPU")
     for arch in names:
         for dataset in ("mnist", "cifar10"):
             seconds, cpu_seconds = network_seconds(arch, dataset, images, batch_size, device)
             rate = images / seconds
             projected = TRAIN_IMAGES[dataset] / rate
-            print(f"{arch:12} {dataset:8} {seconds:8.2f} {cpu_seconds:8.2f} {rate:8.1f} "
-                  f"{projected:14.0f} s ({projected / 60:5.1f} min, {TRAIN_IMAGES[dataset]:,} img)", flush=True)
+            cpu_projected = TRAIN_IMAGES[dataset] / images * cpu_seconds
+            print(f"{arch:12} {dataset:8} {seconds:8.2f} {cpu_seconds:8.2f} {rate:12.1f}  "
+                  f"{projected:8.0f} s, {cpu_projected:8.0f} s  ({TRAIN_IMAGES[dataset]:,} img)", flush=True)
 
 
 def serialised_mb(obj) -> float:
