@@ -12,7 +12,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from archs import ARCHITECTURES
+    from archs import architecture_names
     from archs.experiment import CYCLE_WEIGHTS
     from data.datasets import DATASETS
     from data.runs import add_setting_arguments, seed_argument
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "go to SAVE_DIR/ARCH/DATASET/ppPxN_seedS_co2BOOL_DATASET[_SETTINGS].pt, where "
                     "SETTINGS lists every setting that differs from its default.")
     settings = parser.add_argument_group("settings of the run (each one is part of its identity)")
-    add_setting_arguments(settings, choices={"arch_type": list(ARCHITECTURES), "dataset": list(DATASETS)})
+    add_setting_arguments(settings, choices={"arch_type": architecture_names(include_aliases=True), "dataset": list(DATASETS)})
     parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1, 2, 3, 4], metavar="SEED",
                         help="one full run per seed (initialisation, data split and batch order)")
     parser.add_argument("--data_dir", type=Path, default=Path("data"),
@@ -62,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
                      "not both")
     setup_logging()
 
+    from archs import canonical_arch
     from archs.experiment import TrainingJob, run_job
     from data.emissions import TrackerSettings
     from data.runs import config_from_args
 
-    job = TrainingJob(config=config_from_args(args), seeds=args.seeds, data_dir=args.data_dir,
-                      save_dir=args.save_dir, device=args.device, resume=args.resume,
+    config = config_from_args(args, arch_type=canonical_arch(args.arch_type))
+    job = TrainingJob(config=config, seeds=args.seeds, data_dir=args.data_dir, save_dir=args.save_dir, device=args.device, resume=args.resume,
                       show_progress=not args.no_progress, cycle_weights=args.save_cycle_weights,
                       print_freq=args.print_freq,
                       checkpoint_every=args.checkpoint_every,

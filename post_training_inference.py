@@ -12,7 +12,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from archs import ARCHITECTURES
+    from archs import architecture_names
     from archs.inference import MODE_CHOICES
     from data.datasets import DATASETS
     from data.inference_tables import STATES
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "after every pass, and compare dense with sparse kernels. Writes one CodeCarbon "
                     "CSV per run, mode and state, inference_runs.csv and inference_summary.csv under "
                     "SAVE_DIR/ARCH/DATASET/inference/.")
-    parser.add_argument("--arch_type", default="fc1", choices=list(ARCHITECTURES), help="network of the runs")
+    parser.add_argument("--arch_type", default="fc1",
+                        choices=architecture_names(include_aliases=True), help="network of the runs")
     parser.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="dataset of the runs")
     parser.add_argument("--save_dir", type=Path, default=Path("saves"), help="where lottery_ticket.py saved them")
     parser.add_argument("--data_dir", type=Path, default=None,
@@ -57,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
 
+    from archs import canonical_arch
     from archs.inference import InferenceJob, run_inference
     from data.emissions import TrackerSettings
     from data.runs import RunFilter
 
     run_inference(InferenceJob(
-        arch=args.arch_type, dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
+        arch=canonical_arch(args.arch_type), dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
         run_filter=RunFilter.from_args(args), cycle=args.cycle, state=args.state, passes=args.passes,
         sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
         threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,

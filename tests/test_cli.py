@@ -34,7 +34,7 @@ def test_help_explains_every_flag():
 
 
 BAD_FLAGS = [
-    (["--arch_type", "vgg19"], "invalid choice: 'vgg19'"),
+    (["--arch_type", "vgg7"], "invalid choice: 'vgg7'"),
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--prune_percent", "100"], "outside [0, 100)"),
     (["--prune_percent", "-5"], "outside [0, 100)"),

@@ -1,7 +1,10 @@
-"""fc1: the fully connected 784-300-100-10 network of Frankle & Carbin (2019)."""
+"""fc1: the fully connected 784-300-100-10 network of Frankle & Carbin (2019), LeNet-300-100."""
 from torch import nn
 
+from archs.registry import register_model
 
+
+@register_model("fc1", aliases=("lenet300_100",))
 def fc1(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
