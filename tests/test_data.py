@@ -251,7 +251,7 @@ def test_digits_splits_and_the_main_job_run_on_real_data_without_files(tmp_path)
         make_splits(dataset, seed=0, official_test=True)
 
     assert lottery_ticket.main(["--dataset", "digits", "--arch_type", "fc1", "--end_iter", "2",
-                                "--prune_iterations", "1", "--lr", "1e-3", "--batch_size", "64",
+                                "--train_type", "regular", "--lr", "1e-3", "--batch_size", "64",
                                 "--seeds", "0", "--device", "cpu", "--no_progress",
                                 "--save_dir", str(tmp_path / "saves"),
                                 "--data_dir", str(tmp_path / "absent")]) == 0
