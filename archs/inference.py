@@ -24,7 +24,7 @@ from archs.masks import masks_from_state, percent_remaining, prunable_names
 from archs.sparse import CONVOLUTION_REASON, KERNEL_MODES, compare_outputs, sparsify
 from archs.training import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
-from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings
+from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_provenance
 from data.inference_tables import DEFAULT_STATE, STATES, merge_into_tables, summary_table
 from data.runs import (RunFilter, RunRecord, cycle_ticket_path, describe_groups, find_runs,
                        inference_csv_path, inference_dir, inference_runs_csv_path,
@@ -140,6 +140,7 @@ def replay(model, split: Split, job: InferenceJob, device: torch.device, csv_pat
     partial.unlink(missing_ok=True)
     evaluate(model, split, job.batch_size)  # warm-up: first-call allocations stay out of the figures
     recorder = EmissionsRecorder(partial, job.tracker, project_name=csv_path.stem)
+    provenance = describe_provenance({**recorder.provenance(), "device": str(device)})
     seconds, losses, accuracies, record = [], [], [], {}
     try:
         for index in range(job.passes):
@@ -160,7 +161,7 @@ def replay(model, split: Split, job: InferenceJob, device: torch.device, csv_pat
     replace_durably(partial, csv_path)
     return {"seconds": Estimate.from_samples(seconds), "loss": Estimate.from_samples(losses).mean,
             "accuracy": Estimate.from_samples(accuracies).mean,
-            "energy_kwh": record.get("energy_consumed", math.nan),
+            "provenance": provenance, "energy_kwh": record.get("energy_consumed", math.nan),
             "co2_kg": record.get("emissions", math.nan)}
 
 
@@ -277,4 +278,5 @@ def run_row(job: InferenceJob, run: RunRecord, cycle: int, device_kind: str, mod
         "images_per_second": images / seconds.mean,
         "energy_kwh_per_pass": measured["energy_kwh"] / job.passes,
         "co2_kg_per_pass": measured["co2_kg"] / job.passes, "emissions_csv": csv_path.name,
+        "energy_provenance": measured["provenance"],
     }

@@ -23,6 +23,8 @@ from data.csv_tables import csv_text
 from data.labels import (config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
 from data.runs import find_runs, select_runs
+from data.emissions import summarise_provenance
+from data.plotting import add_caption
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
                            training_flags)
 from data.plotting import FIGURE_SIZE, FigureWriter, figure_style
@@ -70,15 +72,18 @@ def measurements_by_config(names: list[str], training: dict[str, list[float]],
     return measurements
 
 
-def training_co2_by_config(options: PlotOptions) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """kg CO2eq of each CO2-tracking training run (all its cycles), by configuration, and the
-    shortest tracked duration (s) among each configuration's runs."""
+def training_co2_by_config(options: PlotOptions
+                           ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, dict | None]]:
+    """kg CO2eq of each CO2-tracking training run (all its cycles), by configuration, the
+    shortest tracked duration (s) among each configuration's runs, and how each run's energy was
+    measured (by results file name)."""
     runs = select_training_runs(options, co2=True)
     by_config = group_by(runs, lambda r: r.config_name)
     return ({name: [run.final_emissions["emissions"] for run in members]
              for name, members in by_config.items()},
             {name: shortest_of([run.final_emissions["duration"] for run in members])
-             for name, members in by_config.items()})
+             for name, members in by_config.items()},
+            {run.path.name: run.provenance for run in runs})
 
 
 def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None, baseline: str
@@ -295,7 +300,7 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
     ``measure_power_secs``: the CodeCarbon sampling interval the runs were measured with, which
     decides which measurements were too short to trust (the runs do not record it)."""
     log = get_logger()
-    training, training_seconds = training_co2_by_config(options)
+    training, training_seconds, training_provenance = training_co2_by_config(options)
     baseline, others = resolve_baseline(options, baseline)
     inference, modes, inference_seconds = inference_co2_by_config(options, device, mode, baseline)
     training = {name: values for name, values in training.items() if name not in others}
@@ -322,5 +327,9 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
                                 f"Training + inference CO2, {options.arch_type} on {options.dataset}, "
                                 f"inference on {device.upper()}",
                                 caveat=figure_caveat(rows, tracker))
+        inference_ways = sorted({r.provenance for r in select_inference_runs(options)
+                                 if r.device == device and r.provenance})
+        add_caption(fig, f"Training {summarise_provenance(list(training_provenance.values()))}. "
+                         f"Inference energy: {' | '.join(inference_ways) or 'not recorded'}.")
         writer.save(fig, f"break_even_total_co2_vs_inferences_{device}")
     return [csv_path] + writer.finish()

@@ -143,6 +143,17 @@ def describe_provenance(provenance: dict | None) -> str:
             f"{provenance.get('measure_power_secs'):g}), {grid}")
 
 
+def summarise_provenance(provenances: list[dict | None]) -> str:
+    """The caption of a figure drawn from several measurements: their one provenance, or, when
+    they were measured differently, each way (a figure should not silently mix them)."""
+    described = sorted({describe_provenance(p) for p in provenances if p})
+    if not described:
+        return "Energy: how it was measured was not recorded (files of an earlier version)"
+    if len(described) == 1:
+        return f"Energy: {described[0]}"
+    return "Energy measured in several ways: " + " | ".join(described)
+
+
 def describe_phases(energy_by_phase: dict[str, dict[str, float]],
                     unmeasured: dict[str, dict[str, float]] | None = None) -> str:
     """One line per measured phase: energy, CO2 and duration, and what CodeCarbon could not measure."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from data.labels import (EMISSION_METRICS, X_IMAGES, X_INFERENCES, X_TRACKED_TIME, config_colour,
                          config_sort_key, describe_config, describe_mode, mode_linestyle)
 from data.plot_cli import PlotOptions, select_inference_runs, select_training_runs
+from data.emissions import summarise_provenance
 from data.plotting import FigureWriter, Series, config_series, figure_style, metric_figures
 from data.results import InferenceRun, group_by, read_codecarbon_csv
 from data.runs import inference_runs_csv_path
@@ -38,7 +39,8 @@ def plot_training_emissions(options: PlotOptions) -> list[Path]:
         metric_figures(writer, groups, record_values, EMISSION_METRICS,
                        [(X_IMAGES, None), (X_TRACKED_TIME, tracked_duration)], config_series,
                        "training",
-                       f"Training, {options.arch_type} on {options.dataset}: mean ± std across seeds")
+                       f"Training, {options.arch_type} on {options.dataset}: mean ± std across seeds",
+                       caption=summarise_provenance([run.provenance for run in runs]))
     return writer.finish()
 
 
@@ -84,8 +86,16 @@ def plot_inference_emissions(options: PlotOptions) -> list[Path]:
                            [(X_INFERENCES, None), (X_TRACKED_TIME, tracked_duration)], series_for,
                            f"inference_{device}",
                            f"Inference on {device.upper()}, {options.arch_type} on "
-                           f"{options.dataset}: mean ± std across seeds")
+                           f"{options.dataset}: mean ± std across seeds",
+                           caption=inference_caption([run for run, _ in members]))
     return writer.finish()
+
+
+def inference_caption(runs: list[InferenceRun]) -> str:
+    described = sorted({run.provenance for run in runs if run.provenance})
+    if not described:
+        return "Energy: how it was measured was not recorded (a table of an earlier version)"
+    return ("Energy: " if len(described) == 1 else "Energy measured in several ways: ") + " | ".join(described)
 
 
 def keyed_by_inferences(run: InferenceRun, records: dict[int, dict]) -> dict[int, dict]:

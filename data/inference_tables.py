@@ -25,7 +25,7 @@ RUN_COLUMNS = ("arch", "dataset", "config", "configuration", "run", "cycle", "pr
                "prune_iterations", "seed", "device", "mode", "state", "threads", "batch_size", "passes",
                "images_per_pass", "percent_remaining", "test_loss", "test_accuracy", "seconds_per_pass",
                "seconds_per_pass_std", "images_per_second", "energy_kwh_per_pass", "co2_kg_per_pass",
-               "emissions_csv")
+               "emissions_csv", "energy_provenance")
 # A later replay replaces the row with the same values of these; any other difference (other
 # weights, cycle, threads or batch size) is another measurement and gets its own row.
 ROW_KEY = ("run", "device", "mode", "state", "cycle", "threads", "batch_size")
@@ -40,7 +40,7 @@ SUMMARY_COLUMNS = SUMMARY_GROUP + ("seeds",) + tuple(f"{metric}_{stat}" for metr
 
 # How the cells of inference_runs.csv are read back (any other column is a number).
 TEXT_COLUMNS = ("arch", "dataset", "config", "configuration", "run", "device", "mode", "state",
-                "emissions_csv")
+                "emissions_csv", "energy_provenance")
 WHOLE_NUMBER_COLUMNS = ("cycle", "prune_iterations", "seed", "threads", "batch_size", "passes",
                         "images_per_pass")
 REQUIRED_COLUMNS = ("arch", "dataset", "config", "seed", "device", "mode")

@@ -7,6 +7,7 @@ elapsed time, which includes the evaluation passes.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Callable
@@ -81,6 +82,65 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     return fig
 
 
+CONTROLS = ("reinit", "random")
+CONTROL_COLUMNS = ("configuration", "cycle", "percent_remaining", "control", "seeds",
+                   "ticket_test_accuracy_mean", "control_test_accuracy_mean", "difference_mean",
+                   "difference_ci_low", "difference_ci_high", "confidence_level")
+
+
+def control_comparison_rows(runs: list[TrainingRun], level: float = 0.95) -> list[dict]:
+    """Per pruning level, the winning ticket's test accuracy (at best validation) minus each
+    control's, paired by seed (ticket and control of one seed share its initialisation, data
+    split and batch order), with a Student-t ``level`` interval over the seeds.
+
+    A ticket and its controls are the runs whose settings differ only in --prune_type.
+    """
+    from data.statistics import paired_difference
+
+    families = group_by(runs, lambda r: dataclasses.replace(
+        r.config, prune_type="lt", seed=0, co2_tracking_mode=False, co2_evaluate=False).configuration_id)
+    rows = []
+    for family, members in sorted(families.items()):
+        by_type = group_by(members, lambda r: r.config.prune_type)
+        tickets = {run.config.seed: run for run in by_type.get("lt", [])}
+        for control in CONTROLS:
+            controls = {run.config.seed: run for run in by_type.get(control, [])}
+            seeds = sorted(set(tickets) & set(controls))
+            if not seeds:
+                continue
+            for cycle in range(1, min(len(tickets[s].cycles) for s in seeds)):
+                ticket_acc = [tickets[s].cycles[cycle]["test_accuracy_at_best"] for s in seeds]
+                control_acc = [controls[s].cycles[cycle]["test_accuracy_at_best"] for s in seeds]
+                difference = paired_difference(ticket_acc, control_acc, level)
+                rows.append({
+                    "configuration": family, "cycle": cycle,
+                    "percent_remaining": float(np.mean([tickets[s].cycles[cycle]["percent_remaining"]
+                                                        for s in seeds])),
+                    "control": control, "seeds": len(seeds),
+                    "ticket_test_accuracy_mean": float(np.mean(ticket_acc)),
+                    "control_test_accuracy_mean": float(np.mean(control_acc)),
+                    "difference_mean": difference.mean, "difference_ci_low": difference.low,
+                    "difference_ci_high": difference.high, "confidence_level": level})
+    return rows
+
+
+def control_comparison_table(rows: list[dict]) -> str:
+    from utils import format_table
+
+    def interval(row):
+        if math.isnan(row["difference_ci_low"]):
+            return f"{row['difference_mean']:+.2f} (one seed)"
+        return (f"{row['difference_mean']:+.2f} [{row['difference_ci_low']:+.2f}, "
+                f"{row['difference_ci_high']:+.2f}]")
+
+    return format_table(
+        ["% weights left", "control", "seeds", "ticket acc %", "control acc %",
+         "ticket - control (95% CI, paired by seed)"],
+        [(f"{r['percent_remaining']:.3g}", {"reinit": "random reinit", "random": "random mask"}[r["control"]],
+          r["seeds"], f"{r['ticket_test_accuracy_mean']:.2f}", f"{r['control_test_accuracy_mean']:.2f}",
+          interval(r)) for r in rows])
+
+
 def plot_performance(options: PlotOptions) -> list[Path]:
     """Training curves of every configuration selected, and the Lottery-Ticket figures."""
     runs = select_training_runs(options, co2=False)
@@ -99,6 +159,17 @@ def plot_performance(options: PlotOptions) -> list[Path]:
                                     "Epoch of best validation accuracy (within the cycle)",
                                     f"Early stopping epoch, {options.arch_type} on {options.dataset}")
         writer.save(fig, "lottery_ticket_best_epoch_vs_weights_left")
+    comparison = control_comparison_rows(runs)
+    if comparison:
+        from data.csv_tables import csv_text
+        from utils import atomic_write_text, get_logger
+
+        get_logger().info("Winning ticket against its controls (test accuracy at best validation; "
+                          "Student-t 95%% interval of the per-seed difference):\n%s",
+                          control_comparison_table(comparison))
+        path = options.output_dir / "ticket_vs_controls.csv"
+        atomic_write_text(path, csv_text(CONTROL_COLUMNS, comparison))
+        return writer.finish() + [path]
     return writer.finish()
 
 

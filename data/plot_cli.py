@@ -105,10 +105,17 @@ def select_training_runs(options: PlotOptions, *, co2: bool, dense_only: bool = 
     run whose tracker recorded nothing is skipped with a warning.
     """
     def keep(record: RunRecord) -> bool:
-        return record.co2 == co2 and (not dense_only or record.config.is_dense_baseline)
+        # A --co2_evaluate run has both: accuracies and training energy.
+        wanted = record.co2 == co2 or (not co2 and record.config.co2_evaluate)
+        return wanted and (not dense_only or record.config.is_dense_baseline)
 
     runs = load_training_runs(options.save_dir, options.arch_type, options.dataset,
                               options.run_filter, keep)
+    # One run per configuration and seed: the run made for this purpose when there are two.
+    chosen: dict[tuple, TrainingRun] = {}
+    for run in sorted(runs, key=lambda r: r.config.co2_tracking_mode == co2):
+        chosen[(run.config.configuration_id, run.config.seed)] = run
+    runs = [run for run in runs if chosen[(run.config.configuration_id, run.config.seed)] is run]
     if co2:
         for run in runs:
             if not run.emissions:

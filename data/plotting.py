@@ -99,9 +99,18 @@ def line_figure(series: Sequence[Series], xlabel: str, ylabel: str, title: str, 
     return fig
 
 
+def add_caption(fig, caption: str) -> None:
+    """A small note under the axes (e.g. how the energy was measured), laid out with them."""
+    import textwrap
+
+    if caption:
+        fig.supxlabel(textwrap.fill(caption, 120), fontsize="x-small", color="#555555", ha="center")
+
+
 def metric_figures(writer: "FigureWriter", groups: dict, values: Callable[[object, str], Mapping],
                    metrics: Sequence[Metric], x_axes: Sequence[tuple[Metric, Callable | None]],
-                   series_for: Callable[[object, SeedBand], Series], prefix: str, title: str) -> None:
+                   series_for: Callable[[object, SeedBand], Series], prefix: str, title: str,
+                   caption: str = "") -> None:
     """One figure per metric and x axis, one across-seed band per group, saved as
     ``{prefix}_{metric slug}_vs_{axis slug}``.
 
@@ -126,8 +135,9 @@ def metric_figures(writer: "FigureWriter", groups: dict, values: Callable[[objec
             if all(np.all(np.nan_to_num(item.band.mean) == 0) for item in series):
                 all_zero.append(f"{metric.slug}_vs_{x_axis.slug}")
                 continue
-            writer.save(line_figure(series, x_axis.label, metric.label, title),
-                        f"{prefix}_{metric.slug}_vs_{x_axis.slug}")
+            fig = line_figure(series, x_axis.label, metric.label, title)
+            add_caption(fig, caption)
+            writer.save(fig, f"{prefix}_{metric.slug}_vs_{x_axis.slug}")
     if all_zero:
         get_logger().info("No figure of %s: zero in every run (nothing was measured there).",
                           ", ".join(all_zero))

@@ -79,6 +79,7 @@ class TrainingRun:
     emissions: dict[int, dict[str, float]]   # images seen -> cumulative CodeCarbon record
     cycles: list[dict]
     label: str = ""          # the configuration's name in figures (data.runs.group_labels)
+    provenance: dict | None = None   # how its energy was measured (None: not tracked, or old file)
 
     @property
     def config_name(self) -> str:
@@ -98,7 +99,8 @@ def training_run_from(path: Path, saved: dict, label: str = "") -> TrainingRun:
                         "of lottery_ticket.py")
     return TrainingRun(path=path, config=RunConfig.from_dict(saved["args"]),
                        logs={key: saved[key] for key in LOG_KEYS},
-                       emissions=saved["emissions"], cycles=list(saved["cycles"]), label=label)
+                       emissions=saved["emissions"], cycles=list(saved["cycles"]), label=label,
+                       provenance=saved.get("energy_provenance"))
 
 
 def load_training_runs(save_dir: Path | str, arch: str, dataset: str,
@@ -138,6 +140,7 @@ class InferenceRun:
     co2_kg_per_pass: float
     emissions_csv: Path
     seconds_per_pass: float = math.nan   # how long one measured pass lasted (NaN: not recorded)
+    provenance: str = ""                 # how its energy was measured, in words ("": not recorded)
 
     @property
     def conditions(self) -> tuple[str, int | None, int | None]:
@@ -165,7 +168,8 @@ def inference_run_from(parsed: dict, folder: Path) -> InferenceRun:
         state=parsed["state"], threads=parsed["threads"], batch_size=parsed["batch_size"],
         passes=parsed["passes"], images_per_pass=parsed["images_per_pass"],
         co2_kg_per_pass=parsed["co2_kg_per_pass"], emissions_csv=folder / parsed["emissions_csv"],
-        seconds_per_pass=parsed.get("seconds_per_pass", math.nan))
+        seconds_per_pass=parsed.get("seconds_per_pass", math.nan),
+        provenance=parsed.get("energy_provenance", ""))
 
 
 def load_inference_runs(save_dir: Path | str, arch: str, dataset: str) -> list[InferenceRun]:

@@ -160,3 +160,39 @@ def fieller_interval(numerator: MeanDifference, denominator: MeanDifference) -> 
     root = math.sqrt(t2 * max(var_n * d * d + var_d * n * n - t2 * var_n * var_d, 0.0))
     low, high = sorted(((n * d - root) / a, (n * d + root) / a))
     return RatioInterval(estimate, low, high, True, df, level)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of the per-pair differences a_i - b_i and its two-sided ``level`` confidence interval
+    (Student's t with n - 1 degrees of freedom on the differences).
+
+    Used where both samples come from the same seeds (a ticket and its control share the
+    initialisation, the data split and the batch order of each seed), so that what varies
+    from seed to seed cancels in the difference. NaN interval below two pairs.
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float
+
+    def describe(self, fmt: str = ".2f") -> str:
+        if self.n == 0:
+            return "-"
+        if math.isnan(self.low):
+            return f"{self.mean:+{fmt}} (1 seed: no interval)"
+        return f"{self.mean:+{fmt}} [{self.low:+{fmt}}, {self.high:+{fmt}}]"
+
+
+def paired_difference(a: Iterable[float], b: Iterable[float], level: float = 0.95) -> PairedDifference:
+    differences = np.asarray(list(a), dtype=float) - np.asarray(list(b), dtype=float)
+    n = int(differences.size)
+    if n == 0:
+        return PairedDifference(math.nan, math.nan, math.nan, 0, level)
+    mean = float(differences.mean())
+    if n < 2:
+        return PairedDifference(mean, math.nan, math.nan, n, level)
+    half = t_quantile(level, n - 1) * float(differences.std(ddof=1)) / math.sqrt(n)
+    return PairedDifference(mean, mean - half, mean + half, n, level)
