@@ -170,9 +170,9 @@ def make_job(save_dir, data_dir, **changes):
 
 
 @pytest.fixture(scope="module")
-def source_run(tmp_path_factory, mnist_dir):
+def source_run(tmp_path_factory, small_mnist_dir):
     save_dir = tmp_path_factory.mktemp("transfer") / "saves"
-    [path] = run_job(make_job(save_dir, mnist_dir))
+    [path] = run_job(make_job(save_dir, small_mnist_dir))
     return save_dir, path, torch.load(path, weights_only=True)
 
 
@@ -181,7 +181,7 @@ def test_a_transferred_ticket_keeps_its_source_masks_and_initial_values(source_r
     from tests.conftest import write_mnist
 
     save_dir, source_path, source = source_run
-    target_data = write_mnist(tmp_path / "fashion", n_train=300, n_test=60, folder="FashionMNIST", seed=7)
+    target_data = write_mnist(tmp_path / "fashion", n_train=120, n_test=30, folder="FashionMNIST", seed=7)
     flags = ["--arch_type", "fc1", "--dataset", "fashionmnist", "--end_iter", "2", "--batch_size", "64",
              "--prune_iterations", "2", "--prune_percent", "50", "--seeds", "3", "--no_progress",
              "--ticket_source", str(source_path), "--data_dir", str(target_data), "--save_dir", str(save_dir)]
@@ -245,11 +245,11 @@ def test_the_source_is_found_by_content_and_a_retrained_one_is_refused(source_ru
         find_referenced_file(reference, tmp_path / "nowhere")
 
 
-def test_init_from_starts_and_rewinds_to_a_pretrained_state(source_run, mnist_dir):
+def test_init_from_starts_and_rewinds_to_a_pretrained_state(source_run, small_mnist_dir):
     save_dir, _, _ = source_run
-    [dense_path] = run_job(make_job(save_dir, mnist_dir, train_type="regular"))
+    [dense_path] = run_job(make_job(save_dir, small_mnist_dir, train_type="regular"))
     pretrained = torch.load(dense_path, weights_only=True)["best_state_dict"]
-    job = make_job(save_dir, mnist_dir, init_from=parse_setting("init_from", str(dense_path)))
+    job = make_job(save_dir, small_mnist_dir, init_from=parse_setting("init_from", str(dense_path)))
     [path] = run_job(job)
     results = torch.load(path, weights_only=True)
     for name, value in pretrained.items():
