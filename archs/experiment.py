@@ -12,7 +12,7 @@ from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
 from data.runs import (RESULTS_FORMAT_VERSION, RunConfig, checkpoint_path, cycle_ticket_path,
-                       emissions_csv_path, lock_path, partial_csv_path, results_path)
+                       emissions_csv_path, group_labels, lock_path, partial_csv_path, results_path)
 from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
                    get_logger, library_versions, load_checkpoint, remove_stale_temporaries,
                    replace_durably, resolve_device)
@@ -141,7 +141,7 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
                      "(use --resume to keep finished seeds)", config.seed, out_path.name)
         running_csv.unlink(missing_ok=True)
     log.info("Seed %d: training %s %s, %s, %d cycle(s) of %d epoch(s) on %s", config.seed,
-             config.arch_type, config.dataset, config.config_name, config.prune_iterations,
+             config.arch_type, config.dataset, group_labels([config])[config.configuration_id], config.prune_iterations,
              config.end_iter, device)
 
     run.run(checkpoint=checkpointer, show_progress=job.show_progress, checkpoint_every=job.checkpoint_every)

@@ -250,9 +250,12 @@ def _init_from(text: str) -> str:
                          "a results file of lottery_ticket.py") from None
 
 
+TRANSFER_WORDS = "ticket from"   # how labels start to name a transferred ticket (data.labels reads it)
+
+
 def _source_words(value: str) -> str:
     _, _, cycle = parse_reference(value)
-    return f"ticket from {reference_stem(value)} cycle {cycle}"
+    return f"{TRANSFER_WORDS} {reference_stem(value)} cycle {cycle}"
 
 
 def _seed(text: str) -> int:

@@ -12,6 +12,7 @@ from archs.api import (LotteryTicketFinder, compare_controls, keep_pruned, next_
 from archs.experiment import TrainingJob, run_job
 from archs.masks import PruningPlan, full_masks, rewind
 from data.emissions import TrackerSettings
+from data.labels import describe_config, is_baseline
 from data.runs import RunConfig, group_labels, parse_setting, results_path
 from data.sources import file_reference, find_referenced_file
 from utils import UserError
@@ -198,6 +199,8 @@ def test_a_transferred_ticket_keeps_its_source_masks_and_initial_values(source_r
     # The figures name it as a transferred ticket, even alone.
     [label] = group_labels([config]).values()
     assert label == f"pp50x2, ticket from {source_path.stem} cycle 1"
+    assert describe_config(label) == f"ticket from {source_path.stem} cycle 1, 50% pruned once more"
+    assert not is_baseline(f"pp0x1, ticket from {source_path.stem} cycle 1") and is_baseline("pp0x1")
 
 
 def test_a_transfer_across_class_counts_reinitialises_the_output_layer(source_run, tmp_path,
