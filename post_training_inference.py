@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to run")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads torch may use (pin it: energy per image depends on it)")
+    parser.add_argument("--evaluate_only", action="store_true",
+                        help="only print each selected ticket's fraction of pruned weights (per layer "
+                             "and overall) and its test accuracy on the run's own test split; no "
+                             "timing, no CodeCarbon, no tables written")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_tracker_arguments(parser)
     return parser
@@ -59,18 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     from archs import canonical_arch
-    from archs.inference import InferenceJob, run_inference
+    from archs.inference import InferenceJob, evaluate_tickets, run_inference
     from data.emissions import TrackerSettings
     from data.runs import RunFilter
 
-    run_inference(InferenceJob(
+    job = InferenceJob(
         arch=canonical_arch(args.arch_type), dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
         run_filter=RunFilter.from_args(args), cycle=args.cycle, state=args.state, passes=args.passes,
         sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
         threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
         show_progress=not args.no_progress,
         tracker=TrackerSettings(country_iso_code=args.country_iso_code,
-                                measure_power_secs=args.measure_power_secs)))
+                                measure_power_secs=args.measure_power_secs))
+    if args.evaluate_only:
+        evaluate_tickets(job)
+    else:
+        run_inference(job)
     return 0
 
 

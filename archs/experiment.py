@@ -7,12 +7,12 @@ from pathlib import Path
 
 from archs import build_model
 from archs.masks import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
-from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, summary_rows
+from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
 from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
 from data.runs import (RESULTS_FORMAT_VERSION, RunConfig, checkpoint_path, cycle_ticket_path,
-                       emissions_csv_path, lock_path, partial_csv_path, results_path)
+                       emissions_csv_path, group_labels, lock_path, partial_csv_path, results_path)
 from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
                    get_logger, library_versions, load_checkpoint, remove_stale_temporaries,
                    replace_durably, resolve_device)
@@ -52,11 +52,19 @@ class TrainingJob:
             dataclasses.replace(self.config, seed=seed).validate()
 
 
-def check_pruning_schedule(config: RunConfig) -> None:
-    """Refuse, before any training, a schedule whose rounds would leave a layer with no weight."""
+def check_pruning_schedule(config: RunConfig, source_root: Path | str = "saves") -> None:
+    """Refuse, before any training, a schedule whose rounds would leave a layer with no weight
+    (counted from the transferred ticket's survivors for a --ticket_source run, whose files
+    under ``source_root`` are checked here too)."""
     spec = get_spec(config.dataset)
-    masks = full_masks(build_model(config.arch_type, spec.in_channels, spec.image_size, spec.num_classes,
-                                   device="meta"))
+    model = build_model(config.arch_type, spec.in_channels, spec.image_size, spec.num_classes, device="meta")
+    masks = full_masks(model)
+    alive = layer_sizes(masks)
+    if config.ticket_source or config.init_from:
+        model = build_model(config.arch_type, spec.in_channels, spec.image_size, spec.num_classes)
+        start_masks = starting_point(config, model, source_root)
+        if start_masks is not None:
+            alive = {name: int(mask.sum()) for name, mask in start_masks.items()}
     plan = PruningPlan(config.prune_percent, config.prune_scope, config.output_prune_percent,
                        tuple(config.prune_ignore))
     try:
@@ -65,7 +73,7 @@ def check_pruning_schedule(config: RunConfig) -> None:
         raise UserError(str(exc)) from None
     if config.prune_scope == "global":
         return   # global counts depend on the trained weights: checked at each pruning instead
-    collapse = first_collapse(layer_sizes(masks), rates, config.prune_iterations - 1)
+    collapse = first_collapse(alive, rates, config.prune_iterations - 1)
     if collapse is not None:
         raise LayerCollapse(*collapse)
 
@@ -73,7 +81,7 @@ def check_pruning_schedule(config: RunConfig) -> None:
 def run_job(job: TrainingJob) -> list[Path]:
     """Train every seed of ``job``; returns the results files written (or found, on resume)."""
     log = get_logger()
-    check_pruning_schedule(job.config)
+    check_pruning_schedule(job.config, job.save_dir)
     ensure_writable_dir(job.save_dir, "save directory")
     device = resolve_device(job.device)
     written: list[Path] = []
@@ -118,7 +126,7 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
                           cycle_ticket_path(out_path, ticket["cycle"]))
 
     run = LotteryRun(config, splits, device, recorder_factory=start_recorder,
-                     on_cycle_end=save_cycle_ticket, print_freq=job.print_freq)
+                     on_cycle_end=save_cycle_ticket, print_freq=job.print_freq, source_root=job.save_dir)
     checkpointer = Checkpointer(ckpt_path)
     if job.resume and ckpt_path.exists():
         run.load_state_dict(checkpointer.load())
@@ -133,7 +141,7 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
                      "(use --resume to keep finished seeds)", config.seed, out_path.name)
         running_csv.unlink(missing_ok=True)
     log.info("Seed %d: training %s %s, %s, %d cycle(s) of %d epoch(s) on %s", config.seed,
-             config.arch_type, config.dataset, config.config_name, config.prune_iterations,
+             config.arch_type, config.dataset, group_labels([config])[config.configuration_id], config.prune_iterations,
              config.end_iter, device)
 
     run.run(checkpoint=checkpointer, show_progress=job.show_progress, checkpoint_every=job.checkpoint_every)

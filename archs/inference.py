@@ -249,6 +249,45 @@ def run_inference(job: InferenceJob) -> list[dict]:
     return rows
 
 
+def evaluate_tickets(job: InferenceJob) -> list[dict]:
+    """Fraction of prunable weights pruned (per layer and overall) and test accuracy of every
+    selected run's ticket (``job.cycle``, ``job.state``) on the run's own test split, evaluated
+    with the batch size the run was evaluated with, so that the best state's accuracy is the one
+    its log holds. Nothing is measured or written; returns one dict per run."""
+    log = get_logger()
+    device = resolve_device(job.device)
+    datasets: dict[str, Split] = {}
+    rows = []
+    for run in select_runs(job):
+        cycle = cycle_for(run, job.cycle)
+        try:
+            model, results = load_ticket(run, job.state, cycle, device)
+        except UserError as exc:
+            log.warning("warning: %s; skipped", exc)
+            continue
+        data_dir = str(job.data_dir or results.get("data_dir", "data"))
+        if data_dir not in datasets:
+            datasets[data_dir] = load_dataset(run.config.dataset, data_dir)
+        test = make_test_split(datasets[data_dir], run.seed,
+                               official_test=run.config.test_split == "official").to(device)
+        masks = masks_from_state(results[STATES[job.state]], prunable_names(model))
+        layers = {name: 1 - int(mask.sum()) / mask.numel() for name, mask in masks.items()}
+        pruned = 1 - percent_remaining(masks) / 100
+        loss, accuracy = evaluate(model, test, run.config.batch_size)
+        rows.append({"run": run.path.stem, "config": run.config_name, "seed": run.seed, "cycle": cycle,
+                     "state": job.state, "fraction_pruned": pruned, "layers": layers,
+                     "test_loss": loss, "test_accuracy": accuracy, "test_images": len(test)})
+        log.info("\n%s seed %d, cycle %d, %s weights (%s)\n%s", run.config_name, run.seed, cycle, job.state,
+                 run.path.name, format_table(["layer", "fraction pruned", "nonzeros / total"],
+                                             [(name, f"{fraction:.4f}", f"{int(masks[name].sum())} / {masks[name].numel()}")
+                                              for name, fraction in layers.items()]))
+        log.info("%.4f of prunable weights pruned, test accuracy %.2f%% (loss %.4f) on the run's own "
+                 "test split of %d images", pruned, accuracy, loss, len(test))
+    if not rows:
+        raise UserError("none of the selected runs could be evaluated (see the warnings above)")
+    return rows
+
+
 def warn_if_passes_too_short(rows: list[dict], job: InferenceJob) -> None:
     shortest = min((row["seconds_per_pass"] for row in rows), default=math.inf)
     if job.tracker.too_short_to_measure(shortest):

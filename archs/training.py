@@ -28,14 +28,15 @@ from torch import nn
 from tqdm import tqdm
 
 from archs import build_model
+from archs.api import next_ticket, pretrained_state, source_ticket, transfer
 from archs.early_bird import EarlyBirdDetector
 from archs.masks import (Masks, PruningPlan, count_alive, derived_generator, full_masks, layer_table_rows,
-                         magnitude_scores, parse_rewind_point, percent_remaining, prunable_names,
-                         random_masks, reinitialise_survivors, rewind, snip_scores)
+                         magnitude_scores, parse_rewind_point, percent_remaining, prunable_names, rewind)
 from archs.optim import LrSchedule, build_optimizer, parse_duration, set_learning_rate
 from data.datasets import DataSplits, Split, get_spec, iterate_batches
 from data.emissions import PHASES, accumulate, provenance_mismatch, zero_record
 from data.runs import LOG_KEYS, RESULTS_FORMAT_VERSION, RunConfig
+from data.sources import find_referenced_file, parse_reference
 from utils import (TrainingDiverged, UserError, atomic_torch_save, format_table, get_logger,
                    load_checkpoint, seed_everything)
 
@@ -147,7 +148,8 @@ class LotteryRun:
 
     def __init__(self, config: RunConfig, splits: DataSplits, device: torch.device,
                  recorder_factory: Callable | None = None, eval_batch_size: int | None = None,
-                 on_cycle_end: Callable[[dict], None] | None = None, print_freq: int = 1):
+                 on_cycle_end: Callable[[dict], None] | None = None, print_freq: int = 1,
+                 source_root: Path | str = "saves"):
         self.config = config
         self.splits = splits
         self.device = device
@@ -164,6 +166,9 @@ class LotteryRun:
         spec = get_spec(config.dataset)
         self.model = build_model(config.arch_type, spec.in_channels, spec.image_size,
                                  spec.num_classes, device)
+        # A transferred ticket or a pretrained state replaces the seed's initial values (the
+        # seed's draw stays the same, so nothing else of the run changes).
+        start_masks = starting_point(config, self.model, source_root)
         self.initial_state = clone_state(self.model)
         self.initial_fingerprint = state_fingerprint(self.initial_state)  # computed once, not per checkpoint
         self.prunable = prunable_names(self.model)
@@ -187,7 +192,7 @@ class LotteryRun:
             self.initial_state if self.rewind_point.kind == "init" else None)
         self.early_bird = EarlyBirdDetector() if config.early_bird else None
         self.early_bird_epoch: int | None = None   # epoch of cycle 0 at which the ticket was drawn
-        self.masks: Masks = {name: m.to(device) for name, m in full_masks(self.model).items()}
+        self.masks: Masks = {name: m.to(device) for name, m in (start_masks or full_masks(self.model)).items()}
         self.mask_history: list[Masks] = []
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = self._new_optimizer()
@@ -524,29 +529,20 @@ class LotteryRun:
 
     def _start_next_cycle(self) -> None:
         """Prune, then set the survivors' starting values (rewound, or re-drawn for the reinit
-        control) and a fresh optimiser.
-
-        The masks of the next cycle come from the trained weights' magnitudes, or from SNIP's
-        sensitivities at the rewind point; the random-mask control then keeps, in every layer,
-        as many weights as those masks, drawn at random among the survivors.
-        """
+        control) and a fresh optimiser: :func:`archs.api.next_ticket`, the one implementation
+        of a pruning round (the Python API's too). SNIP scores one training batch drawn for
+        this cycle."""
         config, cycle = self.config, self.cycle + 1
         if self.rewind_state is None:   # cannot happen: the rewind point is checked to lie in cycle 0
             raise RuntimeError("the late-rewinding state was never captured")
+        snip_batches = None
         if config.prune_criterion == "snip":
-            rewind(self.model, self.rewind_state, self.masks)
             batches = iterate_batches(self.splits.train, config.batch_size,
                                       derived_generator(config.seed, "snip", cycle))
-            scores = snip_scores(self.model, [next(iter(batches))], F.cross_entropy, list(self.masks))
-        else:
-            scores = magnitude_scores(dict(self.model.named_parameters()), self.masks)
-        new_masks = self.plan.prune(scores, self.masks, cycle)
-        if config.prune_type == "random":
-            new_masks = random_masks(new_masks, self.masks, derived_generator(config.seed, "random_mask", cycle))
-        start = self.rewind_state
-        if config.prune_type == "reinit":
-            start = reinitialise_survivors(self.rewind_state, new_masks,
-                                           derived_generator(config.seed, "reinit", cycle))
+            snip_batches = [next(iter(batches))]
+        new_masks, start = next_ticket(self.model, self.masks, self.rewind_state, self.plan,
+                                       prune_type=config.prune_type, criterion=config.prune_criterion,
+                                       seed=config.seed, cycle=cycle, snip_batches=snip_batches)
         self.masks = {name: mask.to(self.device) for name, mask in new_masks.items()}
         rewind(self.model, start, self.masks)
         self.optimizer = self._new_optimizer()
@@ -601,6 +597,27 @@ class LotteryRun:
                                  if self.early_bird_epoch is not None else 0),
                 "mask_distances": list(self.early_bird.distances)},
         }
+
+
+def starting_point(config: RunConfig, model: nn.Module, source_root: Path | str) -> Masks | None:
+    """Load into ``model`` the pretrained state (``init_from``) and then the transferred ticket
+    (``ticket_source``) the run starts from; returns the ticket's masks (None: dense start).
+    The files are found under ``source_root`` (the save folder) by name and content."""
+    if config.init_from:
+        path = find_referenced_file(config.init_from, source_root, "pretrained state")
+        model.load_state_dict(pretrained_state(load_checkpoint(path), model))
+    if not config.ticket_source:
+        return None
+    path = find_referenced_file(config.ticket_source, source_root, "ticket source")
+    results = load_checkpoint(path)
+    source_arch = results.get("args", {}).get("arch_type")
+    if source_arch != config.arch_type:
+        raise UserError(f"the ticket source {path.name} is a {source_arch} run; this run trains "
+                        f"{config.arch_type}: a ticket transfers between datasets, not networks")
+    masks, start = source_ticket(results, parse_reference(config.ticket_source)[2])
+    masks, state = transfer(masks, start, model)
+    rewind(model, state, masks)
+    return masks
 
 
 class Checkpointer:

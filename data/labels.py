@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import re
 
 from data.emissions import EMISSION_FIELDS
-from data.runs import expected_percent_remaining, format_number, parse_config_name
+from data.runs import TRANSFER_WORDS, expected_percent_remaining, format_number, parse_config_name
 
 BASELINE_CONFIG = "pp0x1"
 
@@ -57,15 +57,20 @@ def split_label(label: str) -> tuple[str, int | None, list[str]]:
     return head, cycle, others
 
 
+def is_transferred(label: str) -> bool:
+    """Whether the label names a ticket trained from another run's (``--ticket_source``)."""
+    return any(part.startswith(f"{TRANSFER_WORDS} ") for part in split_label(label)[2])
+
+
 def is_baseline(label: str) -> bool:
-    return split_label(label)[0] == BASELINE_CONFIG
+    return split_label(label)[0] == BASELINE_CONFIG and not is_transferred(label)
 
 
 def label_percent_left(label: str) -> float | None:
     """Weights a labelled configuration ends with (at its cycle, when the label names one)."""
     head, cycle, _ = split_label(label)
     parsed = parse_config_name(head)
-    if parsed is None:
+    if parsed is None or is_transferred(label):   # a transferred ticket starts at its source's level
         return None
     prune_percent, prune_iterations = parsed
     return expected_percent_remaining(prune_percent, prune_iterations - 1 if cycle is None else cycle)
@@ -84,6 +89,9 @@ def describe_config(name: str) -> str:
         return name
     prune_percent, prune_iterations = parsed
     rounds = prune_iterations - 1 if cycle is None else cycle
+    if is_transferred(name):   # "ticket from SOURCE cycle K" says what it is
+        more = [f"{format_number(prune_percent)}% pruned {times_in_words(rounds)} more"] if rounds else []
+        return ", ".join([*others, *more])
     if prune_iterations == 1:
         text = "dense baseline"
     elif prune_percent == 0:

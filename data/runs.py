@@ -38,6 +38,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from data.sources import REFERENCE, file_reference, parse_reference, reference_stem
 from utils import UserError, get_logger
 
 RESULTS_FORMAT_VERSION = 2
@@ -205,6 +206,58 @@ def _duration_words(value: str) -> str:
     return f"{count} {'epoch' if match['unit'] == 'ep' else 'iteration'}{'s' if count != 1 else ''}"
 
 
+def _ticket_source(text: str) -> str:
+    """A source run's results file, optionally ``:CYCLE`` (default: its last cycle), as the
+    reference ``stem@digest:cK`` (see data.sources); a reference is taken as it is."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return ""
+    if REFERENCE.match(text):
+        if parse_reference(text)[2] is None:
+            raise ValueError(f"{text!r} names no cycle: append :cK (K = the source cycle)")
+        return text
+    path_text, cycle = text, None
+    split = re.match(r"^(?P<path>.+):(?P<cycle>\d+)$", text)
+    if split and not Path(text).is_file():
+        path_text, cycle = split["path"], int(split["cycle"])
+    path = Path(path_text)
+    if not path.is_file():
+        raise ValueError(f"{path_text} is not a file: give the results file (.pt) of the run whose "
+                         "ticket to train, optionally followed by :CYCLE")
+    try:
+        source = read_run_settings(path)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    last = source.prune_iterations - 1
+    cycle = last if cycle is None else cycle
+    if cycle > last:
+        raise ValueError(f"{path.name} has cycles 0 to {last}; :{cycle} is not one of them")
+    return file_reference(path, cycle)
+
+
+def _init_from(text: str) -> str:
+    """A pretrained state file (a state dict, or a results file: its best weights) as the
+    reference ``stem@digest``."""
+    text = text.strip()
+    if text.lower() in ("", "none", "init"):
+        return ""
+    if REFERENCE.match(text):
+        return text
+    try:
+        return file_reference(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: give a state-dict file (torch.save(model.state_dict(), ...)) or "
+                         "a results file of lottery_ticket.py") from None
+
+
+TRANSFER_WORDS = "ticket from"   # how labels start to name a transferred ticket (data.labels reads it)
+
+
+def _source_words(value: str) -> str:
+    _, _, cycle = parse_reference(value)
+    return f"{TRANSFER_WORDS} {reference_stem(value)} cycle {cycle}"
+
+
 def _seed(text: str) -> int:
     value = parse_whole(text)
     if not 0 <= value <= MAX_SEED:
@@ -294,7 +347,21 @@ class RunConfig:
                                help="early-bird tickets (You et al. 2020): stop the dense cycle once "
                                     "the mask pruning would take stops changing (Hamming distance "
                                     "< 0.1 for 5 epochs in a row), then prune")
+    ticket_source: str = setting(
+        "", token="src", role=PRUNING, parse=_ticket_source, metavar="RESULTS[:CYCLE]",
+        words=_source_words,
+        help="train the ticket another run found (ticket transfer, Morcos et al. 2019): its masks and "
+             "start weights of CYCLE (default: its last), the output layer re-initialised when the "
+             "class counts differ; cycle 0 trains that ticket, later cycles prune it further. "
+             "With --prune_iterations 1 the run just trains it. The source must lie under --save_dir")
     # ---- how every cycle is trained (shared with the dense baseline)
+    init_from: str = setting(
+        "", token="init", parse=_init_from, metavar="STATE_FILE",
+        words=lambda v: f"from pretrained {reference_stem(v)}" if v else "from its initialisation",
+        help="start from (and rewind to) these pretrained weights instead of the seed's "
+             "initialisation: a state-dict file or a results file (its best weights); the output "
+             "layer keeps its own initialisation when the class counts differ. The file must lie "
+             "under --save_dir")
     optimizer: str = setting("adam", token="opt", choices=("adam", "sgd"), words=lambda v: v,
                              help="optimiser of every cycle")
     momentum: float = setting(0.0, token="mom", parse=_momentum, words=lambda v: f"momentum {format_number(v)}",
@@ -337,6 +404,9 @@ class RunConfig:
                     object.__setattr__(self, f.name, f.default)
             object.__setattr__(self, "prune_percent", 0.0)
             object.__setattr__(self, "prune_iterations", 1)
+        elif self.ticket_source and self.prune_iterations == 1:
+            # Training a transferred ticket without pruning it further: no rate applies.
+            object.__setattr__(self, "prune_percent", 0.0)
         elif self.target_sparsity is not None and self.prune_iterations >= 2:
             # The per-round rate that reaches the target after the last round (seeds 002, 003).
             rate = 100.0 * (1.0 - (1.0 - self.target_sparsity / 100.0) ** (1.0 / (self.prune_iterations - 1)))
@@ -350,7 +420,7 @@ class RunConfig:
                             "choose seeds in that range")
         if not 0 <= self.prune_percent < 100:
             raise UserError(f"--prune_percent {self.prune_percent} is outside [0, 100)")
-        if self.train_type == "lt" and self.prune_iterations == 1:
+        if self.train_type == "lt" and self.prune_iterations == 1 and not self.ticket_source:
             raise UserError("--train_type lt with --prune_iterations 1 prunes nothing: that is the "
                             "dense baseline, train it with --train_type regular (or give 2 or more "
                             "cycles)")
@@ -789,11 +859,14 @@ def group_labels(configs: Sequence[RunConfig]) -> dict[str, str]:
     labels = {}
     for name, members in by_name.items():
         for config in members:
-            if len(members) == 1:
+            shown = [f for f in varying if f.name != "ticket_source"] if len(members) > 1 else []
+            if config.ticket_source:   # a transferred ticket is named as one, even alone in a figure
+                shown += [f for f in fields(RunConfig) if f.name == "ticket_source"]
+            if not shown:
                 labels[config.configuration_id] = name
                 continue
             words = [(f.metadata["words"] or (lambda v, _n=f.name: f"{_n} {format_value(v)}"))(
-                getattr(config, f.name)) for f in varying]
+                getattr(config, f.name)) for f in shown]
             labels[config.configuration_id] = ", ".join([name, *words])
     return labels
 
