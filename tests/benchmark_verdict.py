@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Is the break-even verdict stable? The worked example, rerun from scratch several times.
+
+Each repetition trains pp90x2, pp68x3 and the dense baseline pp0x1 on the real digits with CO2
+tracking (fresh save folder), replays the tickets with dense and sparse kernels, and runs the
+break-even analysis. A verdict a researcher can trust is the same in every repetition, or
+"undetermined" in every one. Not a test: it prints figures.
+
+Example (about 15 minutes on 2 cores):
+    python3 tests/benchmark_verdict.py --repeats 3 --seeds 0 1 2 --epochs 5 --save_dir /tmp/verdict
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmark_controls import cpu_model  # noqa: E402  (same folder)
+
+
+def main() -> None:
+    import torch
+
+    import inference_emission
+    import lottery_ticket
+    import post_training_inference
+    from utils import setup_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
+    parser.add_argument("--epochs", default="5")
+    parser.add_argument("--passes", default="5")
+    parser.add_argument("--sweeps_per_pass", default="40")
+    parser.add_argument("--save_dir", type=Path, default=Path("/tmp/lottery_verdict"))
+    args = parser.parse_args()
+    setup_logging().setLevel("WARNING")
+    common = ["--arch_type", "fc1", "--dataset", "digits", "--lr", "1.2e-3", "--batch_size", "64",
+              "--end_iter", args.epochs, "--seeds", *args.seeds, "--no_progress",
+              "--co2_tracking_mode", "--country_iso_code", "FRA"]
+    verdicts = []
+    for repeat in range(args.repeats):
+        folder = args.save_dir / f"repeat{repeat}"
+        shutil.rmtree(folder, ignore_errors=True)
+        started = time.perf_counter()
+        for flags in (["--train_type", "regular"], ["--prune_percent", "90", "--prune_iterations", "2"],
+                      ["--prune_percent", "68", "--prune_iterations", "3"]):
+            assert lottery_ticket.main(common + flags + ["--save_dir", str(folder),
+                                                         "--data_dir", str(folder / "data")]) == 0
+        assert post_training_inference.main([
+            "--arch_type", "fc1", "--dataset", "digits", "--save_dir", str(folder), "--mode", "both",
+            "--passes", args.passes, "--sweeps_per_pass", args.sweeps_per_pass, "--threads", "2",
+            "--country_iso_code", "FRA", "--no_progress"]) == 0
+        assert inference_emission.main(["--arch_type", "fc1", "--dataset", "digits", "--save_dir",
+                                        str(folder), "--plots_dir", str(folder / "plots")]) == 0
+        with open(folder / "plots" / "fc1" / "digits" / "break_even.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["outcome"] != "baseline"]
+        verdicts.append({r["config"]: (r["outcome"], r["break_even_low"], r["break_even_high"],
+                                       r["too_short"]) for r in rows})
+        print(f"repeat {repeat}: {time.perf_counter() - started:.0f} s")
+    print(f"\nCPU: {cpu_model()}, torch {torch.__version__}; fc1 on digits, {args.epochs} epochs per "
+          f"cycle, seeds {' '.join(args.seeds)}, {args.passes} passes of {args.sweeps_per_pass} sweeps")
+    for config in sorted(verdicts[0]):
+        cells = [f"{v[config][0]} [{float(v[config][1]):.3g}, {float(v[config][2]):.3g}]"
+                 + (" (too short)" if v[config][3] == "True" else "") for v in verdicts]
+        print(f"{config}: " + " | ".join(cells))
+    stable = all(len({v[c][0] for v in verdicts}) == 1 for c in verdicts[0])
+    print("same verdict in every repeat" if stable else "VERDICTS DIFFER between repeats")
+
+
+if __name__ == "__main__":
+    main()
