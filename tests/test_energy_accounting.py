@@ -186,9 +186,11 @@ def test_plain_co2_mode_evaluates_nothing(splits, watched):
     assert list(run.emissions) == [490, 980] and run.emissions[980]["duration"] == 2.0
 
 
-def test_co2_evaluate_needs_co2_tracking(splits):
-    with pytest.raises(UserError, match="needs --co2_tracking_mode"):
-        LotteryRun(RunConfig(co2_evaluate=True), splits, torch.device("cpu"))
+def test_co2_evaluate_implies_co2_tracking_and_names_its_runs_apart():
+    config = RunConfig(co2_evaluate=True)
+    assert config.co2_tracking_mode is True
+    assert config.stem == "pp90x2_seed0_co2True_mnist_co2eval"
+    assert RunConfig(co2_tracking_mode=True).stem == "pp90x2_seed0_co2True_mnist"
 
 
 # --------------------------------------------------------------------------- resume accounting

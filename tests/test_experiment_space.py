@@ -12,10 +12,11 @@ from data.runs import RunConfig, checkpoint_path, results_path
 from utils import UserError
 
 TINY = dict(end_iter=3, batch_size=64, prune_iterations=3, prune_percent=50.0)
+N_TRAIN = 105   # training images of the small_mnist_dir fixture (70% of 150)
 
 
-def job(tmp_path, mnist_dir, **changes):
-    return TrainingJob(config=RunConfig(**{**TINY, **changes}), seeds=[0], data_dir=mnist_dir,
+def job(tmp_path, small_mnist_dir, **changes):
+    return TrainingJob(config=RunConfig(**{**TINY, **changes}), seeds=[0], data_dir=small_mnist_dir,
                        save_dir=tmp_path / "saves", device="cpu", show_progress=False)
 
 
@@ -23,22 +24,22 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def train(tmp_path, mnist_dir, **changes):
-    [path] = run_job(job(tmp_path, mnist_dir, **changes))
+def train(tmp_path, small_mnist_dir, **changes):
+    [path] = run_job(job(tmp_path, small_mnist_dir, **changes))
     return load(path)
 
 
 @pytest.fixture(scope="module")
-def winning(tmp_path_factory, mnist_dir):
-    return train(tmp_path_factory.mktemp("lt"), mnist_dir)
+def winning(tmp_path_factory, small_mnist_dir):
+    return train(tmp_path_factory.mktemp("lt"), small_mnist_dir)
 
 
 def layer_counts(masks):
     return {name: int(mask.sum()) for name, mask in masks.items()}
 
 
-def test_reinit_control_keeps_the_masks_and_redraws_the_survivors(winning, tmp_path, mnist_dir):
-    control = train(tmp_path, mnist_dir, prune_type="reinit")
+def test_reinit_control_keeps_the_masks_and_redraws_the_survivors(winning, tmp_path, small_mnist_dir):
+    control = train(tmp_path, small_mnist_dir, prune_type="reinit")
     # The first cycle is the same dense training, so the first pruning takes the same masks.
     for name, mask in winning["masks"][1].items():
         assert torch.equal(control["masks"][1][name], mask)
@@ -51,8 +52,8 @@ def test_reinit_control_keeps_the_masks_and_redraws_the_survivors(winning, tmp_p
     assert bool((control["final_state_dict"][first][~control["masks"][-1][first]] == 0).all())
 
 
-def test_random_control_has_the_magnitude_masks_per_layer_counts(winning, tmp_path, mnist_dir):
-    control = train(tmp_path, mnist_dir, prune_type="random")
+def test_random_control_has_the_magnitude_masks_per_layer_counts(winning, tmp_path, small_mnist_dir):
+    control = train(tmp_path, small_mnist_dir, prune_type="random")
     for cycle in (1, 2):
         assert layer_counts(control["masks"][cycle]) == layer_counts(winning["masks"][cycle])
         assert any(not torch.equal(control["masks"][cycle][n], winning["masks"][cycle][n])
@@ -63,19 +64,19 @@ def test_random_control_has_the_magnitude_masks_per_layer_counts(winning, tmp_pa
 
 
 @pytest.mark.parametrize("point, kind", [("1ep", "epoch"), ("3it", "iteration")])
-def test_late_rewinding_restores_exactly_the_state_saved_at_that_step(tmp_path, mnist_dir, monkeypatch,
+def test_late_rewinding_restores_exactly_the_state_saved_at_that_step(tmp_path, small_mnist_dir, monkeypatch,
                                                                       point, kind):
-    results = train(tmp_path, mnist_dir, rewind_to=point, prune_iterations=2)
+    results = train(tmp_path, small_mnist_dir, rewind_to=point, prune_iterations=2)
     rewind_state = results["rewind_state_dict"]
     assert rewind_state is not None
     # The state is neither the initial one nor the final one of cycle 0.
     name = results["prunable"][0]
     assert not torch.equal(rewind_state[name], results["initial_state_dict"][name])
     # Replaying cycle 0 up to the rewind point reproduces it exactly.
-    steps = 1 * math.ceil(490 / 64) if kind == "epoch" else 3
+    steps = 1 * math.ceil(N_TRAIN / 64) if kind == "epoch" else 3
     reference = RunConfig(**{**TINY, "prune_iterations": 2, "rewind_to": point})
     from data.datasets import load_dataset, make_splits
-    splits = make_splits(load_dataset("mnist", mnist_dir), 0)
+    splits = make_splits(load_dataset("mnist", small_mnist_dir), 0)
     run = training.LotteryRun(reference, splits, torch.device("cpu"))
     taken = {"n": 0}
 
@@ -94,13 +95,13 @@ def test_late_rewinding_restores_exactly_the_state_saved_at_that_step(tmp_path, 
         assert torch.equal(value, rewind_state[key]), key
 
 
-def test_a_rewind_point_past_the_dense_cycle_is_refused(tmp_path, mnist_dir):
+def test_a_rewind_point_past_the_dense_cycle_is_refused(tmp_path, small_mnist_dir):
     with pytest.raises(UserError, match="past the end of the dense cycle"):
-        run_job(job(tmp_path, mnist_dir, rewind_to="9ep"))
+        run_job(job(tmp_path, small_mnist_dir, rewind_to="9ep"))
 
 
-def test_global_scope_removes_the_global_count(tmp_path, mnist_dir):
-    results = train(tmp_path, mnist_dir, prune_scope="global", prune_iterations=2)
+def test_global_scope_removes_the_global_count(tmp_path, small_mnist_dir):
+    results = train(tmp_path, small_mnist_dir, prune_scope="global", prune_iterations=2)
     total = sum(m.numel() for m in results["masks"][0].values())
     alive = sum(int(m.sum()) for m in results["masks"][1].values())
     assert alive == total - round(total * 0.5)
@@ -109,8 +110,8 @@ def test_global_scope_removes_the_global_count(tmp_path, mnist_dir):
     assert max(rates.values()) - min(rates.values()) > 0.05
 
 
-def test_output_rate_and_ignored_layers(tmp_path, mnist_dir):
-    results = train(tmp_path, mnist_dir, output_prune_percent=25.0, prune_ignore=("1",),
+def test_output_rate_and_ignored_layers(tmp_path, small_mnist_dir):
+    results = train(tmp_path, small_mnist_dir, output_prune_percent=25.0, prune_ignore=("1",),
                     prune_iterations=2)
     names = results["prunable"]
     counts, sizes = layer_counts(results["masks"][1]), {n: m.numel() for n, m in results["masks"][0].items()}
@@ -120,28 +121,28 @@ def test_output_rate_and_ignored_layers(tmp_path, mnist_dir):
     assert all(counts[n] == sizes[n] - round(sizes[n] * 0.5) for n in middle)
 
 
-def test_an_unknown_ignored_layer_is_one_line(tmp_path, mnist_dir):
+def test_an_unknown_ignored_layer_is_one_line(tmp_path, small_mnist_dir):
     with pytest.raises(UserError, match="nosuch"):
-        run_job(job(tmp_path, mnist_dir, prune_ignore=("nosuch",)))
+        run_job(job(tmp_path, small_mnist_dir, prune_ignore=("nosuch",)))
 
 
-def test_target_sparsity_sets_the_per_round_rate(tmp_path, mnist_dir):
+def test_target_sparsity_sets_the_per_round_rate(tmp_path, small_mnist_dir):
     config = RunConfig(**{**TINY, "target_sparsity": 75.0})
     assert config.prune_percent == pytest.approx(50.0)      # 1 - (1 - 0.75)^(1/2)
     assert RunConfig(target_sparsity=96.4, prune_iterations=5).prune_percent == pytest.approx(
         100 * (1 - 0.036 ** 0.25))
-    results = train(tmp_path, mnist_dir, target_sparsity=75.0)
+    results = train(tmp_path, small_mnist_dir, target_sparsity=75.0)
     assert 100 * sum(int(m.sum()) for m in results["masks"][-1].values()) / sum(
         m.numel() for m in results["masks"][-1].values()) == pytest.approx(25.0, abs=0.01)
 
 
-def test_snip_prunes_by_sensitivity_not_magnitude(winning, tmp_path, mnist_dir):
-    results = train(tmp_path, mnist_dir, prune_criterion="snip", prune_iterations=2)
+def test_snip_prunes_by_sensitivity_not_magnitude(winning, tmp_path, small_mnist_dir):
+    results = train(tmp_path, small_mnist_dir, prune_criterion="snip", prune_iterations=2)
     assert layer_counts(results["masks"][1]) == layer_counts(winning["masks"][1])
     assert any(not torch.equal(results["masks"][1][n], winning["masks"][1][n]) for n in winning["masks"][1])
 
 
-def test_sgd_schedule_and_warmup_set_the_learning_rate_of_every_step(tmp_path, mnist_dir, monkeypatch):
+def test_sgd_schedule_and_warmup_set_the_learning_rate_of_every_step(tmp_path, small_mnist_dir, monkeypatch):
     seen = []
     real = training.set_learning_rate
 
@@ -150,9 +151,9 @@ def test_sgd_schedule_and_warmup_set_the_learning_rate_of_every_step(tmp_path, m
         real(optimizer, lr)
 
     monkeypatch.setattr(training, "set_learning_rate", record)
-    results = train(tmp_path, mnist_dir, optimizer="sgd", momentum=0.9, lr=0.05, lr_schedule="step",
+    results = train(tmp_path, small_mnist_dir, optimizer="sgd", momentum=0.9, lr=0.05, lr_schedule="step",
                     warmup="2it", prune_iterations=2, end_iter=4)
-    ipe = math.ceil(490 / 64)
+    ipe = math.ceil(N_TRAIN / 64)
     cycle = seen[:4 * ipe]
     assert cycle[0] == pytest.approx(0.025) and cycle[1] == pytest.approx(0.05)     # warmup (i+1)/2
     assert cycle[2 * ipe - 1] == pytest.approx(0.05) and cycle[2 * ipe] == pytest.approx(0.005)   # x0.1 at 50%
@@ -161,9 +162,9 @@ def test_sgd_schedule_and_warmup_set_the_learning_rate_of_every_step(tmp_path, m
     assert results["args"]["optimizer"] == "sgd"
 
 
-def test_momentum_with_adam_is_refused(tmp_path, mnist_dir):
+def test_momentum_with_adam_is_refused(tmp_path, small_mnist_dir):
     with pytest.raises(UserError, match="--momentum applies to --optimizer sgd"):
-        run_job(job(tmp_path, mnist_dir, momentum=0.9))
+        run_job(job(tmp_path, small_mnist_dir, momentum=0.9))
 
 
 def test_augmentation_crops_and_flips_on_the_device():
@@ -182,7 +183,7 @@ def test_augmentation_crops_and_flips_on_the_device():
         assert any(torch.equal(moved, c) for c in candidates)
 
 
-def test_early_bird_stops_the_dense_cycle_when_masks_stop_changing(tmp_path, mnist_dir, monkeypatch):
+def test_early_bird_stops_the_dense_cycle_when_masks_stop_changing(tmp_path, small_mnist_dir, monkeypatch):
     distances = iter([0.5, 0.05, 0.05, 0.05, 0.05, 0.05])
 
     def fake_distance(a, b):
@@ -190,11 +191,11 @@ def test_early_bird_stops_the_dense_cycle_when_masks_stop_changing(tmp_path, mni
 
     import archs.early_bird as early_bird
     monkeypatch.setattr(early_bird, "mask_distance", fake_distance)
-    results = train(tmp_path, mnist_dir, early_bird=True, end_iter=10, prune_iterations=2)
+    results = train(tmp_path, small_mnist_dir, early_bird=True, end_iter=10, prune_iterations=2)
     # Distances start at epoch 2; five in a row under 0.1 end at epoch 7.
     assert results["early_bird"]["epoch"] == 7 and results["early_bird"]["epochs_saved"] == 3
     assert results["cycles"][0]["best_epoch"] <= 7
-    assert max(results["train_loss"]) == 7 * 490 + 10 * 490   # 7 dense epochs, then 10
+    assert max(results["train_loss"]) == 7 * N_TRAIN + 10 * N_TRAIN   # 7 dense epochs, then 10
 
 
 SETTINGS = [
@@ -206,9 +207,9 @@ SETTINGS = [
 
 
 @pytest.mark.parametrize("changes", SETTINGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_resume_mid_cycle_gives_identical_results(tmp_path, mnist_dir, monkeypatch, changes):
-    reference = train(tmp_path / "reference", mnist_dir, **changes)
-    the_job = job(tmp_path / "resumed", mnist_dir, **changes)
+def test_resume_mid_cycle_gives_identical_results(tmp_path, small_mnist_dir, monkeypatch, changes):
+    reference = train(tmp_path / "reference", small_mnist_dir, **changes)
+    the_job = job(tmp_path / "resumed", small_mnist_dir, **changes)
     real_train_epoch = training.train_epoch
     calls = {"n": 0}
 

@@ -344,7 +344,7 @@ def test_small_networks_train_a_tiny_pruning_run(arch, dataset, tmp_path, reques
                                "--seeds", "3", "--no_progress"], capsys)
     assert code == 0, err
     stored = canonical_arch(arch)
-    path = tmp_path / stored / dataset / f"pp50x2_seed3_co2False_{dataset}.pt"
+    path = tmp_path / stored / dataset / f"pp50x2_seed3_co2False_{dataset}_bs32_ep1.pt"
     results = torch.load(path, weights_only=True)
     assert results["args"]["arch_type"] == stored
     assert not (tmp_path / arch).exists() or arch == stored
