@@ -95,74 +95,81 @@ class LockHeld(UserError):
 class ProcessLock:
     """An exclusive claim on a resource by one process, as a file holding its PID and host.
 
-    Created with O_EXCL, so two processes can never both take it. A lock left by a process
-    that died (same host, PID no longer alive) is taken over; a lock held by a live process,
-    or by a process on another host (whose liveness cannot be checked from here), is refused
-    with :class:`LockHeld`, naming the holder.
+    The claim is an ``flock`` on the file, which the kernel drops when the holder dies, so a
+    lock left by a dead process of this host is simply taken over and two processes can never
+    both hold it (creating the file and writing the holder are not one step, so the file's
+    content alone cannot decide). A lock whose file names another host is refused even when
+    no flock is seen (it may not reach across hosts): its holder cannot be checked from here.
+    Refusals raise :class:`LockHeld`, naming the holder.
     """
 
     def __init__(self, path: Path | str, what: str):
         self.path = Path(path)
         self.what = what
-        self._held = False
+        self._fd: int | None = None
 
     def acquire(self) -> "ProcessLock":
+        import fcntl
         import json
         import socket
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(3):
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._read_holder()
-                if holder is None or self._holder_is_dead(holder, me["host"]):
-                    # Dead holder (or a lock file cut short by a crash): take it over. Removing
-                    # and retrying keeps O_EXCL the only way in, so two takers cannot both win.
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise LockHeld(f"{self.what} is being written by process {holder.get('pid')} on "
-                               f"{holder.get('host')} (lock file {self.path}); wait for it to "
-                               "finish, or delete the lock file if that process is gone")
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-                f.flush()
-                os.fsync(f.fileno())
-            self._held = True
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._refusal(self._read_holder(wait=True)) from None
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                current = False
+            if not current:   # the holder released (unlinking the file) after we opened it
+                os.close(fd)
+                continue
+            holder = self._read_holder()
+            if holder is not None and holder.get("host") != me["host"]:
+                os.close(fd)
+                raise self._refusal(holder)
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(me).encode())
+            os.fsync(fd)
+            self._fd = fd
             return self
         raise LockHeld(f"could not take the lock {self.path} for {self.what}; try again")
 
-    def _read_holder(self) -> dict | None:
+    def _refusal(self, holder: dict | None) -> "LockHeld":
+        holder = holder or {}
+        return LockHeld(f"{self.what} is being written by process {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')} (lock file {self.path}); wait for it to "
+                        "finish, or delete the lock file if that process is gone")
+
+    def _read_holder(self, wait: bool = False) -> dict | None:
+        """The holder named in the file; ``wait``: give a holder that has just taken the lock a
+        moment to write its name."""
         import json
+        import time
 
-        try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        return holder if isinstance(holder, dict) else None
-
-    @staticmethod
-    def _holder_is_dead(holder: dict, host: str) -> bool:
-        if holder.get("host") != host:
-            return False
-        pid = holder.get("pid")
-        if not isinstance(pid, int) or pid <= 0:
-            return True
-        if pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:   # alive, owned by someone else
-            return False
-        return False
+        for attempt in range(20 if wait else 1):
+            try:
+                holder = json.loads(self.path.read_text())
+                if isinstance(holder, dict):
+                    return holder
+            except (OSError, ValueError):
+                pass
+            if wait:
+                time.sleep(0.05)
+        return None
 
     def release(self) -> None:
-        if self._held:
+        if self._fd is not None:
+            # Unlink while still holding, so that no process can take the lock on a file about
+            # to disappear (a waiter that opened it sees it is gone and retries).
             self.path.unlink(missing_ok=True)
-            self._held = False
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "ProcessLock":
         return self.acquire()

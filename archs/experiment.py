@@ -12,7 +12,8 @@ from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
 from data.runs import (RESULTS_FORMAT_VERSION, RunConfig, checkpoint_path, cycle_ticket_path,
-                       emissions_csv_path, group_labels, lock_path, partial_csv_path, results_path)
+                       emissions_csv_path, group_labels, lock_path, partial_csv_path,
+                       read_run_settings, results_path)
 from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
                    get_logger, library_versions, load_checkpoint, remove_stale_temporaries,
                    replace_durably, resolve_device)
@@ -91,6 +92,7 @@ def run_job(job: TrainingJob) -> list[Path]:
         out_path = results_path(job.save_dir, config)
         # One writer per run: a second process on the same run stops here, naming the first.
         with ProcessLock(lock_path(job.save_dir, config), f"run {out_path}"):
+            refuse_another_run_at(out_path, config)
             if job.resume and out_path.exists():
                 saved = load_checkpoint(out_path)
                 if RunConfig.from_dict(saved.get("args", {})).identity() != config.identity():
@@ -105,6 +107,20 @@ def run_job(job: TrainingJob) -> list[Path]:
             written.append(train_seed(config, splits, device, job))
     log.info("\nFinished %d seed(s); results:\n%s", len(written), "\n".join(f"  {p}" for p in written))
     return written
+
+
+def refuse_another_run_at(out_path: Path, config: RunConfig) -> None:
+    """Names of results format 1 held no settings beyond the head, so an older file can sit at
+    this run's path holding a run of other settings: never replace it with this one."""
+    if not out_path.exists():
+        return
+    try:
+        saved = read_run_settings(out_path)
+    except UserError:   # a damaged file: retraining replaces it, as it always did
+        return
+    if saved.identity() != config.identity():
+        raise UserError(f"{out_path} holds a run with other settings (made before file names "
+                        "carried every setting); move it away or use another --save_dir")
 
 
 def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:

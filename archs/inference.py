@@ -25,7 +25,7 @@ from archs.sparse import CONVOLUTION_REASON, KERNEL_MODES, compare_outputs, spar
 from archs.training import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_provenance
-from data.inference_tables import DEFAULT_STATE, STATES, merge_into_tables, summary_table
+from data.inference_tables import DEFAULT_STATE, STATES, merge_into_tables, read_rows, summary_table
 from data.runs import (RunFilter, RunRecord, cycle_ticket_path, describe_groups, find_runs,
                        inference_csv_path, inference_dir, inference_runs_csv_path,
                        inference_summary_csv_path, partial_csv_path, run_dir, select_runs as filter_runs,
@@ -181,6 +181,7 @@ def run_inference(job: InferenceJob) -> list[dict]:
     ensure_writable_dir(inference_dir(job.save_dir, job.arch, job.dataset), "inference folder")
     runs_csv = inference_runs_csv_path(job.save_dir, job.arch, job.dataset)
     summary_csv = inference_summary_csv_path(job.save_dir, job.arch, job.dataset)
+    read_rows(runs_csv)   # a table the merge could not read is refused before any replay is spent
     modes = modes_for(job.mode)
     datasets: dict[str, Split] = {}
     test_splits: dict[tuple[str, int], Split] = {}   # seeds share a test split across configurations

@@ -890,8 +890,14 @@ def training_flags(config: RunConfig) -> list[str]:
     else:
         words = ["--prune_percent", format_number(config.prune_percent),
                  "--prune_iterations", str(config.prune_iterations)]
-    for name, value in config.differing_settings():
-        if name == "train_type":
+    # Every setting, not only those in the name's suffix: the network, the dataset and the CO2
+    # mode make other runs too. The seed is given with --seeds by the caller.
+    for f in fields(config):
+        name, value = f.name, getattr(config, f.name)
+        if name in ("train_type", "prune_percent", "prune_iterations", "seed") or value == f.default:
+            continue
+        if isinstance(value, bool):   # a store_true flag
+            words += [f"--{name}"] if value else []
             continue
         words += [f"--{name}", *([format_value(v) for v in value] if isinstance(value, tuple)
                                  else [format_value(value)])]
