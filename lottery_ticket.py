@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the resume checkpoint every N epochs of a cycle (and at each "
                              "cycle's end); larger N writes less but redoes up to N-1 epochs after "
                              "an interruption. Results do not depend on it")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the forward pass (faster on GPUs after a warm-up; results "
+                             "equal up to rounding, so not part of a run's identity)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="cuDNN's deterministic kernels and no autotuning: bit-reproducible GPU runs, "
+                             "at a cost in speed (the CPU path is deterministic anyway)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_tracker_arguments(parser)
     return parser
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     job = TrainingJob(config=config, seeds=args.seeds, data_dir=args.data_dir, save_dir=args.save_dir, device=args.device, resume=args.resume,
                       show_progress=not args.no_progress, cycle_weights=args.save_cycle_weights,
                       print_freq=args.print_freq,
-                      checkpoint_every=args.checkpoint_every,
+                      checkpoint_every=args.checkpoint_every, compile_model=args.compile,
+                      deterministic=args.deterministic,
                       tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                               measure_power_secs=args.measure_power_secs))
     run_job(job)

@@ -38,6 +38,8 @@ class TrainingJob:
     cycle_weights: str = "both"     # see CYCLE_WEIGHTS
     print_freq: int = 1
     checkpoint_every: int = 1
+    compile_model: bool = False      # torch.compile the forward pass (GPU speed; same results up to rounding)
+    deterministic: bool = False      # cuDNN deterministic kernels (bit-reproducible GPU runs, slower)
 
     def __post_init__(self):
         repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
@@ -142,7 +144,8 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
                           cycle_ticket_path(out_path, ticket["cycle"]))
 
     run = LotteryRun(config, splits, device, recorder_factory=start_recorder,
-                     on_cycle_end=save_cycle_ticket, print_freq=job.print_freq, source_root=job.save_dir)
+                     on_cycle_end=save_cycle_ticket, print_freq=job.print_freq, source_root=job.save_dir,
+                     compile_model=job.compile_model, deterministic=job.deterministic)
     checkpointer = Checkpointer(ckpt_path)
     if job.resume and ckpt_path.exists():
         run.load_state_dict(checkpointer.load())

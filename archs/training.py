@@ -67,7 +67,9 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, split: Split, batch_size: int,
+             autocast_dtype: torch.dtype | None = None,
+             memory_format: torch.memory_format | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (percent) of ``model`` on ``split``."""
     was_training = model.training
     model.eval()
@@ -75,8 +77,12 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, fl
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for images, labels in iterate_batches(split, batch_size):
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        if memory_format is not None:
+            images = images.contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
     model.train(was_training)
     n = len(split)
@@ -103,7 +109,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split
                 generator: torch.Generator, masked: list[tuple[torch.Tensor, torch.Tensor]],
                 lr_at_step: Callable[[int], float] | None = None,
                 after_step: Callable[[int], None] | None = None,
-                augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                autocast_dtype: torch.dtype | None = None,
+                memory_format: torch.memory_format | None = None,
+                forward: nn.Module | None = None) -> tuple[float, float]:
     """One pass over ``split``; returns mean loss and accuracy (percent).
 
     After each optimiser step the pruned weights are multiplied by their mask, so they stay
@@ -111,9 +120,14 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split
     while a live weight is free to pass through zero. ``lr_at_step(k)`` sets the learning rate
     before step k of the epoch (schedules, warmup); ``after_step(k)`` runs after it (late
     rewinding saves its state there); ``augment`` transforms each training batch.
+    ``autocast_dtype`` (bf16) and ``memory_format`` (channels_last) are the GPU speed options;
+    ``forward`` is a compiled view of ``model`` (same parameters) when torch.compile is used.
+    Nothing in the loop waits for the device: loss and accuracy stay on it until the epoch ends.
     """
     model.train()
+    forward = forward or model
     device = split.images.device
+    weights, masks = [w for w, _ in masked], [m for _, m in masked]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for step, (images, labels) in enumerate(iterate_batches(split, batch_size, generator)):
@@ -121,14 +135,18 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split
             set_learning_rate(optimizer, lr_at_step(step))
         if augment is not None:
             images = augment(images)
+        if memory_format is not None:
+            images = images.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            logits = forward(images)
+        loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            for weight, mask in masked:
-                weight.mul_(mask)
+            if weights:   # every mask in one fused call
+                torch._foreach_mul_(weights, masks)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
         if after_step is not None:
@@ -149,7 +167,8 @@ class LotteryRun:
     def __init__(self, config: RunConfig, splits: DataSplits, device: torch.device,
                  recorder_factory: Callable | None = None, eval_batch_size: int | None = None,
                  on_cycle_end: Callable[[dict], None] | None = None, print_freq: int = 1,
-                 source_root: Path | str = "saves"):
+                 source_root: Path | str = "saves", compile_model: bool = False,
+                 deterministic: bool = False):
         self.config = config
         self.splits = splits
         self.device = device
@@ -162,10 +181,23 @@ class LotteryRun:
             raise UserError("--co2_evaluate measures evaluation apart from training and needs "
                             "--co2_tracking_mode")
 
-        seed_everything(config.seed)
+        seed_everything(config.seed, deterministic)
         spec = get_spec(config.dataset)
         self.model = build_model(config.arch_type, spec.in_channels, spec.image_size,
                                  spec.num_classes, device)
+        # Speed on GPUs. TF32 is a setting of the run (it changes the arithmetic), so it is set
+        # explicitly either way; channels_last only where convolutions meet a GPU.
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
+        self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        has_convolutions = any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in self.model.modules())
+        self.memory_format = (torch.channels_last if device.type == "cuda" and has_convolutions
+                              else None)
+        if self.memory_format is not None:
+            self.model = self.model.to(memory_format=self.memory_format)
+        # A compiled view shares the model's parameters: state dicts and masks stay the model's.
+        self.forward_model = torch.compile(self.model) if compile_model else self.model
         # A transferred ticket or a pretrained state replaces the seed's initial values (the
         # seed's draw stays the same, so nothing else of the run changes).
         start_masks = starting_point(config, self.model, source_root)
@@ -403,7 +435,9 @@ class LotteryRun:
                 with self._measured("training"):
                     loss, accuracy = train_epoch(self.model, self.optimizer, self.splits.train,
                                                  config.batch_size, self.generator, masked,
-                                                 **self._epoch_hooks())
+                                                 autocast_dtype=self.autocast_dtype,
+                                                 memory_format=self.memory_format,
+                                                 forward=self.forward_model, **self._epoch_hooks())
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"the training loss became {loss} in cycle {self.cycle + 1}, epoch "
@@ -448,8 +482,11 @@ class LotteryRun:
         self.logs["train_accuracy"][key] = accuracy
         if self.evaluates:
             with self._measured("evaluation"):
-                val_loss, val_accuracy = evaluate(self.model, self.splits.val, self.eval_batch_size)
-                test_loss, test_accuracy = evaluate(self.model, self.splits.test, self.eval_batch_size)
+                options = dict(autocast_dtype=self.autocast_dtype, memory_format=self.memory_format)
+                val_loss, val_accuracy = evaluate(self.forward_model, self.splits.val, self.eval_batch_size,
+                                                  **options)
+                test_loss, test_accuracy = evaluate(self.forward_model, self.splits.test,
+                                                    self.eval_batch_size, **options)
             self.logs["val_loss"][key], self.logs["val_accuracy"][key] = val_loss, val_accuracy
             self.logs["test_loss"][key], self.logs["test_accuracy"][key] = test_loss, test_accuracy
             if self.best is None or val_accuracy > self.best["val_accuracy"]:

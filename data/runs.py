@@ -377,6 +377,10 @@ class RunConfig:
     augment: bool = setting(False, token="aug", parse=parse_bool, words=lambda v: "augmented" if v else "no augmentation",
                             help="random crop (4-pixel padding) and horizontal flip of training "
                                  "images, done on the training device (CIFAR-style datasets)")
+    precision: str = setting("fp32", token="prec", choices=("fp32", "tf32", "bf16"), words=lambda v: v,
+                             help="arithmetic of training and evaluation: fp32 (strict, comparable "
+                                  "everywhere), tf32 (TF32 matrix products on NVIDIA GPUs) or bf16 "
+                                  "(autocast to bfloat16)")
     co2_tracking_mode: bool = setting(False, token=None, role=MEASUREMENT, parse=parse_bool,
                                       help="track energy and CO2 with CodeCarbon; skips all evaluation "
                                            "during training so that it stays out of the energy figures")
@@ -783,6 +787,8 @@ class RunFilter:
 
 
 def _same(actual: Any, wanted: Any) -> bool:
+    if actual is None or wanted is None:
+        return actual is wanted
     if isinstance(actual, float) or isinstance(wanted, float):
         return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=0.0)
     return actual == wanted
@@ -797,6 +803,10 @@ def where_argument(text: str) -> tuple[str, Any]:
     if key == "end_epoch":
         key = "end_iter"
     try:
+        field_default = next((f.default for f in fields(RunConfig) if f.name == key), None)
+        if isinstance(field_default, tuple):   # a list setting: VALUE is its items joined by +
+            items = [item for item in value.strip().split("+") if item and item.lower() != "none"]
+            return key, tuple(parse_setting(key, item) for item in items)
         return key, parse_setting(key, value.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--where {text}: {exc}") from None

@@ -89,8 +89,9 @@ def test_late_rewinding_restores_exactly_the_state_saved_at_that_step(tmp_path, 
             raise Reached
 
     with pytest.raises(Reached):
-        training.train_epoch(run.model, run.optimizer, splits.train, 64, run.generator, [],
-                             after_step=stop_after)
+        for _ in range(TINY["end_iter"]):
+            training.train_epoch(run.model, run.optimizer, splits.train, 64, run.generator, [],
+                                 after_step=stop_after)
     for key, value in run.model.state_dict().items():
         assert torch.equal(value, rewind_state[key]), key
 
@@ -235,3 +236,15 @@ def test_resume_mid_cycle_gives_identical_results(tmp_path, small_mnist_dir, mon
         assert torch.equal(resumed["final_state_dict"][name], value), name
     for cycle_masks, reference_masks in zip(resumed["masks"], reference["masks"]):
         assert all(torch.equal(cycle_masks[n], reference_masks[n]) for n in reference_masks)
+
+
+def test_bf16_autocast_trains_with_the_same_masks_and_zeros(winning, tmp_path, small_mnist_dir):
+    results = train(tmp_path, small_mnist_dir, precision="bf16")
+    assert results["args"]["precision"] == "bf16"
+    # Other arithmetic, same procedure: the pruned weights are still exactly zero, and the
+    # run is named apart from the fp32 one.
+    for name, mask in results["masks"][-1].items():
+        assert bool((results["final_state_dict"][name][~mask] == 0).all())
+    assert results_path(tmp_path, RunConfig(**TINY, precision="bf16")).name.endswith("_precbf16.pt")
+    losses = results["train_loss"]
+    assert losses[3 * N_TRAIN] < losses[N_TRAIN]   # it learns: the dense cycle's loss falls

@@ -113,6 +113,11 @@ def alternative_value(f: dataclasses.Field):
     """A valid value other than the default for setting ``f`` (a new kind of setting must be
     given one here, so that it is covered too)."""
     default = f.default
+    samples = {"rewind_to": "2ep", "warmup": "1ep", "prune_ignore": ("1",), "output_prune_percent": 45.0,
+               "target_sparsity": 90.0, "ticket_source": "pp90x2_seed0_co2False_mnist@0123456789ab:c1",
+               "init_from": "pretrained@0123456789ab"}
+    if f.name in samples:
+        return samples[f.name]
     if f.name == "arch_type":
         return next(name for name in ARCHITECTURES if name != default)
     if f.name == "dataset":
