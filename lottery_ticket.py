@@ -2,6 +2,7 @@
 """Find winning tickets by iterative magnitude pruning with rewinding; optionally track CO2.
 
 Example: python3 lottery_ticket.py --arch_type=fc1 --dataset=mnist --prune_percent=90 --prune_iterations=2
+A whole study, one job per run: python3 lottery_ticket.py --study study.json --launcher local
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 def build_parser() -> argparse.ArgumentParser:
     from archs import ARCHITECTURES
     from archs.experiment import CYCLE_WEIGHTS
+    from archs.launch import add_launcher_arguments
     from data.datasets import DATASETS
     from data.runs import add_setting_arguments, seed_argument
 
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="update the progress bar's metrics every this many epochs")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_tracker_arguments(parser)
+    parser.add_argument("--study", type=Path, default=None, metavar="FILE",
+                        help="several configurations in one command: a JSON file such as "
+                             '{"configurations": [{"prune_percent": 90, "prune_iterations": 2}, '
+                             '{"train_type": "regular"}], "co2_tracking_mode": [false, true]}; its '
+                             "settings override the command line's (see the README)")
+    add_launcher_arguments(parser)
     return parser
 
 
@@ -52,18 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     from archs.experiment import TrainingJob, run_job
+    from archs.launch import expand_study, launch_settings_from_args, launch_training, read_study, study_seeds
     from data.emissions import TrackerSettings
     from data.runs import config_from_args
 
+    launch = launch_settings_from_args(args, args.save_dir)
     job = TrainingJob(config=config_from_args(args), seeds=args.seeds, data_dir=args.data_dir,
                       save_dir=args.save_dir, device=args.device, resume=args.resume,
                       show_progress=not args.no_progress, cycle_weights=args.save_cycle_weights,
                       print_freq=args.print_freq,
                       tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                               measure_power_secs=args.measure_power_secs))
-    run_job(job)
+    if args.study is None and launch.launcher == "none":
+        run_job(job)
+        return 0
+    configs, seeds = [job.config], args.seeds
+    if args.study is not None:
+        study = read_study(args.study)
+        configs = expand_study(job.config, study, source=str(args.study))
+        seeds = study_seeds(study, args.seeds, source=str(args.study))
+    launch_training(job, configs, seeds, launch)
     return 0
 
 
 if __name__ == "__main__":
-    run_cli(main, interrupted_hint="finished seeds are saved; rerun the same command with --resume to continue")
+    run_cli(main, interrupted_hint="finished seeds are saved; rerun the same command with --resume to "
+                                   "continue (with a launcher: rerun the same command)")

@@ -14,6 +14,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 def build_parser() -> argparse.ArgumentParser:
     from archs import ARCHITECTURES
     from archs.inference import MODE_CHOICES
+    from archs.launch import add_launcher_arguments
     from data.datasets import DATASETS
     from data.inference_tables import STATES
     from data.runs import add_selection_arguments
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads torch may use (pin it: energy per image depends on it)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_tracker_arguments(parser)
+    add_launcher_arguments(parser)
     return parser
 
 
@@ -57,18 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
 
-    from archs.inference import InferenceJob, run_inference
+    from archs.inference import InferenceJob
+    from archs.launch import launch_replay, launch_settings_from_args
     from data.emissions import TrackerSettings
     from data.runs import RunFilter
 
-    run_inference(InferenceJob(
+    launch = launch_settings_from_args(args, args.save_dir)
+    launch_replay(InferenceJob(
         arch=args.arch_type, dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
         run_filter=RunFilter.from_args(args), cycle=args.cycle, state=args.state, passes=args.passes,
         sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
         threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
         show_progress=not args.no_progress,
         tracker=TrackerSettings(country_iso_code=args.country_iso_code,
-                                measure_power_secs=args.measure_power_secs)))
+                                measure_power_secs=args.measure_power_secs)), launch)
     return 0
 
 
