@@ -60,6 +60,10 @@ LEDGER_FOLDER = "ledger"
 # One flat folder of job files ({job id}_submitted.pkl, {job id}_0_log.out...): submitit's
 # per-job "%j" folders make its local controller create a folder literally named "%j".
 JOBS_FOLDER = "jobs"
+QUEUED_FOLDER = "queued"          # {run}.json: the SLURM job id a run was last submitted as
+# sacct states of a SLURM job that will still train its run: a rerun must not submit it again.
+SLURM_ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED",
+                       "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT")
 
 
 # --------------------------------------------------------------------------- study files
@@ -336,9 +340,19 @@ def open_ledger_entry(folder: Path, run: str, gpu: str | None) -> LedgerEntry:
             entry.end = now
             atomic_write_text(entry.path, json.dumps(entry.as_dict()))
     entry = LedgerEntry(folder / f"{run}.{host}.{os.getpid()}.{time.time_ns()}.json", run, host,
-                        os.getpid(), gpu, now)
+                        os.getpid(), gpu, _process_start(now))
     atomic_write_text(entry.path, json.dumps(entry.as_dict()))
     return entry
+
+
+def _process_start(fallback: float) -> float:
+    """When this process started: its imports competed for the CPU too."""
+    try:
+        import psutil   # CodeCarbon's own dependency
+
+        return min(psutil.Process(os.getpid()).create_time(), fallback)
+    except Exception:
+        return fallback
 
 
 def close_ledger_entry(entry: LedgerEntry) -> None:
@@ -548,10 +562,11 @@ def run_local(planned: list[Planned], settings: LaunchSettings, gpus: list[str])
                     continue
                 slots, message = local_parallelism(settings.jobs, len(gpus), measured,
                                                    settings.allow_shared_energy)
-                if message:
+                if message and len(phase) > 1:
                     log.warning(message)
                 for item in phase:
-                    item.task.parallel_jobs = slots if hasattr(item.task, "parallel_jobs") else None
+                    if isinstance(item.task, TrainingTask):
+                        item.task.parallel_jobs = slots
                 queue = list(phase)
                 while queue or running:
                     while queue and len(running) < slots:
@@ -585,8 +600,12 @@ def submit_slurm(planned: list[Planned], settings: LaunchSettings, *, job_name: 
         raise UserError(f"--launcher slurm needs SLURM's commands (sbatch, srun) on this machine "
                         f"({first_line(exc)}); use --launcher local here") from exc
     for item in planned:
-        if hasattr(item.task, "parallel_jobs"):
+        if isinstance(item.task, TrainingTask):
             item.task.parallel_jobs = settings.slurm.array_parallelism
+    if any(item.measured for item in planned) and "exclusive" not in dict(settings.slurm.additional):
+        get_logger().warning("note: measured jobs (CO2 tracking, inference) share their node with other "
+                             "jobs unless you add --slurm_additional exclusive; each run records which "
+                             "of this toolkit's jobs shared its node, not other users' jobs")
     try:
         executor.update_parameters(**slurm_parameters(settings.slurm, job_name=job_name, on_gpu=on_gpu))
     except ValueError as exc:
@@ -633,6 +652,10 @@ def launch(planned: list[Planned], settings: LaunchSettings, *, job_name: str, o
                       len(jobs), first, min(settings.slurm.array_parallelism, len(jobs)),
                       settings.folder / JOBS_FOLDER,
                       "\n".join(f"  {job.job_id}  {item.label}" for job, item in zip(jobs, planned)))
+    for job, item in zip(jobs, planned):
+        if isinstance(item.task, TrainingTask):
+            atomic_write_text(settings.folder / QUEUED_FOLDER / f"{item.label}.json",
+                              json.dumps({"job_id": str(job.job_id)}))
     if not settings.wait:
         get_logger().info("Not waiting (--no_wait). Follow them with squeue; rerun the same command "
                           "to see the summary: finished runs are skipped, missing ones resubmitted.")
@@ -669,14 +692,41 @@ def run_summary(config: RunConfig, path: Path) -> str:
             f"{format_table(SUMMARY_HEADERS, summary_rows(results['cycles']))}\nSaved {path}{note}")
 
 
-def _run_state(job: TrainingJob, config: RunConfig) -> str:
-    """'finished', 'busy' (a live process trains it) or 'todo'."""
+def slurm_job_state(folder: Path, job_id: str) -> str:
+    """sacct's state of a SLURM job ('UNKNOWN' when sacct cannot say)."""
+    import submitit
+
+    try:
+        return submitit.SlurmJob(folder=folder / JOBS_FOLDER, job_id=job_id).watcher.get_state(job_id, mode="force")
+    except Exception:   # no sacct here, or an answer submitit cannot read
+        return "UNKNOWN"
+
+
+def _queued_job(settings: LaunchSettings, config: RunConfig) -> str | None:
+    """The SLURM job that will still train ``config`` (submitted earlier, pending or running)."""
+    marker = settings.folder / QUEUED_FOLDER / f"{config.stem}.json"
+    if settings.launcher != "slurm" or not marker.is_file():
+        return None
+    try:
+        job_id = str(json.loads(marker.read_text())["job_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    state = slurm_job_state(settings.folder, job_id)
+    return job_id if state.split()[0] in SLURM_ACTIVE_STATES else None
+
+
+def _run_state(job: TrainingJob, config: RunConfig, settings: LaunchSettings) -> str:
+    """'finished', 'busy' (a live process trains it, or a SLURM job will) or 'todo'."""
     out_path = results_path(job.save_dir, config)
     if out_path.exists():
         if read_run_settings(out_path).identity() != config.identity():
             raise UserError(f"{out_path} holds a run with other settings; use another --save_dir or "
                             "delete it to retrain")
         return "finished"
+    queued = _queued_job(settings, config)
+    if queued is not None:
+        get_logger().info("not submitted again: %s is SLURM job %s", config.stem, queued)
+        return "busy"
     try:
         with ProcessLock(lock_path(job.save_dir, config), f"run {out_path}"):
             pass
@@ -694,25 +744,25 @@ def launch_training(template: TrainingJob, configs: Sequence[RunConfig], seeds: 
     waiting for all of them), naming how many.
     """
     log = get_logger()
+    for config in configs:   # every configuration checked before any is trained
+        check_pruning_schedule(config)
+        dataclasses.replace(template, config=config, seeds=list(seeds))   # checks the seeds
     if settings.launcher == "none":
         written: list[Path] = []
         for config in configs:
             written += run_job(dataclasses.replace(template, config=config, seeds=list(seeds)))
         return written
 
-    for config in configs:
-        check_pruning_schedule(config)
-        dataclasses.replace(template, config=config, seeds=list(seeds))   # checks the seeds
     save_dir = Path(template.save_dir).resolve()
     ensure_writable_dir(save_dir, "save directory")
     base = dataclasses.replace(template, save_dir=save_dir, data_dir=Path(template.data_dir).resolve(),
                                resume=True, show_progress=False)
     runs = [dataclasses.replace(config, seed=seed) for config in configs for seed in seeds]
-    states = {run.stem: _run_state(base, run) for run in runs}
+    states = {run.stem: _run_state(base, run, settings) for run in runs}
     todo = [run for run in runs if states[run.stem] == "todo"]
     finished = [run for run in runs if states[run.stem] == "finished"]
     busy = [run for run in runs if states[run.stem] == "busy"]
-    log.info("%d run(s): %d finished (skipped), %d running elsewhere (skipped), %d to launch with the "
+    log.info("%d run(s): %d finished (skipped), %d queued or running (skipped), %d to launch with the "
              "%s launcher", len(runs), len(finished), len(busy), len(todo), settings.launcher)
 
     outcomes: list[Outcome] = []

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -140,18 +139,26 @@ def test_the_ledger_says_which_jobs_overlapped_a_run_on_this_host(tmp_path):
 
 
 def test_a_dead_jobs_open_entry_is_closed_when_the_next_job_starts(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
     import socket
 
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
     path = tmp_path / "gone.json"
     path.write_text(json.dumps({"run": "gone", "host": socket.gethostname(), "pid": dead.pid, "gpu": None,
                                 "start": time.time() - 100, "end": None}))
+    before = time.time()
     new = launch.open_ledger_entry(tmp_path, "new", None)
-    assert json.loads(path.read_text())["end"] <= new.start
-    assert shared_hardware(tmp_path, "new")["concurrent_runs"] == []
+    after = time.time()
+    # Dead by now, but since when is unknown: it counts as running until this moment.
+    assert before <= json.loads(path.read_text())["end"] <= after
+    assert new.start <= before          # a job's interval starts with its process (its imports)
+    assert shared_hardware(tmp_path, "new")["concurrent_runs"] == ["gone"]
     launch.close_ledger_entry(new)
-    assert json.loads(new.path.read_text())["end"] >= new.start
+    assert json.loads(new.path.read_text())["end"] >= after
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps({"run": "later", "host": socket.gethostname(), "pid": os.getpid(),
+                                 "gpu": None, "start": time.time() + 1, "end": None}))
+    assert shared_hardware(tmp_path, "later", now=time.time() + 2)["concurrent_runs"] == []
 
 
 # --------------------------------------------------------------------------- command line
@@ -210,10 +217,21 @@ def test_slurm_submission_writes_the_resources_into_the_sbatch_script(tmp_path, 
     assert f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" in lines
     assert any(line.startswith("srun --unbuffered") and line.endswith(
         f"-u -m submitit.core._submit {save_dir.resolve() / 'launch' / 'jobs'}") for line in lines)
-    assert "8 run(s): 0 finished (skipped), 0 running elsewhere (skipped), 8 to launch" in out
+    assert "8 run(s): 0 finished (skipped), 0 queued or running (skipped), 8 to launch" in out
     assert "Submitted 8 job(s) to SLURM as array 4242 (at most 3 at once)" in out
     assert "  4242_7  pp0x1_seed1_co2True_mnist_bs64_ep2" in out
     assert "Not waiting (--no_wait)" in out
+    # The same command again, while SLURM still holds the jobs: nothing is submitted twice.
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'JobID|State|NodeList'\n"
+                                   "for i in 0 1 2 3 4 5 6 7; do echo \"4242_$i|PENDING|\"; done\n")
+    (bin_dir / "sacct").chmod(0o755)
+    code, out, err = run_main(
+        ["--study", str(study), *TINY_FLAGS, "--data_dir", str(mnist_dir), "--save_dir", str(save_dir),
+         "--launcher", "slurm", "--no_wait"], capsys)
+    assert code == 0, err
+    assert "8 run(s): 0 finished (skipped), 8 queued or running (skipped), 0 to launch" in out
+    assert "not submitted again: pp0x1_seed1_co2True_mnist_bs64_ep2 is SLURM job 4242_7" in out
+    assert len(list(capture.iterdir())) == 1
     # What each array task will run: its own run, resuming, with the job's launch record.
     from submitit.core.utils import DelayedSubmission
 
@@ -297,7 +315,7 @@ def test_local_jobs_preempted_killed_and_rerun_end_as_the_in_process_study(tmp_p
 
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    assert "4 run(s): 3 finished (skipped), 0 running elsewhere (skipped), 1 to launch" in rerun.stdout
+    assert "4 run(s): 3 finished (skipped), 0 queued or running (skipped), 1 to launch" in rerun.stdout
     assert rerun.stdout.count(" started: ") == 1 and f"started: {killed.stem}" in rerun.stdout
     assert "Finished 4 of 4 run(s)" in rerun.stdout
     for run in runs:
