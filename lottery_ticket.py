@@ -2,6 +2,7 @@
 """Find winning tickets by iterative magnitude pruning with rewinding; optionally track CO2.
 
 Example: python3 lottery_ticket.py --arch_type=fc1 --dataset=mnist --prune_percent=90 --prune_iterations=2
+A whole study, one job per run: python3 lottery_ticket.py --study study.json --launcher local
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 def build_parser() -> argparse.ArgumentParser:
     from archs import architecture_names
     from archs.experiment import CYCLE_WEIGHTS
+    from archs.launch import add_launcher_arguments
     from data.datasets import DATASETS
     from data.runs import add_setting_arguments, seed_argument
 
@@ -54,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "at a cost in speed (the CPU path is deterministic anyway)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_tracker_arguments(parser)
+    parser.add_argument("--study", type=Path, default=None, metavar="FILE",
+                        help="several configurations in one command: a JSON file such as "
+                             '{"configurations": [{"prune_percent": 90, "prune_iterations": 2}, '
+                             '{"train_type": "regular"}], "co2_tracking_mode": [false, true]}; its '
+                             "settings override the command line's (see the README)")
+    add_launcher_arguments(parser)
     return parser
 
 
@@ -70,20 +78,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from archs import canonical_arch
     from archs.experiment import TrainingJob, run_job
+    from archs.launch import expand_study, launch_settings_from_args, launch_training, read_study, study_seeds
     from data.emissions import TrackerSettings
     from data.runs import config_from_args
 
+    launch = launch_settings_from_args(args, args.save_dir)
     config = config_from_args(args, arch_type=canonical_arch(args.arch_type))
-    job = TrainingJob(config=config, seeds=args.seeds, data_dir=args.data_dir, save_dir=args.save_dir, device=args.device, resume=args.resume,
-                      show_progress=not args.no_progress, cycle_weights=args.save_cycle_weights,
-                      print_freq=args.print_freq,
+    job = TrainingJob(config=config, seeds=args.seeds, data_dir=args.data_dir, save_dir=args.save_dir,
+                      device=args.device, resume=args.resume, show_progress=not args.no_progress,
+                      cycle_weights=args.save_cycle_weights, print_freq=args.print_freq,
                       checkpoint_every=args.checkpoint_every, compile_model=args.compile,
                       deterministic=args.deterministic,
                       tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                               measure_power_secs=args.measure_power_secs))
-    run_job(job)
+    if args.study is None and launch.launcher == "none":
+        run_job(job)
+        return 0
+    configs, seeds = [job.config], args.seeds
+    if args.study is not None:
+        study = read_study(args.study)
+        configs = expand_study(job.config, study, source=str(args.study))
+        seeds = study_seeds(study, args.seeds, source=str(args.study))
+    launch_training(job, configs, seeds, launch)
     return 0
 
 
 if __name__ == "__main__":
-    run_cli(main, interrupted_hint="finished seeds are saved; rerun the same command with --resume to continue")
+    run_cli(main, interrupted_hint="finished seeds are saved; rerun the same command with --resume to "
+                                   "continue (with a launcher: rerun the same command)")

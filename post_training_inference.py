@@ -14,6 +14,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 def build_parser() -> argparse.ArgumentParser:
     from archs import architecture_names
     from archs.inference import MODE_CHOICES
+    from archs.launch import add_launcher_arguments
     from data.datasets import DATASETS
     from data.inference_tables import STATES
     from data.runs import add_selection_arguments
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "timing, no CodeCarbon, no tables written")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_tracker_arguments(parser)
+    add_launcher_arguments(parser)
     return parser
 
 
@@ -63,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     from archs import canonical_arch
-    from archs.inference import InferenceJob, evaluate_tickets, run_inference
+    from archs.inference import InferenceJob, evaluate_tickets
+    from archs.launch import launch_replay, launch_settings_from_args
     from data.emissions import TrackerSettings
     from data.runs import RunFilter
 
+    launch = launch_settings_from_args(args, args.save_dir)
     job = InferenceJob(
-        arch=canonical_arch(args.arch_type), dataset=args.dataset, save_dir=args.save_dir, data_dir=args.data_dir,
+        arch=canonical_arch(args.arch_type), dataset=args.dataset, save_dir=args.save_dir,
+        data_dir=args.data_dir,
         run_filter=RunFilter.from_args(args), cycle=args.cycle, state=args.state, passes=args.passes,
         sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
         threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate_only:
         evaluate_tickets(job)
     else:
-        run_inference(job)
+        launch_replay(job, launch)
     return 0
 
 

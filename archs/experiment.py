@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from archs import build_model
 from archs.masks import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
@@ -40,6 +41,9 @@ class TrainingJob:
     checkpoint_every: int = 1
     compile_model: bool = False      # torch.compile the forward pass (GPU speed; same results up to rounding)
     deterministic: bool = False      # cuDNN deterministic kernels (bit-reproducible GPU runs, slower)
+    # Extra keys for each run's results file, asked for when the run is about to be saved (the
+    # launcher records there what shared the run's hardware: see archs.launch).
+    annotate_results: Callable[[RunConfig], dict[str, Any]] | None = None
 
     def __post_init__(self):
         repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
@@ -167,6 +171,8 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
 
     results = run.results(library_versions())
     results["data_dir"] = str(Path(job.data_dir).resolve())  # the inference replay's default
+    if job.annotate_results is not None:
+        results.update(job.annotate_results(config))
     # CSV first: once the results exist, --resume skips the seed and would never move it.
     if running_csv.exists():
         replace_durably(running_csv, final_csv)
