@@ -25,9 +25,6 @@ import numba
 import numpy as np
 from numba import prange
 
-# Part of every cached timing's key: bump it when a kernel below changes, so timings of
-# the old code are not taken for the new.
-KERNEL_VERSION = 1
 
 # Below this many multiply-adds a call runs on one thread: waking the pool (several
 # microseconds) would cost more than sharing the work saves. Only decides how a call is

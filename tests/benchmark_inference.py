@@ -166,9 +166,7 @@ def benchmark(args: argparse.Namespace, batch_size: int) -> None:
             extra = dict(example_input=batch, timing_cache=cache) if mode == "auto" else {}
             runs[percent, kernel], choices = sparsify(model, mode, **extra)
             if mode == "auto":
-                fallback = any(getattr(m, "min_batch", 0) > batch_size for m in runs[percent, kernel].modules())
-                auto_kernels[percent] = "".join(KERNEL_LETTERS[c.kernel] for c in choices) + \
-                    (" (dense: batch too small)" if fallback else "")
+                auto_kernels[percent] = "".join(KERNEL_LETTERS[c.kernel] for c in choices)
         errors[percent] = max(compare_outputs(model, runs[percent, kernel], batch).relative_error
                               for kernel in KERNELS)
     seconds = {key: s * per_images for key, s in

@@ -2,6 +2,7 @@
 original model alone."""
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -101,6 +102,19 @@ def test_numba_kernel_matches_dense(sparsity, images, relu):
         actual = layer(inputs.t())           # a strided view: the layer copies it
         assert actual.shape == (37, images)
         assert relative_error(actual.t(), expected) < AGREEMENT_TOLERANCE
+
+
+def test_numba_layer_follows_its_buffers():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 20) * (torch.rand(8, 20) > 0.7)
+    layer = NumbaCsrLinear(weight, torch.randn(8), relu=False)
+    h = torch.randn(20, 5)
+    first = layer(h)
+    copied = copy.deepcopy(layer)
+    copied.values.mul_(2)
+    copied.bias.mul_(2)
+    assert relative_error(copied(h), 2 * first) < AGREEMENT_TOLERANCE
+    assert relative_error(layer(h), first) < AGREEMENT_TOLERANCE
 
 
 @pytest.mark.parametrize("threads", [1, 2])
