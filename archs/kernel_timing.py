@@ -9,6 +9,7 @@ same machine does not time again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,26 +37,41 @@ def default_timing_cache_path() -> Path:
     return Path(root) / "lottery_ticket" / "kernel_timings.json"
 
 
+def _cpuinfo_field(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (Linux), None where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 def device_description(device: torch.device) -> str:
     """The processor's model name (a GPU's for CUDA): part of every cached timing's key."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type != "cpu":
         return device.type
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def timing_key(device: torch.device, **what: object) -> dict[str, object]:
-    """``what`` (shapes, stored weights, batch...) plus the machine and software it was timed on."""
-    return {"device": device_description(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), **what}
+    """``what`` (shapes, stored weights, batch...) plus the machine and software it was timed on.
+
+    Virtual machines often report a generic model name ("Intel Xeon Processor"), so the
+    CPU's instruction-set flags (hashed) are part of the key as well.
+    """
+    key: dict[str, object] = {"device": device_description(device), "torch": torch.__version__,
+                              "threads": torch.get_num_threads()}
+    if device.type == "cpu":
+        flags = _cpuinfo_field("flags") or ""
+        key["cpu_flags"] = hashlib.sha256(flags.encode()).hexdigest()[:16]
+        key["cpus"] = os.cpu_count()
+    return {**key, **what}
 
 
 class KernelTimingCache:
