@@ -15,10 +15,10 @@ writes feature-major activations.
 Kernels (the ``kernel`` of a :class:`LayerChoice`):
 
 * "numba_csr": a row-parallel CSR kernel of our own compiled with numba
-  (:mod:`archs.numba_csr`), CPU and float32 only. On a 2-core Xeon (AVX-512) it runs fc1's
-  first layer 2-2.4x faster than dense at 90 % sparsity and 6-7x at 97 %.
+  (:mod:`archs.numba_csr`), CPU and float32 only. On a 2-core Xeon (AVX-512), fc1's first
+  layer alone at batch 512: 2.3-3.5x dense at 90 % sparsity, 6.5-7.5x at 97 %.
 * "torch_csr": torch's CSR product (``torch.sparse.mm(W, h, reduce="sum")`` on the CPU,
-  cuSPARSE elsewhere); 0.8-1.2x dense at 90-97 % on that Xeon, better on some AMD CPUs.
+  cuSPARSE elsewhere); on the same layer and CPU 0.9-1.7x dense at 90 %, 4-5x at 97 %.
 * "dense": the ordinary product; "coo": the original program's COO layer (benchmark only).
 
 Choosing. "sparse" runs every pruned linear layer with numba's kernel (torch's where numba
