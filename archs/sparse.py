@@ -589,22 +589,28 @@ def _as_affine(linear: nn.Linear, relu: bool, kernel: str) -> _Affine:
                    kernel=kernel)
 
 
-def _time_chain(original: list[nn.Module], chain: TransposedChain, x: torch.Tensor,
-                timing: _Timing) -> tuple[float, bool]:
-    """How many times faster than ``original`` the chain runs ``x``, and whether cached."""
+# The candidates "auto" times for a whole chain, besides the original layers ("dense").
+PER_LAYER_CHAIN, NUMBA_CHAIN = "chain", "chain_numba_only"
+
+
+def _time_chains(original: list[nn.Module], chains: dict[str, TransposedChain], x: torch.Tensor,
+                 timing: _Timing) -> tuple[dict[str, float], bool]:
+    """Seconds of the original layers ("dense") and of each chain on ``x``; whether cached."""
     def dense() -> torch.Tensor:
         h = x
         for module in original:
             h = module(h)
         return h
 
-    layers = [[type(layer).__name__, *_layer_shape(layer)] for layer in chain.layers]
-    key = timing_key(x.device, kernels=KERNELS_VERSION, what="chain", layers=layers,
-                     inputs=chain.in_features, rows=x.numel() // chain.in_features,
-                     used_inputs=None if chain.used_inputs is None else len(chain.used_inputs),
+    some_chain = next(iter(chains.values()))
+    key = timing_key(x.device, kernels=KERNELS_VERSION, what="chain",
+                     chains={name: [[type(layer).__name__, *_layer_shape(layer)]
+                                    for layer in chain.layers] for name, chain in chains.items()},
+                     inputs=some_chain.in_features, rows=x.numel() // some_chain.in_features,
+                     used_inputs=None if some_chain.used_inputs is None else len(some_chain.used_inputs),
                      dtype=str(x.dtype))
-    timings, cached = timing.seconds(key, {DENSE: dense, "chain": lambda: chain(x)}, x.device)
-    return timings[DENSE] / timings["chain"], cached
+    runs = {DENSE: dense, **{name: (lambda chain=chain: chain(x)) for name, chain in chains.items()}}
+    return timing.seconds(key, runs, x.device)
 
 
 def _layer_shape(layer: nn.Module) -> list:
@@ -613,6 +619,48 @@ def _layer_shape(layer: nn.Module) -> list:
         out_features, in_features = layer.weight.shape
         return [out_features, in_features, layer.weight.numel(), layer.relu]
     return [layer.out_features, layer.in_features, layer.values.numel(), layer.relu]
+
+
+def _keep_fastest_chain(segment: list[nn.Module], chain: TransposedChain,
+                        compacted: list[_Affine], choices: list[LayerChoice], first: int,
+                        recorded: torch.Tensor,
+                        timing: _Timing) -> tuple[TransposedChain | None, list[LayerChoice]]:
+    """Time the chain (and, on the CPU, the chain with numba's kernel for every layer)
+    against the original layers ``segment``; the fastest chain if it beats them by
+    :data:`MEASURED_SPEEDUP_REQUIRED`, else None, with the choices updated to say why.
+
+    Why the numba-only chain: torch and numba each keep their own pool of OpenMP threads,
+    which spin for a while after each call; a chain that alternates between them has
+    the idle pool's threads competing with the working one's (measured 0.85x on 2 cores),
+    which the single-layer timings cannot see.
+    """
+    candidates = {PER_LAYER_CHAIN: chain}
+    if (all(numba_applies(layer.weight) for layer in compacted)
+            and any(layer.kernel != NUMBA_CSR for layer in compacted)):
+        numba_only = [replace(layer, kernel=NUMBA_CSR) for layer in compacted]
+        candidates[NUMBA_CHAIN] = TransposedChain([_build_layer(layer) for layer in numba_only],
+                                                  chain.in_features, chain.used_inputs)
+    timings, cached = _time_chains(segment, candidates, recorded, timing)
+    source = "cached timing" if cached else "timed"
+    fastest = min(candidates, key=timings.get)
+    speedup = timings[DENSE] / timings[fastest]
+    head, rest = choices[:first], choices[first:]
+    if speedup < MEASURED_SPEEDUP_REQUIRED:
+        reason = (f"{source}: the sparse chain from {rest[0].name}, transposes included, ran "
+                  f"{speedup:.2f}x dense (needs {MEASURED_SPEEDUP_REQUIRED}x)")
+        return None, head + [replace(c, kernel=DENSE, reason=f"{reason}; was {c.reason}")
+                             for c in rest]
+    rows = recorded.numel() // chain.in_features
+    if fastest == NUMBA_CHAIN:
+        rest = [replace(c, kernel=NUMBA_CSR,
+                        reason=f"{c.reason}; numba for the whole chain ran faster "
+                               f"({timings[DENSE] / timings[PER_LAYER_CHAIN]:.2f}x dense mixed)")
+                for c in rest]
+    chosen = candidates[fastest]
+    note = f"; the chain ran {speedup:.2f}x dense ({source}); batches under {rows} rows run dense"
+    return (TransposedChain(chosen.layers, chosen.in_features, chosen.used_inputs,
+                            dense_fallback=segment, min_batch=rows),
+            head + [replace(c, reason=c.reason + note) for c in rest])
 
 
 def _convert_run(run: _Run,
@@ -637,24 +685,14 @@ def _convert_run(run: _Run,
     compacted, used_inputs = _compact_chain(layers)
     chain = TransposedChain([_build_layer(layer) for layer in compacted],
                             first_linear.in_features, used_inputs)
-
     start = [name for name, _ in run.children].index(first_name)
     segment = [module for _, module in run.children[start:]]
     recorded = settings.recorded_inputs.get(first_linear)
     if recorded is not None:
-        speedup, cached = _time_chain(segment, chain, recorded, settings.timing)
-        source = "cached timing" if cached else "timed"
-        if speedup < MEASURED_SPEEDUP_REQUIRED:
-            reason = (f"{source}: the sparse chain from {choices[first].name}, transposes "
-                      f"included, ran {speedup:.2f}x dense (needs {MEASURED_SPEEDUP_REQUIRED}x)")
-            return {}, choices[:first] + [replace(c, kernel=DENSE, reason=f"{reason}; was {c.reason}")
-                                          for c in choices[first:]]
-        rows = recorded.numel() // first_linear.in_features
-        chain = TransposedChain(chain.layers, chain.in_features, chain.used_inputs,
-                                dense_fallback=segment, min_batch=rows)
-        note = (f"; the chain ran {speedup:.2f}x dense ({source}); "
-                f"batches under {rows} rows run dense")
-        choices = choices[:first] + [replace(c, reason=c.reason + note) for c in choices[first:]]
+        chain, choices = _keep_fastest_chain(segment, chain, compacted, choices, first, recorded,
+                                             settings.timing)
+        if chain is None:
+            return {}, choices
     replacement: dict[str, nn.Module | None] = {name: None for name, _ in run.children[start:]}
     replacement[first_name] = chain
     return replacement, choices

@@ -71,7 +71,8 @@ def fake_timer(seconds: dict[str, float], asked: list | None = None):
     return timer
 
 
-NUMBA_WINS = {"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0, "chain": 1.0}
+NUMBA_WINS = {"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0, "chain": 1.0,
+              "chain_numba_only": 1.0}
 
 
 # --------------------------------------------------------------------------- exactness
@@ -276,7 +277,7 @@ def test_auto_picks_the_fastest_timed_kernel_per_layer():
     per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
                       {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
                       {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
-                      {"dense": 2.0, "chain": 1.0}])
+                      {"dense": 2.0, "chain": 1.0, "chain_numba_only": 1.5}])
 
     def timer(runs):
         for run in runs.values():
@@ -293,6 +294,27 @@ def test_auto_picks_the_fastest_timed_kernel_per_layer():
     assert_agrees(model, fast, MNIST_BATCH)
 
 
+def test_auto_runs_the_whole_chain_with_numba_when_that_is_timed_faster():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
+                      {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
+                      {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
+                      {"dense": 4.0, "chain": 2.0, "chain_numba_only": 1.0}])
+
+    def timer(runs):
+        for run in runs.values():
+            run()
+        return next(per_layer)
+
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
+    assert [c.kernel for c in choices] == ["numba_csr"] * 3
+    assert "numba for the whole chain ran faster (2.00x dense mixed)" in choices[2].reason
+    assert "the chain ran 4.00x dense" in choices[2].reason
+    (chain,) = chains(fast)
+    assert all(isinstance(layer, NumbaCsrLinear) for layer in chain.layers)
+    assert_agrees(model, fast, MNIST_BATCH)
+
+
 def test_auto_falls_back_to_dense_when_the_timed_sparse_kernels_lose():
     model = prune_linears_randomly(seeded_model("fc1"), 0.99)
     fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH,
@@ -306,7 +328,8 @@ def test_auto_falls_back_to_dense_when_the_timed_sparse_kernels_lose():
 def test_auto_falls_back_to_dense_when_the_timed_chain_loses(chain_seconds):
     model = prune_linears_randomly(seeded_model("fc1"), 0.99)
     layers_win = fake_timer(NUMBA_WINS)
-    chain_loses = fake_timer({"dense": 1.0, "chain": chain_seconds})
+    chain_loses = fake_timer({"dense": 1.0, "chain": chain_seconds,
+                              "chain_numba_only": chain_seconds})
 
     def timer(runs):
         return (chain_loses if "chain" in runs else layers_win)(runs)
