@@ -4,19 +4,33 @@ Does a pruned "winning ticket" cost less to run? Only if the zeros are skipped. 
 turns a trained (masked) model into an inference-only copy whose pruned ``nn.Linear``
 layers multiply with a compressed sparse row (CSR) weight.
 
-Why the activations are transposed. torch's fast CPU kernel for a sparse matrix times a
-dense one wants the sparse operand on the left: ``W (out x in, CSR) @ h (in x batch)``,
-which walks each row of ``W`` and adds whole contiguous rows of ``h``. An ``nn.Linear``
-computes ``x @ W.T`` on ``x`` of shape (batch, in), so the activations are kept
-*feature-major* (features x batch) instead. Consecutive linear layers and ReLUs are fused
-into one :class:`TransposedChain` that transposes once on the way in and once on the way
-out; in between, every layer reads and writes feature-major activations.
+Why the activations are transposed. A CSR product is fast when it can add whole
+contiguous rows of activations: ``W (out x in, CSR) @ h (in x batch)`` walks each row of
+``W`` and adds rows of ``h``. An ``nn.Linear`` computes ``x @ W.T`` on ``x`` of shape
+(batch, in), so the activations are kept *feature-major* (features x batch) instead.
+Consecutive linear layers and ReLUs are fused into one :class:`TransposedChain` that
+transposes once on the way in and once on the way out; in between, every layer reads and
+writes feature-major activations.
 
-Which kernel. ``torch.sparse.mm(W_csr, h, reduce="sum")`` (torch's native, row-parallel and
-vectorised CSR kernel) was measured 1.5-1.8x faster than ``torch.addmm`` with a CSR
-operand (MKL) on the target CPU, and 10x faster than the COO ``torch.sparse.mm`` the
-original program used. On other devices (CUDA) the reduce kernel does not exist and the
-plain ``W_csr @ h`` product (cuSPARSE) is used.
+Kernels (the ``kernel`` of a :class:`LayerChoice`):
+
+* "numba_csr": a row-parallel CSR kernel of our own compiled with numba
+  (:mod:`archs.numba_csr`), CPU and float32 only. On a 2-core Xeon (AVX-512), fc1's first
+  layer alone at batch 512: 2.3-3.5x dense at 90 % sparsity, 6.5-7.5x at 97 %.
+* "torch_csr": torch's CSR product (``torch.sparse.mm(W, h, reduce="sum")`` on the CPU,
+  cuSPARSE elsewhere); on the same layer and CPU 0.9-1.7x dense at 90 %, 4-5x at 97 %.
+* "dense": the ordinary product; "coo": the original program's COO layer (benchmark only).
+
+Choosing. "sparse" runs every pruned linear layer with numba's kernel (torch's where numba
+does not apply). "auto" is never meant to be slower than dense, on any machine: it times
+every candidate kernel for each layer on the machine at hand, on the activations an
+example batch produces there (interleaved, medians: :mod:`archs.kernel_timing`), keeps
+the fastest, and then times the assembled chain, transposes included, against the
+original layers: the chain is kept only if it is at least :data:`MEASURED_SPEEDUP_REQUIRED`
+times faster. Timings are cached per processor model, torch version, thread count,
+layer shape, stored weights and batch size (:class:`KernelTimingCache`). Batches smaller
+than the one timed run the original dense layers. Alternatively the caller may give a
+sparsity ``threshold`` of its own: no timing, sparse from that sparsity on.
 
 Empty rows and columns. Pruning can empty whole rows (an output unit that only adds its
 bias) or columns (an input feature nobody reads). Inside a chain these are removed, but
@@ -24,13 +38,6 @@ only where the result provably stays the same: a unit whose row is empty outputs
 constant ``act(bias)``, which is folded into the next layer's bias through that layer's
 column before both are dropped; a feature that the next layer ignores entirely is not
 computed. The chain's output keeps every unit, so its shape never changes.
-
-Choosing. "sparse" runs every pruned linear layer with CSR. "auto" is never meant to be
-slower than dense: a layer goes sparse from a measured sparsity threshold (higher for
-very wide layers, never for tiny ones), or by timing both kernels on example
-activations; and a chain keeps the original dense modules for batches too small to pay
-its fixed costs (:func:`min_sparse_batch`). The thresholds were measured on a CPU, so on any
-other device "auto" runs every layer dense unless the kernels are timed.
 
 Exactness caveat shared by every sparse kernel: a skipped zero weight times an infinite or
 NaN activation would have produced NaN in the dense product; for finite inputs the results
@@ -43,53 +50,35 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-import statistics
-import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
+from archs.kernel_timing import InterleavedTimer, KernelTimingCache, Timer, timing_key
 from archs.masks import PRUNABLE_LAYERS
-from utils import UserError, synchronise
+from utils import UserError
 
 KERNEL_MODES = ("dense", "sparse", "auto")
-# "coo" reproduces the original program (COO weight, torch.sparse.mm) for the benchmark.
-BENCHMARK_MODES = KERNEL_MODES + ("coo",)
+# "torch_csr" runs torch's CSR kernel on every pruned layer, "coo" the original program
+# (COO weight, torch.sparse.mm): both only for the benchmark's comparison.
+BENCHMARK_MODES = KERNEL_MODES + ("torch_csr", "coo")
 
-# "auto" picks the sparse kernel for a layer at or above this sparsity. Measured on the
-# target machine (2-core AMD EPYC, AVX-512, torch 2.15; `tests/benchmark_inference.py
-# --crossover`) for the layer shapes of fc1 and the LeNet5 classifier inside a chain:
-# at 512 images per batch CSR breaks even with dense at 65-72 % sparsity and wins
-# 1.4-1.7x at 80 %; at 64 images it breaks even only at 79-86 %, which is why small
-# batches also need the sparsity of MIN_SPARSE_BATCH. On fc1 as a whole (transposes
-# included) 80 % gives 1.2-1.3x at 128-512 images per batch.
-AUTO_SPARSITY_THRESHOLD = 0.8
-# Wide layers are the exception: their activations overflow the caches (see batch_chunk)
-# and the CSR kernel pays for it. LeNet5's 12544-input layer, with the batch split into
-# cache-sized blocks, breaks even with dense at 83-88 % sparsity (batch 64-512) and wins
-# by 1.1-1.7x at 90 %.
-WIDE_LAYER_INPUTS = 4096
-WIDE_LAYER_SPARSITY_THRESHOLD = 0.9
-# Below this many weights (fc1's 100->10, any 10-class output layer) a layer's dense
-# product takes a few microseconds, as much as the CSR kernel's fixed cost; measured, the
-# sparse kernel never won for such a layer, so "auto" leaves it dense.
-SMALL_LAYER_WEIGHTS = 16384
-# "auto" runs small batches dense whatever the sparsity: the sparse path's fixed costs
-# (transposes, one kernel call per layer) are paid per batch. Pairs of (sparsity from,
-# smallest batch run sparse), measured for fc1 on 2 threads: at 80 % sparse breaks even
-# at 64 images per batch and wins 1.2x at 128; at 85-90 % it loses at 32 (0.85x) and wins
-# 1.2-1.6x at 64; at 95 % it wins 1.1-1.2x from 16 (1.5x at 99 %); one image at a time
-# it loses even at 99 % (0.8-1.1x).
-MIN_SPARSE_BATCH = ((0.95, 16), (0.85, 64), (0.0, 128))
-# measure=True picks sparse only when it beats dense by this factor, so that timing noise
-# and the transposes at the chain's ends cannot make "auto" slower than dense.
-MEASURED_SPEEDUP_REQUIRED = 1.1
+DENSE, TORCH_CSR, NUMBA_CSR, COO = "dense", "torch_csr", "numba_csr", "coo"
+SPARSE_KERNELS = (TORCH_CSR, NUMBA_CSR)
+# Part of the key of every cached timing: bump it when a kernel or the way a chain is
+# assembled changes, so that timings of the old code are not taken for the new.
+KERNELS_VERSION = 1
 
-# The largest block of activations (in_features x batch columns) the CSR kernel is given
-# at once; see batch_chunk. Measured: 3 MiB blocks fastest, 12 MiB already 1.5x slower.
+# "auto" keeps a chain only when, timed as a whole against the original layers, it is at
+# least this much faster: timing noise then cannot make "auto" slower than about 0.95x
+# dense (the promise), and a chain that merely breaks even is not worth its risk.
+MEASURED_SPEEDUP_REQUIRED = 1.05
+
+# The largest block of activations (in_features x batch columns) torch's CSR kernel is
+# given at once; see batch_chunk. Measured: 3 MiB blocks fastest, 12 MiB already 1.5x slower.
 CSR_BLOCK_BYTES = 4 * 1024 * 1024
 
 AGREEMENT_TOLERANCE = 1e-5
@@ -104,8 +93,12 @@ class LayerChoice:
     """The kernel one prunable layer runs with, and why."""
     name: str         # the weight's state-dict name, as in the masks
     sparsity: float   # fraction of the weight's entries that are zero
-    kernel: str       # "dense", "sparse" or "coo"
+    kernel: str       # "dense", "numba_csr", "torch_csr" or "coo"
     reason: str
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.kernel != DENSE
 
 
 @dataclass(frozen=True)
@@ -207,6 +200,67 @@ class SparseLinear(nn.Module):
                 f"nonzeros={self.values.numel()}, relu={self.relu}")
 
 
+def _numba_kernels():
+    """:mod:`archs.numba_csr`, imported on first use: numba costs a replay that never
+    builds one of its kernels nothing."""
+    from archs import numba_csr
+    return numba_csr
+
+
+def numba_applies(weight: torch.Tensor) -> bool:
+    """Whether the numba kernel can run this layer: it is compiled for float32 on the CPU."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32
+
+
+class NumbaCsrLinear(nn.Module):
+    """``act(W h + b)`` on feature-major activations ``h`` with numba's CSR kernel.
+
+    Runs on as many threads as torch uses (``torch.get_num_threads()``), so that
+    ``--threads`` means the same for every kernel. CPU and float32 only (see
+    :func:`numba_applies`).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool):
+        super().__init__()
+        csr = _csr_without_beta_warning(weight.detach())
+        self.out_features, self.in_features = weight.shape
+        self.relu = relu
+        self.register_buffer("crow_indices", csr.crow_indices().to(torch.int64).contiguous())
+        self.register_buffer("col_indices", csr.col_indices().to(torch.int32).contiguous())
+        self.register_buffer("values", csr.values().contiguous().clone())
+        bias = torch.zeros(self.out_features, dtype=weight.dtype) if bias is None else bias
+        self.register_buffer("bias", bias.detach().contiguous().clone())
+        _numba_kernels()    # import (and compile, the first time) now, not in a timed call
+
+    _ARRAYS = ("crow_indices", "col_indices", "values", "bias")
+
+    def _numpy_arrays(self) -> tuple:
+        """The CSR buffers as numpy arrays (sharing their memory), made once per buffer.
+
+        Looking up four buffers and wrapping them costs ~7 us a call, a tenth of a whole
+        fc1 pass at 64 images. Keyed by the buffers' addresses, so ``.to()``, a copy or a
+        loaded state dict that replaces them is seen.
+        """
+        tensors = [self._buffers[name] for name in self._ARRAYS]
+        addresses = tuple(tensor.data_ptr() for tensor in tensors)
+        cached = self.__dict__.get("_numpy_cache")
+        if cached is None or cached[0] != addresses:
+            cached = (addresses, tuple(tensor.numpy() for tensor in tensors))
+            self.__dict__["_numpy_cache"] = cached
+        return cached[1]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = contiguous(h.detach())
+        out = torch.empty(self.out_features, h.shape[1], dtype=h.dtype)
+        _numba_kernels().csr_layer(*self._numpy_arrays(), h.numpy(), out.numpy(), self.relu,
+                                   torch.get_num_threads())
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"nonzeros={self.values.numel()}, relu={self.relu}")
+
+
 class DenseTransposedLinear(nn.Module):
     """``act(W h + b)`` on feature-major activations with a dense ``W``.
 
@@ -237,9 +291,10 @@ class TransposedChain(nn.Module):
 
     Takes and returns batch-major tensors like ``nn.Linear`` (any leading dimensions);
     transposes once on entry (reading only the input features some layer uses) and once
-    on exit. With a ``dense_fallback`` (the original modules), batches of fewer than
-    ``min_batch`` rows run that instead: "auto" uses it because small batches cannot
-    pay the sparse path's fixed costs (see :func:`min_sparse_batch`).
+    on exit. When the first layer is numba's, numba also does the entry transpose
+    (faster than torch's on the CPU). With a ``dense_fallback`` (the original modules),
+    batches of fewer than ``min_batch`` rows run that instead: "auto" timed the chain at
+    one batch size, and smaller batches pay its fixed costs over fewer images.
     """
 
     def __init__(self, layers: Sequence[nn.Module], in_features: int,
@@ -249,23 +304,34 @@ class TransposedChain(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.in_features = in_features
         self.register_buffer("used_inputs", used_inputs)
+        self.numba_entry = isinstance(self.layers[0], NumbaCsrLinear)
+        if self.numba_entry and used_inputs is None:
+            self.register_buffer("entry_features", torch.arange(in_features))
+        else:
+            self.register_buffer("entry_features", used_inputs)
         self.dense_fallback = None if dense_fallback is None else nn.ModuleList(dense_fallback)
         self.min_batch = min_batch
 
+    def _feature_major(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.numba_entry and rows.device.type == "cpu" and rows.dtype == torch.float32:
+            rows = rows.detach().contiguous()
+            h = torch.empty(len(self.entry_features), rows.shape[0], dtype=rows.dtype)
+            _numba_kernels().gather_transposed(rows.numpy(), self.entry_features.numpy(),
+                                               h.numpy(), torch.get_num_threads())
+            return h
+        if self.used_inputs is None:
+            return rows.t()    # a view: the first layer copies it in the layout it needs
+        return rows.t().index_select(0, self.used_inputs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense_fallback is not None and x.numel() < self.min_batch * self.in_features:
-            # On the small batches this serves the chain's own call costs ~3 us, 10 % of a
-            # one-image fc1 pass; calling forward() directly skips the hook machinery of
-            # the private fallback modules (no one can have hooked them) and wins it back.
+            # Calling forward() directly skips the hook machinery of the private fallback
+            # modules (no one can have hooked them): ~3 us, 10 % of a one-image fc1 pass.
             for module in self.dense_fallback:
                 x = module.forward(x)
             return x
         leading = x.shape[:-1]
-        rows = x.reshape(-1, self.in_features)
-        if self.used_inputs is None:
-            h = rows.t()    # a view: the first layer copies it in the layout it needs
-        else:
-            h = rows.t().index_select(0, self.used_inputs)
+        h = self._feature_major(x.reshape(-1, self.in_features))
         for layer in self.layers:
             h = layer(h)
         return contiguous(h.t()).reshape(*leading, h.shape[0])
@@ -299,7 +365,7 @@ class _Affine:
     bias: torch.Tensor            # (out,), zeros when the layer has none
     has_bias: bool
     relu: bool
-    kernel: str                   # "dense" or "sparse"
+    kernel: str                   # DENSE, TORCH_CSR or NUMBA_CSR
 
 
 def _compact_chain(layers: list[_Affine]) -> tuple[list[_Affine], torch.Tensor | None]:
@@ -347,9 +413,11 @@ def _build_layer(layer: _Affine) -> nn.Module:
     bias = layer.bias if layer.has_bias else None
     # CSR of a matrix with no rows or columns is an edge case the kernels need not handle;
     # the dense product of an empty matrix is exact and free.
-    if layer.kernel == "sparse" and layer.weight.numel() > 0:
-        return SparseLinear(layer.weight, bias, layer.relu)
-    return DenseTransposedLinear(layer.weight, bias, layer.relu)
+    if layer.weight.numel() == 0 or layer.kernel == DENSE:
+        return DenseTransposedLinear(layer.weight, bias, layer.relu)
+    if layer.kernel == NUMBA_CSR:
+        return NumbaCsrLinear(layer.weight, bias, layer.relu)
+    return SparseLinear(layer.weight, bias, layer.relu)
 
 
 # --------------------------------------------------------------------------- choosing kernels
@@ -365,85 +433,86 @@ def effective_sparsity(weight: torch.Tensor) -> float:
     return 1.0 - int(nonzero.sum()) / live if live else 1.0
 
 
-def threshold_for(linear: nn.Linear, threshold: float | None) -> float:
-    """The sparsity from which "auto" runs this layer sparse (see the constants above)."""
-    if threshold is not None:
-        return threshold
-    if linear.in_features > WIDE_LAYER_INPUTS:
-        return WIDE_LAYER_SPARSITY_THRESHOLD
-    return AUTO_SPARSITY_THRESHOLD
+def fastest_sparse_kernel(weight: torch.Tensor) -> str:
+    """The kernel "sparse" mode (and a caller's threshold) uses: numba's wherever it applies."""
+    return NUMBA_CSR if numba_applies(weight) else TORCH_CSR
 
 
-def min_sparse_batch(sparsity: float) -> int:
-    """The smallest batch "auto" runs sparse at this sparsity (see MIN_SPARSE_BATCH)."""
-    return next(batch for lowest, batch in MIN_SPARSE_BATCH if sparsity >= lowest)
+def candidate_layers(linear: nn.Linear, relu: bool) -> dict[str, nn.Module]:
+    """Every kernel that can run ``linear`` (then ``relu``) inside a chain, by name."""
+    weight, bias = linear.weight.detach(), linear.bias
+    candidates: dict[str, nn.Module] = {DENSE: DenseTransposedLinear(weight, bias, relu),
+                                        TORCH_CSR: SparseLinear(weight, bias, relu)}
+    if numba_applies(weight):
+        candidates[NUMBA_CSR] = NumbaCsrLinear(weight, bias, relu)
+    return candidates
 
 
-def median_seconds(run: Callable[[], object], device: torch.device, repeats: int = 7,
-                   warmup: int = 2) -> float:
-    """Median wall time of ``run()``; the median shrugs off the odd descheduled call."""
-    def timed() -> float:
-        synchronise(device)
-        start = time.perf_counter()
-        run()
-        synchronise(device)
-        return time.perf_counter() - start
-
-    for _ in range(warmup):
-        run()
-    return statistics.median(timed() for _ in range(repeats))
+def _speedups(timings: dict[str, float]) -> str:
+    return ", ".join(f"{kernel} {timings[DENSE] / seconds:.2f}x"
+                     for kernel, seconds in sorted(timings.items()) if kernel != DENSE)
 
 
-def _measure_layer(linear: nn.Linear, relu: bool, x: torch.Tensor) -> tuple[float, float]:
-    """(dense, sparse) seconds for one layer on its recorded input ``x``."""
-    rows = x.reshape(-1, linear.in_features)
+@dataclass(frozen=True)
+class _Timing:
+    """How "auto" times kernels: the timer and, optionally, the cache of earlier timings."""
+    timer: Timer | None               # None: InterleavedTimer on the layer's device
+    cache: KernelTimingCache | None
+
+    def seconds(self, key: dict, runs: dict, device: torch.device) -> tuple[dict[str, float], bool]:
+        """Seconds per run (from the cache when it has every run) and whether they were cached."""
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None and cached.keys() == runs.keys():
+            return cached, True
+        timer = self.timer or InterleavedTimer(device)
+        with torch.inference_mode():
+            timings = timer(runs)
+        if self.cache is not None:
+            self.cache.put(key, timings)
+        return timings, False
+
+
+def time_layer(name: str, linear: nn.Linear, relu: bool, recorded_input: torch.Tensor,
+               timing: _Timing) -> LayerChoice:
+    """The fastest kernel for one layer, timed on the input it received from the example."""
+    sparsity = weight_sparsity(linear.weight)
+    rows = recorded_input.reshape(-1, linear.in_features)
     h = contiguous(rows.t())
-    sparse = SparseLinear(linear.weight, linear.bias, relu)
-
-    def dense() -> torch.Tensor:
-        out = linear(rows)
-        return out.relu_() if relu else out
-
-    with torch.inference_mode():
-        return median_seconds(dense, x.device), median_seconds(lambda: sparse(h), x.device)
+    candidates = candidate_layers(linear, relu)
+    key = timing_key(linear.weight.device, kernels=KERNELS_VERSION, what="layer",
+                     shape=list(linear.weight.shape), nonzeros=int(torch.count_nonzero(linear.weight)),
+                     relu=relu, rows=rows.shape[0], dtype=str(linear.weight.dtype))
+    runs = {kernel: (lambda layer=layer: layer(h)) for kernel, layer in candidates.items()}
+    timings, cached = timing.seconds(key, runs, linear.weight.device)
+    kernel = min(timings, key=timings.get)
+    source = "cached timing" if cached else "timed"
+    return LayerChoice(name, sparsity, kernel,
+                       f"{source} at {rows.shape[0]} rows: {_speedups(timings)} vs dense")
 
 
 def choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshold: float | None,
-                  recorded_input: torch.Tensor | None, device: torch.device) -> LayerChoice:
-    """The kernel of one linear layer (``name`` is its weight's) in "sparse" or "auto" mode.
+                  recorded_input: torch.Tensor | None, timing: _Timing) -> LayerChoice:
+    """The kernel of one linear layer (``name`` is its weight's) in a mode other than dense.
 
-    ``device`` is where the layer will run. "auto" times both kernels when given the layer's
-    ``recorded_input``; otherwise it compares the sparsity with a threshold, which by default
-    was measured on a CPU and says nothing about another device: there the layer stays dense.
+    "auto" times the candidates on ``recorded_input`` (see :func:`time_layer`) unless the
+    caller gave a sparsity ``threshold``.
     """
     sparsity = weight_sparsity(linear.weight)
-    if mode == "sparse":
-        if sparsity > 0:
-            return LayerChoice(name, sparsity, "sparse", "pruned linear layer")
-        return LayerChoice(name, sparsity, "dense", "not pruned")
     if sparsity == 0:
-        return LayerChoice(name, sparsity, "dense", "not pruned")
-    if recorded_input is not None:
-        dense_s, sparse_s = _measure_layer(linear, relu, recorded_input)
-        speedup = dense_s / sparse_s
-        kernel = "sparse" if speedup >= MEASURED_SPEEDUP_REQUIRED else "dense"
-        return LayerChoice(name, sparsity, kernel, f"measured: sparse {speedup:.2f}x dense "
-                                                   f"(needs {MEASURED_SPEEDUP_REQUIRED}x)")
-    if threshold is None and device.type != "cpu":
-        return LayerChoice(name, sparsity, "dense",
-                           f"on {device.type} auto runs dense unless the kernels are timed "
-                           "(--measure_auto): its sparsity thresholds were measured on a CPU")
-    if linear.weight.numel() < SMALL_LAYER_WEIGHTS:
-        return LayerChoice(name, sparsity, "dense",
-                           f"small layer ({linear.weight.numel()} weights < "
-                           f"{SMALL_LAYER_WEIGHTS}): the sparse kernel's fixed cost dominates")
+        return LayerChoice(name, sparsity, DENSE, "not pruned")
+    if mode in (TORCH_CSR, "sparse"):
+        kernel = TORCH_CSR if mode == TORCH_CSR else fastest_sparse_kernel(linear.weight)
+        return LayerChoice(name, sparsity, kernel, "pruned linear layer")
+    if threshold is None:
+        if recorded_input is None:
+            return LayerChoice(name, sparsity, DENSE, "the example input never reached this layer")
+        return time_layer(name, linear, relu, recorded_input, timing)
     effective = effective_sparsity(linear.weight)
-    cutoff = threshold_for(linear, threshold)
-    kernel = "sparse" if effective >= cutoff else "dense"
-    sign = ">=" if kernel == "sparse" else "<"
+    kernel = fastest_sparse_kernel(linear.weight) if effective >= threshold else DENSE
+    sign = ">=" if kernel != DENSE else "<"
     detail = "" if effective == sparsity else " once empty rows/columns are dropped"
     return LayerChoice(name, sparsity, kernel,
-                       f"sparsity {effective:.3f}{detail} {sign} threshold {cutoff:.2f}")
+                       f"sparsity {effective:.3f}{detail} {sign} threshold {threshold:.2f}")
 
 
 # --------------------------------------------------------------------------- finding chains
@@ -503,8 +572,9 @@ def _record_linear_inputs(model: nn.Module,
 class _Settings:
     mode: str
     threshold: float | None
-    recorded_inputs: dict      # nn.Linear -> its input on the example (measure=True only)
+    recorded_inputs: dict      # nn.Linear -> its input on the example ("auto" timing only)
     module_names: dict         # module -> its qualified name in the model
+    timing: _Timing
 
 
 def _weight_name(module_name: str) -> str:
@@ -519,17 +589,78 @@ def _as_affine(linear: nn.Linear, relu: bool, kernel: str) -> _Affine:
                    kernel=kernel)
 
 
-def _chain_is_faster(original: list[nn.Module], chain: nn.Module, x: torch.Tensor) -> bool:
+# The candidates "auto" times for a whole chain, besides the original layers ("dense").
+PER_LAYER_CHAIN, NUMBA_CHAIN = "chain", "chain_numba_only"
+
+
+def _time_chains(original: list[nn.Module], chains: dict[str, TransposedChain], x: torch.Tensor,
+                 timing: _Timing) -> tuple[dict[str, float], bool]:
+    """Seconds of the original layers ("dense") and of each chain on ``x``; whether cached."""
     def dense() -> torch.Tensor:
         h = x
         for module in original:
             h = module(h)
         return h
 
-    with torch.inference_mode():
-        chain_s = median_seconds(lambda: chain(x), x.device)
-        dense_s = median_seconds(dense, x.device)
-    return chain_s * MEASURED_SPEEDUP_REQUIRED <= dense_s
+    some_chain = next(iter(chains.values()))
+    key = timing_key(x.device, kernels=KERNELS_VERSION, what="chain",
+                     chains={name: [[type(layer).__name__, *_layer_shape(layer)]
+                                    for layer in chain.layers] for name, chain in chains.items()},
+                     inputs=some_chain.in_features, rows=x.numel() // some_chain.in_features,
+                     used_inputs=None if some_chain.used_inputs is None else len(some_chain.used_inputs),
+                     dtype=str(x.dtype))
+    runs = {DENSE: dense, **{name: (lambda chain=chain: chain(x)) for name, chain in chains.items()}}
+    return timing.seconds(key, runs, x.device)
+
+
+def _layer_shape(layer: nn.Module) -> list:
+    """(out, in, stored weights, relu) of a chain layer: what its speed depends on."""
+    if isinstance(layer, DenseTransposedLinear):
+        out_features, in_features = layer.weight.shape
+        return [out_features, in_features, layer.weight.numel(), layer.relu]
+    return [layer.out_features, layer.in_features, layer.values.numel(), layer.relu]
+
+
+def _keep_fastest_chain(segment: list[nn.Module], chain: TransposedChain,
+                        compacted: list[_Affine], choices: list[LayerChoice], first: int,
+                        recorded: torch.Tensor,
+                        timing: _Timing) -> tuple[TransposedChain | None, list[LayerChoice]]:
+    """Time the chain (and, on the CPU, the chain with numba's kernel for every layer)
+    against the original layers ``segment``; the fastest chain if it beats them by
+    :data:`MEASURED_SPEEDUP_REQUIRED`, else None, with the choices updated to say why.
+
+    Why the numba-only chain: torch and numba each keep their own pool of OpenMP threads,
+    which spin for a while after each call; a chain that alternates between them has
+    the idle pool's threads competing with the working one's (measured 0.85x on 2 cores),
+    which the single-layer timings cannot see.
+    """
+    candidates = {PER_LAYER_CHAIN: chain}
+    if (all(numba_applies(layer.weight) for layer in compacted)
+            and any(layer.kernel != NUMBA_CSR for layer in compacted)):
+        numba_only = [replace(layer, kernel=NUMBA_CSR) for layer in compacted]
+        candidates[NUMBA_CHAIN] = TransposedChain([_build_layer(layer) for layer in numba_only],
+                                                  chain.in_features, chain.used_inputs)
+    timings, cached = _time_chains(segment, candidates, recorded, timing)
+    source = "cached timing" if cached else "timed"
+    fastest = min(candidates, key=timings.get)
+    speedup = timings[DENSE] / timings[fastest]
+    head, rest = choices[:first], choices[first:]
+    if speedup < MEASURED_SPEEDUP_REQUIRED:
+        reason = (f"{source}: the sparse chain from {rest[0].name}, transposes included, ran "
+                  f"{speedup:.2f}x dense (needs {MEASURED_SPEEDUP_REQUIRED}x)")
+        return None, head + [replace(c, kernel=DENSE, reason=f"{reason}; was {c.reason}")
+                             for c in rest]
+    rows = recorded.numel() // chain.in_features
+    if fastest == NUMBA_CHAIN:
+        rest = [replace(c, kernel=NUMBA_CSR,
+                        reason=f"{c.reason}; numba for the whole chain ran faster "
+                               f"({timings[DENSE] / timings[PER_LAYER_CHAIN]:.2f}x dense mixed)")
+                for c in rest]
+    chosen = candidates[fastest]
+    note = f"; the chain ran {speedup:.2f}x dense ({source}); batches under {rows} rows run dense"
+    return (TransposedChain(chosen.layers, chosen.in_features, chosen.used_inputs,
+                            dense_fallback=segment, min_batch=rows),
+            head + [replace(c, reason=c.reason + note) for c in rest])
 
 
 def _convert_run(run: _Run,
@@ -542,9 +673,9 @@ def _convert_run(run: _Run,
     """
     choices = [choose_kernel(_weight_name(settings.module_names[linear]), linear, relu,
                              settings.mode, settings.threshold,
-                             settings.recorded_inputs.get(linear), linear.weight.device)
+                             settings.recorded_inputs.get(linear), settings.timing)
                for _, linear, relu in run.linears]
-    sparse_positions = [i for i, choice in enumerate(choices) if choice.kernel == "sparse"]
+    sparse_positions = [i for i, choice in enumerate(choices) if choice.kernel != DENSE]
     if not sparse_positions:
         return {}, choices
     first = sparse_positions[0]
@@ -554,25 +685,15 @@ def _convert_run(run: _Run,
     compacted, used_inputs = _compact_chain(layers)
     chain = TransposedChain([_build_layer(layer) for layer in compacted],
                             first_linear.in_features, used_inputs)
-
     start = [name for name, _ in run.children].index(first_name)
-    segment = run.children[start:]
+    segment = [module for _, module in run.children[start:]]
     recorded = settings.recorded_inputs.get(first_linear)
-    if recorded is not None and not _chain_is_faster([m for _, m in segment], chain, recorded):
-        reason = "measured: the sparse chain, transposes included, was not faster than dense"
-        return {}, choices[:first] + [LayerChoice(c.name, c.sparsity, "dense", reason)
-                                      for c in choices[first:]]
-    if settings.mode == "auto":
-        sparse_weights = [layer.weight for layer, choice in zip(layers, choices[first:])
-                          if choice.kernel == "sparse"]
-        nonzero = sum(int(torch.count_nonzero(w)) for w in sparse_weights)
-        min_batch = min_sparse_batch(1 - nonzero / sum(w.numel() for w in sparse_weights))
-        chain = TransposedChain(chain.layers, chain.in_features, chain.used_inputs,
-                                dense_fallback=[m for _, m in segment], min_batch=min_batch)
-        note = f"; batches under {min_batch} run dense"
-        choices = [replace(c, reason=c.reason + note) if c.kernel == "sparse" else c
-                   for c in choices]
-    replacement: dict[str, nn.Module | None] = {name: None for name, _ in segment}
+    if recorded is not None:
+        chain, choices = _keep_fastest_chain(segment, chain, compacted, choices, first, recorded,
+                                             settings.timing)
+        if chain is None:
+            return {}, choices
+    replacement: dict[str, nn.Module | None] = {name: None for name, _ in run.children[start:]}
     replacement[first_name] = chain
     return replacement, choices
 
@@ -616,7 +737,7 @@ def _with_coo_linears(module: nn.Module, settings: _Settings,
     """Every ``nn.Linear`` replaced by :class:`CooLinear`, as the original program did."""
     if isinstance(module, nn.Linear):
         name = _weight_name(settings.module_names[module])
-        choices.append(LayerChoice(name, weight_sparsity(module.weight), "coo",
+        choices.append(LayerChoice(name, weight_sparsity(module.weight), COO,
                                    "original program's approach: every linear layer as COO"))
         return CooLinear(module.weight, module.bias)
     for name, child in list(module.named_children()):
@@ -624,47 +745,50 @@ def _with_coo_linears(module: nn.Module, settings: _Settings,
     return module
 
 
-def _check_arguments(mode: str, threshold: float | None, measure: bool,
+def _check_arguments(mode: str, threshold: float | None,
                      example_input: torch.Tensor | None) -> None:
     if mode not in BENCHMARK_MODES:
         raise UserError(f"unknown kernel mode {mode!r}; choose one of {', '.join(KERNEL_MODES)}")
-    if measure and mode != "auto":
-        raise UserError("measuring the kernels only applies to the 'auto' kernel mode")
-    if measure and example_input is None:
-        raise UserError("measuring the kernels needs an example input batch")
-    if measure and threshold is not None:
-        raise UserError("give either a sparsity threshold or measure the kernels, not both")
+    if threshold is not None and mode != "auto":
+        raise UserError("a sparsity threshold only applies to the 'auto' kernel mode")
     if threshold is not None and not 0 <= threshold <= 1:
         raise UserError(f"the sparsity threshold must be in [0, 1], got {threshold}")
+    if mode == "auto" and threshold is None and example_input is None:
+        raise UserError("the 'auto' kernel mode times the kernels on this machine and needs an "
+                        "example input batch (or a sparsity threshold of your own)")
 
 
-def sparsify(model: nn.Module, mode: str, *, threshold: float | None = None, measure: bool = False,
-             example_input: torch.Tensor | None = None) -> tuple[nn.Module, list[LayerChoice]]:
+def sparsify(model: nn.Module, mode: str, *, example_input: torch.Tensor | None = None,
+             timing_cache: KernelTimingCache | None = None, timer: Timer | None = None,
+             threshold: float | None = None) -> tuple[nn.Module, list[LayerChoice]]:
     """An inference-only copy of ``model`` whose linear layers use the chosen kernels.
 
     ``mode``: "dense" returns an unchanged copy; "sparse" runs every pruned ``nn.Linear``
-    (any zero weight) with the CSR kernel; "auto" runs a layer sparse only where that is
-    faster: by its sparsity against :func:`threshold_for` (``threshold`` overrides the
-    default constants; layers under :data:`SMALL_LAYER_WEIGHTS` stay dense), or, with
-    ``measure=True``, by timing both kernels on the activations ``example_input``
-    produces at that layer (and keeping a chain only if it beats dense as a whole). On a
-    device other than the CPU the default thresholds do not apply: "auto" without
-    ``measure`` or ``threshold`` runs every layer dense there.
-    "coo" (benchmark only) is the original program's COO approach. The copy is in eval
-    mode without gradients; the original is not modified. Returns the copy and one
-    :class:`LayerChoice` per prunable layer (convolutions included), in the model's order.
+    (any zero weight) with numba's CSR kernel (torch's off the CPU or for other dtypes);
+    "auto" runs each pruned layer with whichever of dense, torch's and numba's CSR kernels
+    is fastest when timed on this machine with the activations ``example_input`` (a batch
+    as the model will see it) produces at that layer, keeps a chain of layers only if it
+    beats the original layers as a whole, and runs batches smaller than
+    ``example_input`` dense. ``timing_cache`` keeps those timings between runs (None: time
+    every time); ``timer`` replaces :class:`~archs.kernel_timing.InterleavedTimer` (tests).
+    With a ``threshold`` instead, "auto" runs sparse every layer at least that sparse,
+    without timing. "torch_csr" and "coo" are for the benchmark: torch's CSR kernel for
+    every pruned layer, and the original program's COO approach. ``example_input`` is
+    only used by "auto". The copy is in eval mode without gradients; the original is not
+    modified. Returns the copy and one :class:`LayerChoice` per prunable layer
+    (convolutions included), in the model's order.
     """
-    _check_arguments(mode, threshold, measure, example_input)
+    _check_arguments(mode, threshold, example_input)
     converted = copy.deepcopy(model).eval().requires_grad_(False)
     module_names = {module: name for name, module in converted.named_modules()}
-    settings = _Settings(mode, threshold, {}, module_names)
+    timing = _Timing(timer, timing_cache)
     made: list[LayerChoice] = []
-    if mode == "coo":
-        converted = _with_coo_linears(converted, settings, made)
-    elif mode != "dense":
-        if measure:
-            settings = _Settings(mode, threshold, _record_linear_inputs(converted, example_input),
-                                 module_names)
+    if mode == COO:
+        converted = _with_coo_linears(converted, _Settings(mode, None, {}, module_names, timing), made)
+    elif mode != DENSE:
+        timed = mode == "auto" and threshold is None
+        recorded = _record_linear_inputs(converted, example_input) if timed else {}
+        settings = _Settings(mode, threshold, recorded, module_names, timing)
         converted = _rebuild(converted, settings, made)
     # eval() again: the modules created by the conversion start in training mode
     converted.eval()

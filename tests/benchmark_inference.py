@@ -1,20 +1,26 @@
 """Benchmark: is a pruned fc1 cheaper to run? Dense vs COO (the original) vs CSR kernels.
 
-Prints, for fc1 at one batch size on the CPU, seconds per 10,000 images for each kernel
-mode at several sparsities, with the speed-up over dense. Not a test (pytest does not
-collect it); run it directly:
+Prints the CPU model and, for fc1 at each batch size, seconds per 10,000 images for each
+kernel at several sparsities with the speed-up over dense measured in the same run, and
+the kernels "auto" chose per layer. Not a test (pytest does not collect it); run it:
 
-    /work/venv/bin/python tests/benchmark_inference.py [--threads N] [--repeats R]
-    /work/venv/bin/python tests/benchmark_inference.py --crossover [--batch_size B]
+    /work/venv/bin/python tests/benchmark_inference.py [--batch_sizes 1 64 512] [--threads N]
+    /work/venv/bin/python tests/benchmark_inference.py --crossover [--batch_sizes B]
+
+Kernels: dense (the model as is), coo (the original program), torch_csr (torch's CSR
+kernel on every pruned layer), numba_csr ("sparse" mode: numba's kernel on every pruned
+layer) and auto (each layer's kernel timed on this machine, at this batch size, before
+the benchmark starts; no cached timings unless --timing_cache is given).
 
 Each sparsity prunes every layer of a freshly initialised fc1 to exactly that fraction by
 weight magnitude (random weights, so the masks are random), as pruning does layer-wise.
-Every mode at every sparsity takes its turn within each repeat (one batch each), so a
-burst of load from other processes hits them alike; the median over repeats is reported.
+Every kernel at every sparsity takes its turn within each repeat, in a fresh random order
+(one batch each), so a burst of load from other processes hits them alike; the median
+over repeats is reported.
 
 ``--crossover`` instead times single layers of fc1's and LeNet5's shapes, dense against
-the CSR kernel, inside a chain and alone (paying both transposes), over a range of
-sparsities: the measurement behind the thresholds of ``archs.sparse``.
+each CSR kernel inside a chain (activations already feature-major), over a range of
+sparsities.
 """
 from __future__ import annotations
 
@@ -35,12 +41,16 @@ if str(ROOT) not in sys.path:
 
 from archs import build_model  # noqa: E402
 from archs.masks import apply_masks, full_masks, prune_by_magnitude  # noqa: E402
-from archs.sparse import (DenseTransposedLinear, SparseLinear, compare_outputs,  # noqa: E402
-                          contiguous, sparsify)
-from utils import format_table, positive_int, run_cli
+from archs.kernel_timing import KernelTimingCache, device_description  # noqa: E402
+from archs.sparse import (DenseTransposedLinear, NumbaCsrLinear, SparseLinear,  # noqa: E402
+                          compare_outputs, contiguous, sparsify)
+from utils import format_table, positive_int, run_cli  # noqa: E402
 from utils import percent as percent_argument  # noqa: E402
 
-MODES = ("dense", "coo", "sparse", "auto")
+# column name -> sparsify mode
+KERNELS = {"dense": "dense", "coo": "coo", "torch_csr": "torch_csr", "numba_csr": "sparse",
+           "auto": "auto"}
+KERNEL_LETTERS = {"dense": "D", "numba_csr": "N", "torch_csr": "T"}
 SPARSITIES = (0, 50, 80, 90, 95, 97, 99)
 IMAGES = 10_000
 # (in_features, out_features) of the linear layers of fc1 and LeNet5 (MNIST)
@@ -58,8 +68,8 @@ def pruned_fc1(percent: float, seed: int) -> torch.nn.Module:
 
 
 def time_interleaved(runs: dict[Hashable, Callable[[torch.Tensor], object]], batch: torch.Tensor,
-                     repeats: int, warmup: int) -> dict[Hashable, float]:
-    """Median seconds per batch of each run, in steady state.
+                     repeats: int, warmup: int, statistic: str = "median") -> dict[Hashable, float]:
+    """Median (or best, ``statistic="min"``) seconds per batch of each run, in steady state.
 
     Every run (each mode at each sparsity) takes its turn within each repeat, in random
     order: on a shared machine load from other processes comes in bursts of seconds, and
@@ -83,17 +93,14 @@ def time_interleaved(runs: dict[Hashable, Callable[[torch.Tensor], object]], bat
                 start = time.perf_counter()
                 runs[key](batch)
                 samples[key].append(time.perf_counter() - start)
-    return {key: statistics.median(times) for key, times in samples.items()}
+    summary = min if statistic == "min" else statistics.median
+    return {key: summary(times) for key, times in samples.items()}
 
 
 def crossover_rows(in_features: int, out_features: int, batch_size: int, repeats: int,
-                   warmup: int) -> tuple[list[str], list[str]]:
-    """Dense time / CSR time of one ReLU layer at each of CROSSOVER_SPARSITIES.
-
-    Two rows: inside a chain (activations already feature-major; dense is then
-    DenseTransposedLinear) and alone (batch-major in and out: dense is nn.Linear, the
-    CSR layer pays both transposes).
-    """
+                   warmup: int) -> list[list[str]]:
+    """Dense time / CSR time of one ReLU layer inside a chain at each of CROSSOVER_SPARSITIES:
+    one row per CSR kernel (torch's, numba's)."""
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(batch_size, in_features, generator=generator)
     feature_major = contiguous(inputs.t())
@@ -102,35 +109,33 @@ def crossover_rows(in_features: int, out_features: int, batch_size: int, repeats
     for sparsity in CROSSOVER_SPARSITIES:
         weight = torch.randn(out_features, in_features, generator=generator)
         weight *= torch.rand(weight.shape, generator=generator) >= sparsity
-        csr = SparseLinear(weight, bias, relu=True)
-        dense = DenseTransposedLinear(weight, bias, relu=True)
-        runs[sparsity, "chain", "dense"] = lambda x, dense=dense: dense(feature_major)
-        runs[sparsity, "chain", "sparse"] = lambda x, csr=csr: csr(feature_major)
-        runs[sparsity, "alone", "dense"] = lambda x, w=weight: torch.addmm(bias, x, w.t()).relu_()
-        runs[sparsity, "alone", "sparse"] = lambda x, csr=csr: contiguous(csr(x.t()).t())
+        for kernel, layer in (("dense", DenseTransposedLinear(weight, bias, relu=True)),
+                              ("torch_csr", SparseLinear(weight, bias, relu=True)),
+                              ("numba_csr", NumbaCsrLinear(weight, bias, relu=True))):
+            runs[sparsity, kernel] = lambda x, layer=layer: layer(feature_major)
     seconds = time_interleaved(runs, inputs, repeats, warmup)
     name = f"{in_features}->{out_features}"
-    return tuple([name] + [f"{seconds[s, where, 'dense'] / seconds[s, where, 'sparse']:.2f}"
-                           for s in CROSSOVER_SPARSITIES]
-                 for where in ("chain", "alone"))
+    return [[f"{name} {kernel}"] + [f"{seconds[s, 'dense'] / seconds[s, kernel]:.2f}"
+                                    for s in CROSSOVER_SPARSITIES]
+            for kernel in ("torch_csr", "numba_csr")]
 
 
 def crossover(args: argparse.Namespace) -> None:
-    print(f"dense time / CSR time per layer (> 1: sparse faster), batch {args.batch_size}, "
-          f"{args.threads} thread(s), median of {args.crossover_repeats}; "
-          f"load average before: {os.getloadavg()[0]:.2f}")
-    rows = [crossover_rows(i, o, args.batch_size, args.crossover_repeats, args.warmup)
-            for i, o in CROSSOVER_SHAPES]
-    headers = [f"{s:.0%}" for s in CROSSOVER_SPARSITIES]
-    print(format_table(["inside a chain"] + headers, [chain for chain, _ in rows]))
-    print(format_table(["alone"] + headers, [alone for _, alone in rows]))
+    for batch_size in args.batch_sizes:
+        print(f"dense time / CSR time per layer inside a chain (> 1: sparse faster), batch "
+              f"{batch_size}, {args.threads} thread(s), median of {args.crossover_repeats}; "
+              f"load average before: {os.getloadavg()[0]:.2f}")
+        rows = [row for i, o in CROSSOVER_SHAPES
+                for row in crossover_rows(i, o, batch_size, args.crossover_repeats, args.warmup)]
+        print(format_table(["layer, kernel"] + [f"{s:.0%}" for s in CROSSOVER_SPARSITIES], rows))
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count(),
                         help="torch intra-op threads (default: all cores)")
-    parser.add_argument("--batch_size", type=positive_int, default=512)
+    parser.add_argument("--batch_sizes", type=positive_int, nargs="+", default=[1, 64, 512],
+                        metavar="B", help="images per batch; one table per batch size")
     parser.add_argument("--repeats", type=positive_int, default=101,
                         help="timed batches per mode and sparsity; the median is reported")
     parser.add_argument("--warmup", type=positive_int, default=5,
@@ -141,43 +146,58 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--crossover", action="store_true",
                         help="time single layers dense vs CSR across sparsities instead")
     parser.add_argument("--crossover_repeats", type=positive_int, default=21)
+    parser.add_argument("--statistic", choices=("median", "min"), default="median",
+                        help="median over repeats, or the best (on a machine so loaded that "
+                             "most batches are descheduled, the median measures the load)")
+    parser.add_argument("--timing_cache", type=Path, default=None,
+                        help="kernel timing cache for auto (default: none, auto times afresh)")
     return parser.parse_args()
+
+
+def benchmark(args: argparse.Namespace, batch_size: int) -> None:
+    batch = torch.randn(batch_size, 1, 28, 28)
+    per_images = IMAGES / batch_size
+    cache = None if args.timing_cache is None else KernelTimingCache(args.timing_cache)
+    print(f"\nfc1, batch {batch_size}, {args.threads} thread(s), {args.statistic} of {args.repeats}; "
+          f"load average before: {os.getloadavg()[0]:.2f}")
+    runs, auto_kernels, errors = {}, {}, {}
+    for percent in args.sparsities:
+        model = pruned_fc1(percent, args.seed)
+        for kernel, mode in KERNELS.items():
+            if mode == "dense":
+                runs[percent, kernel] = model
+                continue
+            extra = dict(example_input=batch, timing_cache=cache) if mode == "auto" else {}
+            runs[percent, kernel], choices = sparsify(model, mode, **extra)
+            if mode == "auto":
+                auto_kernels[percent] = "".join(KERNEL_LETTERS[c.kernel] for c in choices)
+        errors[percent] = max(compare_outputs(model, runs[percent, kernel], batch).relative_error
+                              for kernel in KERNELS)
+    seconds = {key: s * per_images for key, s in
+               time_interleaved(runs, batch, args.repeats, args.warmup, args.statistic).items()}
+    rows = []
+    for percent in args.sparsities:
+        dense = seconds[percent, "dense"]
+        row = [f"{percent:g}%", f"{dense:.4f}"]
+        for kernel in list(KERNELS)[1:]:
+            row.append(f"{seconds[percent, kernel]:.4f} ({dense / seconds[percent, kernel]:.2f}x)")
+        rows.append(row + [auto_kernels[percent], f"{errors[percent]:.1e}"])
+    print(format_table(["sparsity", "dense s"] + [f"{kernel} s (vs dense)" for kernel in list(KERNELS)[1:]]
+                       + ["auto kernels", "max rel err"], rows))
+    print(f"seconds per {IMAGES} images; auto kernels per layer: D = dense, N = numba_csr, "
+          f"T = torch_csr; load average after: {os.getloadavg()[0]:.2f}")
 
 
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    print(f"CPU: {device_description(torch.device('cpu'))}; torch {torch.__version__}, "
+          f"{args.threads} thread(s)")
     if args.crossover:
         crossover(args)
         return 0
-    batch = torch.randn(args.batch_size, 1, 28, 28)
-    per_images = IMAGES / args.batch_size
-    print(f"fc1, batch {args.batch_size}, {args.threads} thread(s), torch {torch.__version__}, "
-          f"median of {args.repeats}; load average before: {os.getloadavg()[0]:.2f}")
-    runs, kernels, errors = {}, {}, {}
-    for percent in args.sparsities:
-        model = pruned_fc1(percent, args.seed)
-        runs[percent, "dense"] = model
-        for mode in MODES[1:]:
-            runs[percent, mode], choices = sparsify(model, mode)
-            if mode == "auto":
-                kernels[percent] = "".join(c.kernel[0].upper() for c in choices)
-        errors[percent] = max(compare_outputs(model, runs[percent, mode], batch).relative_error
-                              for mode in MODES[1:])
-    seconds = {key: s * per_images for key, s in
-               time_interleaved(runs, batch, args.repeats, args.warmup).items()}
-    rows = []
-    for percent in args.sparsities:
-        dense = seconds[percent, "dense"]
-        row = [f"{percent:g}%", f"{dense:.4f}"]
-        for mode in MODES[1:]:
-            row.append(f"{seconds[percent, mode]:.4f} ({dense / seconds[percent, mode]:.2f}x)")
-        coo_over_sparse = seconds[percent, "coo"] / seconds[percent, "sparse"]
-        rows.append(row + [f"{coo_over_sparse:.1f}x", kernels[percent], f"{errors[percent]:.1e}"])
-    print(format_table(["sparsity", "dense s", "coo s (vs dense)", "sparse s (vs dense)",
-                        "auto s (vs dense)", "sparse vs coo", "auto kernels", "max rel err"], rows))
-    print(f"seconds per {IMAGES} images; auto kernels per layer: S = sparse, D = dense; "
-          f"load average after: {os.getloadavg()[0]:.2f}")
+    for batch_size in args.batch_sizes:
+        benchmark(args, batch_size)
     return 0
 
 

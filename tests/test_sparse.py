@@ -2,6 +2,8 @@
 original model alone."""
 from __future__ import annotations
 
+import copy
+import json
 import sys
 from pathlib import Path
 
@@ -15,9 +17,12 @@ if str(ROOT) not in sys.path:
 
 from archs import build_model  # noqa: E402
 from archs import sparse  # noqa: E402
+from archs.kernel_timing import (InterleavedTimer, KernelTimingCache,  # noqa: E402
+                                 default_timing_cache_path, timing_key)
 from archs.sparse import (AGREEMENT_TOLERANCE, BENCHMARK_MODES, CONVOLUTION_REASON,  # noqa: E402
-                          KERNEL_MODES, DenseTransposedLinear, SparseLinear, TransposedChain,
-                          batch_chunk, compare_outputs, relative_error, sparsify)
+                          KERNEL_MODES, MEASURED_SPEEDUP_REQUIRED, DenseTransposedLinear,
+                          NumbaCsrLinear, SparseLinear, TransposedChain, batch_chunk,
+                          candidate_layers, compare_outputs, relative_error, sparsify)
 from utils import UserError  # noqa: E402
 
 
@@ -49,39 +54,118 @@ def assert_agrees(reference: nn.Module, candidate: nn.Module, inputs: torch.Tens
     assert agreement.agrees, f"relative error {agreement.relative_error:.2e}"
 
 
-# enough images for "auto" to take its sparse path at any sparsity (sparse.MIN_SPARSE_BATCH)
 MNIST_BATCH = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+
+
+def fake_timer(seconds: dict[str, float], asked: list | None = None):
+    """A timer that runs every candidate once (so each must work) and reports ``seconds``.
+
+    Per layer the candidates are kernel names; for a whole chain, "dense" and "chain".
+    """
+    def timer(runs):
+        for run in runs.values():
+            run()
+        if asked is not None:
+            asked.append(sorted(runs))
+        return {name: seconds[name] for name in runs}
+    return timer
+
+
+NUMBA_WINS = {"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0, "chain": 1.0,
+              "chain_numba_only": 1.0}
 
 
 # --------------------------------------------------------------------------- exactness
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 0.9, 0.99])
-@pytest.mark.parametrize("mode", ["sparse", "auto", "coo"])
+@pytest.mark.parametrize("mode", ["sparse", "torch_csr", "auto", "coo"])
 def test_fc1_matches_dense(fraction, mode):
     model = prune_linears_randomly(seeded_model("fc1"), fraction)
-    fast, _ = sparsify(model, mode)
+    extra = dict(example_input=MNIST_BATCH, timer=fake_timer(NUMBA_WINS)) if mode == "auto" else {}
+    fast, _ = sparsify(model, mode, **extra)
     assert_agrees(model, fast, MNIST_BATCH)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.97, 0.999, 1.0])
+@pytest.mark.parametrize("images", [1, 64, 512])
+@pytest.mark.parametrize("relu", [False, True])
+def test_numba_kernel_matches_dense(sparsity, images, relu):
+    generator = torch.Generator().manual_seed(int(sparsity * 1000) + images)
+    weight = torch.randn(37, 300, generator=generator)
+    weight *= torch.rand(weight.shape, generator=generator) >= sparsity
+    weight[5:9] = 0          # empty rows
+    weight[:, 100:140] = 0   # empty columns
+    bias = torch.randn(37, generator=generator)
+    inputs = torch.randn(images, 300, generator=generator)
+    for layer_bias in (bias, None):
+        layer = NumbaCsrLinear(weight, layer_bias, relu)
+        expected = inputs @ weight.t() + (0 if layer_bias is None else layer_bias)
+        expected = expected.relu() if relu else expected
+        actual = layer(inputs.t())           # a strided view: the layer copies it
+        assert actual.shape == (37, images)
+        assert relative_error(actual.t(), expected) < AGREEMENT_TOLERANCE
+
+
+def test_numba_layer_follows_its_buffers():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 20) * (torch.rand(8, 20) > 0.7)
+    layer = NumbaCsrLinear(weight, torch.randn(8), relu=False)
+    h = torch.randn(20, 5)
+    first = layer(h)
+    copied = copy.deepcopy(layer)
+    copied.values.mul_(2)
+    copied.bias.mul_(2)
+    assert relative_error(copied(h), 2 * first) < AGREEMENT_TOLERANCE
+    assert relative_error(layer(h), first) < AGREEMENT_TOLERANCE
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_kernel_gives_the_same_answer_on_any_thread_count(threads):
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    fast, _ = sparsify(model, "sparse")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert_agrees(model, fast, MNIST_BATCH)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_fc1_runs_sparse_kernels_in_one_chain():
     model = prune_linears_randomly(seeded_model("fc1"), 0.9)
     fast, choices = sparsify(model, "sparse")
-    assert [c.kernel for c in choices] == ["sparse"] * 3
+    assert [c.kernel for c in choices] == ["numba_csr"] * 3
+    (chain,) = chains(fast)
+    assert all(isinstance(layer, NumbaCsrLinear) for layer in chain.layers)
+    assert not linears(fast)
+
+
+def test_torch_csr_mode_runs_torchs_kernel():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    fast, choices = sparsify(model, "torch_csr")
+    assert [c.kernel for c in choices] == ["torch_csr"] * 3
     (chain,) = chains(fast)
     assert all(isinstance(layer, SparseLinear) for layer in chain.layers)
-    assert not linears(fast)
+
+
+def test_sparse_mode_uses_torchs_kernel_where_numba_does_not_apply():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9).double()
+    fast, choices = sparsify(model, "sparse")
+    assert [c.kernel for c in choices] == ["torch_csr"] * 3
+    assert "numba_csr" not in candidate_layers(linears(model)[0], relu=True)
+    assert_agrees(model, fast, MNIST_BATCH.double())
 
 
 def test_lenet5_with_pruned_linears_matches_dense():
     model = prune_linears_randomly(seeded_model("lenet5"), 0.95)
     fast, choices = sparsify(model, "sparse")
     kernels = {c.name: c.kernel for c in choices}
-    assert kernels == {"0.weight": "dense", "2.weight": "dense", "6.weight": "sparse",
-                       "8.weight": "sparse", "10.weight": "sparse"}
+    assert kernels == {"0.weight": "dense", "2.weight": "dense", "6.weight": "numba_csr",
+                       "8.weight": "numba_csr", "10.weight": "numba_csr"}
     assert_agrees(model, fast, MNIST_BATCH[:4])
 
 
 @torch.no_grad()
-def lenet5_with_empty_rows_and_columns() -> nn.Module:
+def lenet5_with_empty_rows_and_columns() -> nn.Module:  # noqa: D401
     """LeNet5 whose linear layers have whole rows and columns pruned, biases of both signs."""
     model = prune_linears_randomly(seeded_model("lenet5"), 0.9)
     first, second, last = linears(model)
@@ -96,9 +180,10 @@ def lenet5_with_empty_rows_and_columns() -> nn.Module:
     return model
 
 
-def test_empty_rows_and_columns_are_dropped_exactly():
+@pytest.mark.parametrize("mode", ["sparse", "torch_csr"])
+def test_empty_rows_and_columns_are_dropped_exactly(mode):
     model = lenet5_with_empty_rows_and_columns()
-    fast, _ = sparsify(model, "sparse")
+    fast, _ = sparsify(model, mode)
     assert_agrees(model, fast, MNIST_BATCH[:4])
     (chain,) = chains(fast)
     first, second, last = chain.layers
@@ -121,7 +206,7 @@ def test_resnet18_classifier_matches_dense():
     torch.manual_seed(0)
     model = prune_linears_randomly(build_model("resnet18", 3, 8, 10).eval(), 0.9)
     fast, choices = sparsify(model, "sparse")
-    assert {c.name: c.kernel for c in choices if c.kernel == "sparse"} == {"fc.weight": "sparse"}
+    assert {c.name: c.kernel for c in choices if c.is_sparse} == {"fc.weight": "numba_csr"}
     assert_agrees(model, fast, torch.randn(2, 3, 8, 8))
 
 
@@ -133,7 +218,7 @@ def test_leading_dense_layers_stay_batch_major():
         for layer in (model[2], model[5]):
             layer.weight.mul_(torch.rand(layer.weight.shape) > 0.95)
     fast, choices = sparsify(model, "auto", threshold=0.5)
-    assert [c.kernel for c in choices] == ["dense", "sparse", "sparse"]
+    assert [c.kernel for c in choices] == ["dense", "numba_csr", "numba_csr"]
     assert isinstance(fast[0], nn.Linear) and isinstance(fast[2], TransposedChain)
     assert_agrees(model, fast, torch.randn(7, 20))
     assert fast(torch.randn(7, 20)).shape == (7, 100)
@@ -180,43 +265,94 @@ def test_works_with_and_without_inference_mode():
 # --------------------------------------------------------------------------- choosing kernels
 def test_auto_leaves_a_dense_model_dense():
     model = seeded_model("fc1")
-    fast, choices = sparsify(model, "auto")
+    asked = []
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=fake_timer({}, asked))
     assert [c.kernel for c in choices] == ["dense"] * 3
+    assert not asked                      # nothing pruned: nothing to time
     assert not chains(fast) and len(linears(fast)) == 3
 
 
-def test_auto_picks_sparse_for_a_99_percent_sparse_model():
-    model = prune_linears_randomly(seeded_model("fc1"), 0.99)
-    fast, choices = sparsify(model, "auto")
-    assert [c.kernel for c in choices] == ["sparse", "sparse", "dense"]
-    assert choices[2].reason.startswith("small layer")     # 100 x 10: dense in the chain
+def test_auto_picks_the_fastest_timed_kernel_per_layer():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
+                      {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
+                      {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
+                      {"dense": 2.0, "chain": 1.0, "chain_numba_only": 1.5}])
+
+    def timer(runs):
+        for run in runs.values():
+            run()
+        return next(per_layer)
+
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
+    assert [c.kernel for c in choices] == ["numba_csr", "torch_csr", "dense"]
+    assert choices[0].reason.startswith(f"timed at {MNIST_BATCH.shape[0]} rows: numba_csr 3.00x")
+    assert "the chain ran 2.00x dense" in choices[0].reason
     (chain,) = chains(fast)
-    assert [type(layer) for layer in chain.layers] == [SparseLinear, SparseLinear,
+    assert [type(layer) for layer in chain.layers] == [NumbaCsrLinear, SparseLinear,
                                                        DenseTransposedLinear]
+    assert_agrees(model, fast, MNIST_BATCH)
 
 
-@pytest.mark.parametrize("fraction", [0.8, 0.9, 0.99])
-def test_auto_runs_small_batches_dense(fraction):
-    model = prune_linears_randomly(seeded_model("fc1"), fraction)
-    fast, choices = sparsify(model, "auto")
+def test_auto_runs_the_whole_chain_with_numba_when_that_is_timed_faster():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
+                      {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
+                      {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
+                      {"dense": 4.0, "chain": 2.0, "chain_numba_only": 1.0}])
+
+    def timer(runs):
+        for run in runs.values():
+            run()
+        return next(per_layer)
+
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
+    assert [c.kernel for c in choices] == ["numba_csr"] * 3
+    assert "numba for the whole chain ran faster (2.00x dense mixed)" in choices[2].reason
+    assert "the chain ran 4.00x dense" in choices[2].reason
     (chain,) = chains(fast)
-    big_layers = linears(model)[:2]     # the 100 x 10 layer is too small to run sparse
-    nonzero = sum(int(torch.count_nonzero(layer.weight)) for layer in big_layers)
-    smallest = sparse.min_sparse_batch(1 - nonzero / sum(layer.weight.numel() for layer in big_layers))
-    assert chain.min_batch == smallest
-    assert f"batches under {smallest} run dense" in choices[0].reason
+    assert all(isinstance(layer, NumbaCsrLinear) for layer in chain.layers)
+    assert_agrees(model, fast, MNIST_BATCH)
+
+
+def test_auto_falls_back_to_dense_when_the_timed_sparse_kernels_lose():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.99)
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH,
+                             timer=fake_timer({"dense": 1.0, "torch_csr": 1.5, "numba_csr": 1.2}))
+    assert [c.kernel for c in choices] == ["dense"] * 3
+    assert "numba_csr 0.83x" in choices[0].reason
+    assert not chains(fast) and len(linears(fast)) == 3
+
+
+@pytest.mark.parametrize("chain_seconds", [1.0, 1.0 / (MEASURED_SPEEDUP_REQUIRED - 0.01)])
+def test_auto_falls_back_to_dense_when_the_timed_chain_loses(chain_seconds):
+    model = prune_linears_randomly(seeded_model("fc1"), 0.99)
+    layers_win = fake_timer(NUMBA_WINS)
+    chain_loses = fake_timer({"dense": 1.0, "chain": chain_seconds,
+                              "chain_numba_only": chain_seconds})
+
+    def timer(runs):
+        return (chain_loses if "chain" in runs else layers_win)(runs)
+
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
+    assert [c.kernel for c in choices] == ["dense"] * 3
+    assert "the sparse chain from 1.weight" in choices[0].reason
+    assert not chains(fast) and len(linears(fast)) == 3
+
+
+def test_auto_runs_batches_smaller_than_the_timed_one_dense():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    example = MNIST_BATCH[:64]
+    fast, choices = sparsify(model, "auto", example_input=example, timer=fake_timer(NUMBA_WINS))
+    (chain,) = chains(fast)
+    assert chain.min_batch == 64 and "batches under 64 rows run dense" in choices[0].reason
     sparse_calls = []
     chain.layers[0].register_forward_hook(lambda *_: sparse_calls.append(1))
-    assert_agrees(model, fast, MNIST_BATCH[:smallest - 1])
+    assert_agrees(model, fast, MNIST_BATCH[:63])
     assert not sparse_calls
-    assert_agrees(model, fast, MNIST_BATCH[:smallest])
-    assert sparse_calls
-
-
-def test_min_sparse_batch_falls_with_sparsity():
-    batches = [sparse.min_sparse_batch(s) for s in (0.0, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)]
-    assert batches == sorted(batches, reverse=True)
-    assert batches[-1] >= 1 and batches[0] <= MNIST_BATCH.shape[0]
+    assert_agrees(model, fast, MNIST_BATCH[:64])
+    assert_agrees(model, fast, MNIST_BATCH)
+    assert len(sparse_calls) == 2
 
 
 def test_sparse_mode_runs_every_batch_sparse():
@@ -225,27 +361,141 @@ def test_sparse_mode_runs_every_batch_sparse():
     assert chain.dense_fallback is None
 
 
-def test_auto_threshold_can_be_overridden():
+def test_auto_with_a_threshold_of_its_own_does_not_time():
     model = prune_linears_randomly(seeded_model("fc1"), 0.5)
-    _, default = sparsify(model, "auto")
-    _, low = sparsify(model, "auto", threshold=0.3)
-    assert [c.kernel for c in default] == ["dense"] * 3
-    assert [c.kernel for c in low] == ["sparse", "sparse", "dense"]
+    asked = []
+    _, high = sparsify(model, "auto", threshold=0.6, timer=fake_timer({}, asked))
+    _, low = sparsify(model, "auto", threshold=0.3, timer=fake_timer({}, asked))
+    assert [c.kernel for c in high] == ["dense"] * 3
+    assert [c.kernel for c in low] == ["numba_csr"] * 3
+    assert not asked
 
 
-def test_auto_can_measure_both_kernels():
+def test_auto_times_on_this_machine():
+    """The real timer: whatever it picks must give the dense answer, original untouched."""
     model = prune_linears_randomly(seeded_model("fc1"), 0.99)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast, choices = sparsify(model, "auto", measure=True, example_input=MNIST_BATCH)
-    assert all(c.reason.startswith("measured") for c in choices)
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH)
+    assert all(c.reason.startswith("timed at 128 rows") for c in choices)
     assert_agrees(model, fast, MNIST_BATCH)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_interleaved_timer_reports_the_median_per_run(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("archs.kernel_timing.time.perf_counter", lambda: clock[0])
+    durations = {"fast": iter([1.0] * 20 + [50.0]), "slow": iter([3.0] * 21)}
+
+    def run(name):
+        clock[0] += next(durations[name])
+
+    timer = InterleavedTimer(torch.device("cpu"), rounds=5, warmup=1, sample_seconds=0.0)
+    seconds = timer({"fast": lambda: run("fast"), "slow": lambda: run("slow")})
+    assert seconds == {"fast": 1.0, "slow": 3.0}
+
+
+# --------------------------------------------------------------------------- timing cache
+def test_auto_reuses_cached_timings(tmp_path):
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    cache = KernelTimingCache(tmp_path / "timings.json")
+    asked = []
+    _, first = sparsify(model, "auto", example_input=MNIST_BATCH, timing_cache=cache,
+                        timer=fake_timer(NUMBA_WINS, asked))
+    assert len(asked) == 4 and len(cache) == 4        # three layers and the chain
+    reopened = KernelTimingCache(tmp_path / "timings.json")
+    fast, again = sparsify(model, "auto", example_input=MNIST_BATCH, timing_cache=reopened,
+                           timer=fake_timer(NUMBA_WINS, asked))
+    assert len(asked) == 4                            # all hits: nothing timed again
+    assert [c.kernel for c in again] == [c.kernel for c in first]
+    assert all(c.reason.startswith("cached timing") for c in again)
+    assert_agrees(model, fast, MNIST_BATCH)
+
+
+def test_cache_misses_on_another_batch_size_thread_count_or_weights(tmp_path):
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    cache = KernelTimingCache(tmp_path / "timings.json")
+    asked = []
+
+    def run(model=model, example=MNIST_BATCH):
+        sparsify(model, "auto", example_input=example, timing_cache=cache,
+                 timer=fake_timer(NUMBA_WINS, asked))
+        timed = len(asked)
+        asked.clear()
+        return timed
+
+    assert run() == 4
+    assert run() == 0
+    assert run(example=MNIST_BATCH[:64]) == 4
+    assert run(model=prune_linears_randomly(seeded_model("fc1"), 0.95)) == 4
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if before > 1 else 2)
+        assert run() == 4
+    finally:
+        torch.set_num_threads(before)
+    assert run() == 0
+
+
+def test_timing_keys_tell_apart_shape_sparsity_batch_and_threads():
+    cpu = torch.device("cpu")
+    base = dict(what="layer", shape=[300, 784], nonzeros=23520, rows=512)
+    cache_keys = [timing_key(cpu, **base), timing_key(cpu, **{**base, "shape": [784, 300]}),
+                  timing_key(cpu, **{**base, "nonzeros": 7056}),
+                  timing_key(cpu, **{**base, "rows": 64})]
+    assert len({json.dumps(k, sort_keys=True) for k in cache_keys}) == 4
+    key = timing_key(cpu, **base)
+    assert key["threads"] == torch.get_num_threads() and key["torch"] == torch.__version__
+    assert key["device"]
+
+
+def test_cache_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "timings.json"
+    cache = KernelTimingCache(path)
+    cache.put({"layer": 1}, {"dense": 1.0})
+    saved = path.read_text()
+
+    def torn_write(self, text, *args, **kwargs):
+        Path.write_bytes(self, text[:10].encode())    # half the file, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", torn_write)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put({"layer": 2}, {"dense": 2.0})
+    monkeypatch.undo()
+    assert path.read_text() == saved
+    assert [p.name for p in tmp_path.iterdir()] == ["timings.json"]
+    assert KernelTimingCache(path).get({"layer": 1}) == {"dense": 1.0}
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 1, "timings": [1, 2]}', '[]',
+                                     '{"format": 99, "timings": {}}'])
+def test_a_corrupt_cache_is_ignored_with_a_warning(tmp_path, content):
+    path = tmp_path / "timings.json"
+    path.write_text(content)
+    with pytest.warns(UserWarning, match="corrupt kernel timing cache"):
+        cache = KernelTimingCache(path)
+    assert len(cache) == 0
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    sparsify(model, "auto", example_input=MNIST_BATCH, timing_cache=cache,
+             timer=fake_timer(NUMBA_WINS))
+    assert len(json.loads(path.read_text())["timings"]) == 4      # rewritten whole
+
+
+def test_default_cache_path_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_timing_cache_path() == tmp_path / "lottery_ticket" / "kernel_timings.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_timing_cache_path() == Path.home() / ".cache" / "lottery_ticket" / "kernel_timings.json"
+
+
+def mode_arguments(mode: str) -> dict:
+    return dict(example_input=MNIST_BATCH[:4], timer=fake_timer(NUMBA_WINS)) if mode == "auto" else {}
 
 
 def test_convolutions_are_reported_dense():
     model = prune_linears_randomly(seeded_model("lenet5"), 0.99)
     for mode in KERNEL_MODES:
-        _, choices = sparsify(model, mode)
+        _, choices = sparsify(model, mode, **mode_arguments(mode))
         convolutions = [c for c in choices if c.name in ("0.weight", "2.weight")]
         assert len(convolutions) == 2
         assert all(c.kernel == "dense" and c.reason == CONVOLUTION_REASON for c in convolutions)
@@ -271,7 +521,7 @@ def test_original_model_is_unchanged():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     structure = [type(m) for m in model.modules()]
     for mode in BENCHMARK_MODES:
-        sparsify(model, mode)
+        sparsify(model, mode, **mode_arguments(mode))
     assert model.training
     assert [type(m) for m in model.modules()] == structure
     after = model.state_dict()
@@ -288,9 +538,8 @@ def test_converted_model_is_inference_only():
 # --------------------------------------------------------------------------- errors and checks
 @pytest.mark.parametrize("kwargs", [
     dict(mode="fast"),
-    dict(mode="sparse", measure=True, example_input=MNIST_BATCH),
-    dict(mode="auto", measure=True),
-    dict(mode="auto", measure=True, example_input=MNIST_BATCH, threshold=0.5),
+    dict(mode="auto"),
+    dict(mode="sparse", threshold=0.5),
     dict(mode="auto", threshold=1.5),
 ])
 def test_bad_arguments_are_user_errors(kwargs):
@@ -312,19 +561,3 @@ def test_dense_transposed_linear_matches_linear():
     inputs = torch.randn(3, 6)
     layer = DenseTransposedLinear(linear.weight, linear.bias, relu=False)
     assert relative_error(layer(inputs.t()), linear(inputs).t()) < AGREEMENT_TOLERANCE
-
-
-def test_auto_runs_dense_off_the_cpu_unless_the_kernels_are_timed():
-    layer = prune_linears_randomly(nn.Linear(300, 100), 0.99)   # sparse on the CPU by the threshold
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")   # the layer stays on the CPU: no GPU needed
-
-    def choice(device, mode="auto", threshold=None, recorded_input=None):
-        return sparse.choose_kernel("w", layer, True, mode, threshold, recorded_input, device)
-
-    assert choice(cpu).kernel == "sparse"
-    off_cpu = choice(cuda)
-    assert off_cpu.kernel == "dense" and "--measure_auto" in off_cpu.reason and "CPU" in off_cpu.reason
-    # Timing, a threshold of the caller's own, or sparse mode decide wherever the layer runs.
-    assert choice(cuda, recorded_input=torch.randn(256, 300)).reason.startswith("measured")
-    assert choice(cuda, threshold=0.5).kernel == "sparse"
-    assert choice(cuda, mode="sparse").kernel == "sparse"
