@@ -38,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kernels: dense (ordinary forward), sparse (CSR kernel for every pruned "
                              "linear layer), auto (per layer, whichever is faster at its sparsity), "
                              "both (dense then sparse, for the speed-up)")
-    parser.add_argument("--measure_auto", action="store_true",
-                        help="in auto mode, time both kernels on each layer instead of using the "
-                             "sparsity thresholds, which were measured on a CPU (on a GPU, auto "
-                             "runs dense without this flag)")
+    parser.add_argument("--kernel_cache", type=Path, default=None, metavar="FILE",
+                        help="where auto keeps the kernel timings it measured on this machine "
+                             "(default: ~/.cache/lottery_ticket/kernel_timings.json, or under "
+                             "$XDG_CACHE_HOME); delete it to time afresh")
     parser.add_argument("--passes", type=positive_int, default=10, help="passes over the test split")
     parser.add_argument("--sweeps_per_pass", type=positive_int, default=1,
                         help="times each pass classifies the whole test split; raise it until a pass "
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         run_filter=RunFilter.from_args(args), cycle=args.cycle, state=args.state, passes=args.passes,
         sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
-        threads=args.threads, mode=args.mode, measure_auto=args.measure_auto,
+        threads=args.threads, mode=args.mode, kernel_cache=args.kernel_cache,
         show_progress=not args.no_progress,
         tracker=TrackerSettings(country_iso_code=args.country_iso_code,
                                 measure_power_secs=args.measure_power_secs))

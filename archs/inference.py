@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from archs import build_model
+from archs.kernel_timing import KernelTimingCache, default_timing_cache_path
 from archs.masks import masks_from_state, percent_remaining, prunable_names
 from archs.sparse import CONVOLUTION_REASON, KERNEL_MODES, compare_outputs, sparsify
 from archs.training import evaluate
@@ -52,7 +53,7 @@ class InferenceJob:
     batch_size: int = 512
     threads: int | None = None
     mode: str = "auto"
-    measure_auto: bool = False
+    kernel_cache: Path | None = None      # auto's timings (None: the user's cache folder)
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     show_progress: bool = True
 
@@ -188,6 +189,9 @@ def run_inference(job: InferenceJob) -> list[dict]:
     rows, said_convolutions, tables_shown, summary = [], False, set(), None
     log.info("Replaying %d run(s) x %d mode(s) (%s), %d pass(es) each on %s with %d thread(s)",
              len(runs), len(modes), ", ".join(modes), job.passes, device, torch.get_num_threads())
+    # auto times every candidate kernel on this machine, once per layer shape, batch and thread
+    # count: the timings are kept between replays.
+    timing_cache = KernelTimingCache(job.kernel_cache or default_timing_cache_path())
     progress = tqdm(total=len(runs) * len(modes) * job.passes, unit="pass", desc="inference",
                     dynamic_ncols=True, disable=not job.show_progress)
     with progress:
@@ -213,9 +217,8 @@ def run_inference(job: InferenceJob) -> list[dict]:
                      run.config_name, run.seed, cycle, job.state, remaining)
             run_rows = []
             for mode in modes:
-                measure = job.measure_auto and mode == "auto"
-                converted, choices = sparsify(model, mode, measure=measure,
-                                              example_input=test.images[:job.batch_size] if measure else None)
+                converted, choices = sparsify(model, mode, example_input=test.images[:job.batch_size],
+                                              timing_cache=timing_cache)
                 if not said_convolutions and any(c.reason == CONVOLUTION_REASON for c in choices):
                     log.info("Note: convolutions run dense in every mode (torch has no sparse CPU "
                              "convolution kernel); only linear layers use sparse kernels.")

@@ -112,6 +112,20 @@ def write_cifar10(root: Path, per_batch: int = 100, n_test: int = 100) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Auto's kernel timings go to a temporary cache, never the user's (subprocesses inherit it)."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("mnist_data"))

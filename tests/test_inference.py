@@ -113,8 +113,9 @@ def test_auto_runs_a_dense_model_dense_and_a_99_percent_sparse_one_sparse(saved_
         return [line.split()[2] for line in table]
 
     assert kernels(dense_part) == ["dense", "dense", "dense"]
-    # The two large layers run sparse; the 100x10 output layer is too small for CSR to pay off.
-    assert kernels(sparse_part) == ["sparse", "sparse", "dense"]
+    # Which kernel wins at 99% is measured on this machine (see test_sparse for the choice
+    # itself, with a fake timer): any of them, each named in the table.
+    assert set(kernels(sparse_part)) <= {"dense", "numba_csr", "torch_csr"}
 
 
 def test_no_saved_runs_names_the_folder_and_the_command(tmp_path, capsys):
