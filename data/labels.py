@@ -123,17 +123,33 @@ def config_sort_key(name: str) -> tuple:
     return (0, -left, not is_baseline(name), name)
 
 
+# The controls of a winning ticket keep these colours and line styles in every figure, so that
+# the three conditions of one configuration are never drawn alike.
+CONTROL_STYLES = {"random reinit": ("#d55e00", "--"), "random mask": ("#cc78bc", ":")}
+
+
+def control_style(name: str) -> tuple[str, str] | None:
+    _, _, others = split_label(name)
+    return next((CONTROL_STYLES[word] for word in others if word in CONTROL_STYLES), None)
+
+
 def config_colour(name: str) -> str:
     """A colour that depends only on the configuration's name, never on which others are drawn
     (crc32, unlike hash(), gives the same number in every process)."""
     if name in FIXED_COLOURS:
         return FIXED_COLOURS[name]
+    control = control_style(name)
+    if control is not None:
+        return control[0]
     return OTHER_COLOURS[zlib.crc32(name.encode()) % len(OTHER_COLOURS)]
 
 
 def config_linestyle(name: str) -> str:
     """Dashed for the dense baseline: in training curves a ticket's first cycle is the dense
     network, so the two lines coincide there and the dashes keep both visible."""
+    control = control_style(name)
+    if control is not None:
+        return control[1]
     return "--" if is_baseline(name) else "-"
 
 

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from data.labels import (TRAINING_METRICS, is_baseline, X_IMAGES, X_TRAINING_TIME,
-                         config_colour, config_sort_key, describe_config, describe_hyperparameters)
+                         config_colour, config_linestyle, config_sort_key, describe_config,
+                         describe_hyperparameters)
 from data.plot_cli import PlotOptions, select_training_runs
 from data.plotting import (FIGURE_SIZE, FigureWriter, Series, config_series, figure_style,
                            metric_figures, percent_tick_label, sparse_log_ticks, with_seed_count)
@@ -68,7 +69,8 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
                 ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12, linewidth=0)
             continue
         ax.errorbar(band.x, band.mean, yerr=None if band.n < 2 else band.std, color=colour,
-                    marker="o", markersize=5, capsize=4, linewidth=1.8, label=label)
+                    linestyle=config_linestyle(name), marker="o", markersize=5, capsize=4,
+                    linewidth=1.8, label=label)
         ticks.update(float(x) for x in band.x)
     ax.set_xscale("log")
     shown = sparse_log_ticks(ticks)

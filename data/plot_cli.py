@@ -53,8 +53,9 @@ def plot_parser(description: str, *, cycle: bool = False) -> ArgumentParser:
     """An argument parser with the flags all plotting scripts share (``cycle``: the script reads
     the inference replay, whose rows are per cycle)."""
     parser = ArgumentParser(description=description)
-    parser.add_argument("--arch_type", default="fc1", help="network whose runs to plot (fc1, lenet5, resnet18)")
-    parser.add_argument("--dataset", default="mnist", help="dataset of the runs (mnist, cifar10)")
+    parser.add_argument("--arch_type", default="fc1",
+                        help="network whose runs to plot (any name lottery_ticket.py trained with)")
+    parser.add_argument("--dataset", default="mnist", help="dataset of the runs (mnist, digits, cifar10...)")
     parser.add_argument("--save_dir", type=Path, default=Path("saves"),
                         help="where lottery_ticket.py and post_training_inference.py wrote their results")
     parser.add_argument("--plots_dir", type=Path, default=Path("plots"),
