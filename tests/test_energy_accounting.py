@@ -189,7 +189,7 @@ def test_plain_co2_mode_evaluates_nothing(splits, watched):
 def test_co2_evaluate_implies_co2_tracking_and_names_its_runs_apart():
     config = RunConfig(co2_evaluate=True)
     assert config.co2_tracking_mode is True
-    assert config.stem == "pp90x2_seed0_co2True_mnist_co2eval"
+    assert config.stem == "pp90x2_seed0_co2True_mnist_co2evalTrue"
     assert RunConfig(co2_tracking_mode=True).stem == "pp90x2_seed0_co2True_mnist"
 
 
