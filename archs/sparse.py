@@ -70,12 +70,14 @@ DENSE, TORCH_CSR, NUMBA_CSR, COO = "dense", "torch_csr", "numba_csr", "coo"
 SPARSE_KERNELS = (TORCH_CSR, NUMBA_CSR)
 # Part of the key of every cached timing: bump it when a kernel or the way a chain is
 # assembled changes, so that timings of the old code are not taken for the new.
-KERNELS_VERSION = 1
+KERNELS_VERSION = 2
 
 # "auto" keeps a chain only when, timed as a whole against the original layers, it is at
-# least this much faster: timing noise then cannot make "auto" slower than about 0.95x
-# dense (the promise), and a chain that merely breaks even is not worth its risk.
-MEASURED_SPEEDUP_REQUIRED = 1.05
+# least this much faster. Measured on a 2-core Intel Xeon: a chain timed at 1.06x when auto
+# chose it ran at 0.86x in the benchmark that followed (fc1, 80%, batch 512), so timing noise
+# between the choice and the replay reaches about 20%: below that margin, dense is kept,
+# which keeps auto's promise (never under 0.95x dense) at the price of some small wins.
+MEASURED_SPEEDUP_REQUIRED = 1.2
 
 # The largest block of activations (in_features x batch columns) torch's CSR kernel is
 # given at once; see batch_chunk. Measured: 3 MiB blocks fastest, 12 MiB already 1.5x slower.
