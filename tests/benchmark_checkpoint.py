@@ -20,7 +20,6 @@ once per evaluation and once per checkpoint in CO2 tracking mode.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,19 +34,9 @@ from archs.training import (Checkpointer, LotteryRun, clone_state, state_fingerp
                             train_epoch)
 from data.datasets import DataSplits, Split  # noqa: E402
 from data.runs import RunConfig  # noqa: E402
-from utils import atomic_torch_save  # noqa: E402
+from utils import atomic_torch_save, cpu_model  # noqa: E402
 
 MODELS = {"fc1": ("mnist", 1, 28), "lenet5": ("mnist", 1, 28), "resnet18": ("cifar10", 3, 32)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def synthetic_splits(channels: int, size: int, n: int = 64) -> DataSplits:

@@ -14,7 +14,6 @@ Not a test: it prints figures. Example (about 10 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,16 +26,6 @@ sys.path.insert(0, str(ROOT))
 LEVELS = (50.0, 20.0, 10.0, 5.0, 3.5)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     import torch
 
@@ -44,7 +33,7 @@ def main() -> None:
     from data.performance_report import control_comparison_rows, control_comparison_table
     from data.results import load_training_runs
     from data.runs import RunConfig, RunFilter
-    from utils import setup_logging
+    from utils import cpu_model, setup_logging
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

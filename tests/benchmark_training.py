@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from archs.masks import full_masks  # noqa: E402
 from archs.training import LotteryRun, train_epoch  # noqa: E402
 from data.datasets import DATASETS, Split, make_splits  # noqa: E402
 from data.runs import RunConfig  # noqa: E402
-from utils import atomic_torch_save, resolve_device, setup_logging, synchronise  # noqa: E402
+from utils import atomic_torch_save, cpu_model, resolve_device, setup_logging, synchronise  # noqa: E402
 
 # Images in the real train splits (70% of the merged official sets).
 TRAIN_IMAGES = {"mnist": 49_000, "cifar10": 42_000}
@@ -85,16 +84,6 @@ def project_seconds_per_epoch(dataset: Split, epochs: int, batch_size: int) -> l
     return [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def network_seconds(arch: str, dataset: str, images: int, batch_size: int,
                     device: torch.device) -> tuple[float, float]:
     """Wall-clock and process CPU seconds of the project's training epoch over ``images``
@@ -120,7 +109,7 @@ def network_seconds(arch: str, dataset: str, images: int, batch_size: int,
 
 def report_networks(names: list[str], images: int, batch_size: int, device: torch.device) -> None:
     print(f"Training epoch over {images} synthetic images, batch {batch_size}, on {device} "
-          f"({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+          f"({cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
     # On a shared machine the wall clock includes waiting for a core; the process's CPU time
     # (all threads) does not, so with one thread it is the dedicated-core figure.

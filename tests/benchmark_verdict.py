@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmark_controls import cpu_model  # noqa: E402  (same folder)
+from utils import cpu_model  # noqa: E402
 
 
 def main() -> None:
