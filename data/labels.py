@@ -125,7 +125,8 @@ def config_sort_key(name: str) -> tuple:
 
 # The controls of a winning ticket keep these colours and line styles in every figure, so that
 # the three conditions of one configuration are never drawn alike.
-CONTROL_STYLES = {"random reinit": ("#d55e00", "--"), "random mask": ("#cc78bc", ":")}
+# (Colours outside OTHER_COLOURS, so that no ticket's hashed colour can be a control's.)
+CONTROL_STYLES = {"random reinit": ("#b2182b", "--"), "random mask": ("#6a3d9a", ":")}
 
 
 def control_style(name: str) -> tuple[str, str] | None:

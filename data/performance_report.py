@@ -19,7 +19,8 @@ from data.labels import (TRAINING_METRICS, is_baseline, X_IMAGES, X_TRAINING_TIM
                          describe_hyperparameters)
 from data.plot_cli import PlotOptions, select_training_runs
 from data.plotting import (FIGURE_SIZE, FigureWriter, Series, config_series, figure_style,
-                           metric_figures, percent_tick_label, sparse_log_ticks, with_seed_count)
+                           metric_figures, percent_tick_label, place_legend, sparse_log_ticks,
+                           with_seed_count)
 from data.results import SeedBand, TrainingRun, band_over_seeds, group_by
 
 
@@ -80,7 +81,7 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     ax.set_xlabel("Weights left (% of prunable weights, log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(loc="best", fontsize="small")
+    place_legend(fig, ax)
     return fig
 
 
