@@ -329,7 +329,8 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
                                 caveat=figure_caveat(rows, tracker))
         inference_ways = sorted({r.provenance for r in select_inference_runs(options)
                                  if r.device == device and r.provenance})
-        add_caption(fig, f"Training {summarise_provenance(list(training_provenance.values()))}. "
+        training_way = summarise_provenance(list(training_provenance.values()))
+        add_caption(fig, f"Training {training_way[0].lower()}{training_way[1:]}. "
                          f"Inference energy: {' | '.join(inference_ways) or 'not recorded'}.")
         writer.save(fig, f"break_even_total_co2_vs_inferences_{device}")
     return [csv_path] + writer.finish()
