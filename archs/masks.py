@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from archs.optim import parse_duration
+from data.runs import expected_percent_remaining, per_round_percent  # noqa: F401  (pruning schedule arithmetic, re-exported)
 from utils import UserError
 
 Masks = dict[str, torch.Tensor]
@@ -224,17 +225,6 @@ def layer_sizes(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
     return {name: mask.numel() for name, mask in masks.items()}
 
 
-def per_round_percent(target_sparsity: float, prune_iterations: int) -> float:
-    """The per-round rate (percent) whose ``prune_iterations`` - 1 rounds remove
-    ``target_sparsity`` % of the weights: 100 (1 - (1 - S/100)^(1/(N-1))), before rounding."""
-    if not 0 < target_sparsity < 100:
-        raise ValueError(f"the target sparsity must be in (0, 100), got {target_sparsity}")
-    if prune_iterations < 2:
-        raise ValueError("a target sparsity needs at least one pruning round: "
-                         f"--prune_iterations must be 2 or more, got {prune_iterations}")
-    return 100.0 * (1.0 - (1.0 - target_sparsity / 100.0) ** (1.0 / (prune_iterations - 1)))
-
-
 # --------------------------------------------------------------------------- controls
 def derived_generator(seed: int, stream: str, cycle: int = 0) -> torch.Generator:
     """A CPU generator for one purpose ("random_mask", "reinit", "snip"...) of one cycle of one
@@ -393,11 +383,6 @@ def count_alive(masks: Mapping[str, torch.Tensor]) -> tuple[int, int]:
 def percent_remaining(masks: Mapping[str, torch.Tensor]) -> float:
     alive, total = count_alive(masks)
     return 100.0 * alive / total if total else 100.0
-
-
-def expected_percent_remaining(prune_percent: float, cycle: int) -> float:
-    """Weights left after ``cycle`` rounds of pruning, ignoring rounding: 100 (1 - p)^cycle."""
-    return 100.0 * (1 - prune_percent / 100) ** cycle
 
 
 def layer_table_rows(masks: Mapping[str, torch.Tensor]) -> list[tuple]:

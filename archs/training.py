@@ -177,9 +177,6 @@ class LotteryRun:
         self.print_freq = print_freq   # display only: not a setting of the run
         self.eval_batch_size = eval_batch_size or config.batch_size
         self.log = get_logger()
-        if getattr(config, "co2_evaluate", False) and not config.co2_tracking_mode:
-            raise UserError("--co2_evaluate measures evaluation apart from training and needs "
-                            "--co2_tracking_mode")
 
         seed_everything(config.seed, deterministic)
         spec = get_spec(config.dataset)
@@ -269,7 +266,7 @@ class LotteryRun:
     @property
     def evaluates(self) -> bool:
         """Whether validation and test are evaluated (always, except in plain CO2 tracking mode)."""
-        return not self.config.co2_tracking_mode or bool(getattr(self.config, "co2_evaluate", False))
+        return not self.config.co2_tracking_mode or self.config.co2_evaluate
 
     def state_dict(self) -> dict:
         """The whole state, self-contained. ``parts`` holds what changes only at a cycle's end

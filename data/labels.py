@@ -31,11 +31,6 @@ MODE_LINESTYLES = {"dense": "-", "sparse": "--", "auto": ":"}
 MODE_WORDS = {"dense": "dense kernels", "sparse": "sparse kernels", "auto": "auto kernels"}
 
 
-def weights_left_percent(prune_percent: float, prune_iterations: int) -> float:
-    """Percent of weights a configuration ends with: its cycles after the first each prune."""
-    return expected_percent_remaining(prune_percent, prune_iterations - 1)
-
-
 def times_in_words(count: int) -> str:
     return {1: "once", 2: "twice"}.get(count, f"{count} times")
 

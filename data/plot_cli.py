@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from data.inference_tables import DEFAULT_STATE
+from data.labels import split_label
 from data.plotting import FORMATS
 from data.results import InferenceRun, TrainingRun, group_by, load_inference_runs, load_training_runs
 from data.runs import (RunConfig, RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
@@ -170,10 +171,6 @@ def one_condition_per_device(runs: list[InferenceRun]) -> list[InferenceRun]:
     return kept
 
 
-def parse_config_label(text: str) -> str:
-    return text.split(",")[0].strip()
-
-
 def replays_of_selected_runs(options: PlotOptions, rows: list[InferenceRun]) -> list[InferenceRun]:
     """The replays of the training runs the options select (the same filter as every script), of
     the cycle asked for (each run's last by default; the dense baseline has only cycle 0), each
@@ -199,7 +196,7 @@ def replays_of_selected_runs(options: PlotOptions, rows: list[InferenceRun]) -> 
         if row.run:
             run = by_stem.get(row.run)
         else:
-            configurations = old_style.get((parse_config_label(row.config_name), row.seed), set())
+            configurations = old_style.get((split_label(row.config_name)[0], row.seed), set())
             run = (by_configuration_seed[(next(iter(configurations)), row.seed)]
                    if len(configurations) == 1 else None)
         if run is None:

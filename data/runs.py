@@ -413,8 +413,8 @@ class RunConfig:
             object.__setattr__(self, "prune_percent", 0.0)
         elif self.target_sparsity is not None and self.prune_iterations >= 2:
             # The per-round rate that reaches the target after the last round (seeds 002, 003).
-            rate = 100.0 * (1.0 - (1.0 - self.target_sparsity / 100.0) ** (1.0 / (self.prune_iterations - 1)))
-            object.__setattr__(self, "prune_percent", rate)
+            object.__setattr__(self, "prune_percent",
+                               per_round_percent(self.target_sparsity, self.prune_iterations))
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "RunConfig":
@@ -610,6 +610,17 @@ def parse_stem(stem: str) -> dict | None:
     return {"prune_percent": float(match["prune_percent"]),
             "prune_iterations": int(match["prune_iterations"]), "seed": int(match["seed"]),
             "co2_tracking_mode": match["co2"] == "True", "dataset": match["dataset"]}
+
+
+def per_round_percent(target_sparsity: float, prune_iterations: int) -> float:
+    """The per-round rate (percent) whose ``prune_iterations`` - 1 rounds remove
+    ``target_sparsity`` % of the weights: 100 (1 - (1 - S/100)^(1/(N-1))), before rounding."""
+    if not 0 < target_sparsity < 100:
+        raise ValueError(f"the target sparsity must be in (0, 100), got {target_sparsity}")
+    if prune_iterations < 2:
+        raise ValueError("a target sparsity needs at least one pruning round: "
+                         f"--prune_iterations must be 2 or more, got {prune_iterations}")
+    return 100.0 * (1.0 - (1.0 - target_sparsity / 100.0) ** (1.0 / (prune_iterations - 1)))
 
 
 def expected_percent_remaining(prune_percent: float, cycle: int) -> float:
