@@ -14,10 +14,10 @@ resumed run continues from exactly what was measured up to its checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -66,6 +66,12 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu() for name, tensor in state.items()}
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The mixed-precision context of a loop (made once per loop, entered at each step): a
+    no-op unless ``dtype`` (bf16) is asked for, so the fp32 loop pays nothing for it."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, batch_size: int,
              autocast_dtype: torch.dtype | None = None,
@@ -76,11 +82,11 @@ def evaluate(model: nn.Module, split: Split, batch_size: int,
     device = split.images.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    precision = autocast(device, autocast_dtype)
     for images, labels in iterate_batches(split, batch_size):
         if memory_format is not None:
             images = images.contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with precision:
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
@@ -128,6 +134,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split
     forward = forward or model
     device = split.images.device
     weights, masks = [w for w, _ in masked], [m for _, m in masked]
+    precision = autocast(device, autocast_dtype)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for step, (images, labels) in enumerate(iterate_batches(split, batch_size, generator)):
@@ -138,8 +145,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split
         if memory_format is not None:
             images = images.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with precision:
             logits = forward(images)
         loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
@@ -391,7 +397,7 @@ class LotteryRun:
                                 f"same CodeCarbon settings, or rerun without --resume to start over")
         self.energy_provenance = current
 
-    @contextmanager
+    @contextlib.contextmanager
     def _measured(self, phase: str):
         """Measure the enclosed work as one CodeCarbon task of ``phase`` (when tracking).
 

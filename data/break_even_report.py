@@ -87,9 +87,10 @@ def training_co2_by_config(options: PlotOptions
 
 
 def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None, baseline: str
-                            ) -> tuple[dict[str, list[float]], dict[str, str], dict[str, float]]:
+                            ) -> tuple[dict[str, list[float]], dict[str, str], dict[str, float], set[str]]:
     """kg CO2eq per inference of each replayed run on ``device``, by configuration, the kernel
-    mode chosen for each configuration, and its shortest measured pass (s; NaN: not recorded)."""
+    mode chosen for each configuration, its shortest measured pass (s; NaN: not recorded), and
+    how the energy of the replays used was measured (in words)."""
     log = get_logger()
     runs = select_inference_runs(options)
     on_device = [run for run in runs if run.device == device]
@@ -102,6 +103,7 @@ def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None,
     per_inference: dict[str, list[float]] = {}
     modes: dict[str, str] = {}
     shortest: dict[str, float] = {}
+    provenance: set[str] = set()
     for name, members in group_by(on_device, lambda r: r.config_name).items():
         chosen = choose_mode({r.mode for r in members}, mode, baseline=name == baseline)
         if chosen is None:
@@ -112,7 +114,8 @@ def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None,
         chosen_runs = [r for r in members if r.mode == chosen]
         per_inference[name] = [r.co2_kg_per_inference for r in chosen_runs]
         shortest[name] = shortest_of([r.seconds_per_pass for r in chosen_runs])
-    return per_inference, modes, shortest
+        provenance.update(r.provenance for r in chosen_runs if r.provenance)
+    return per_inference, modes, shortest, provenance
 
 
 def resolve_baseline(options: PlotOptions, baseline: str) -> tuple[str, set[str]]:
@@ -302,7 +305,8 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
     log = get_logger()
     training, training_seconds, training_provenance = training_co2_by_config(options)
     baseline, others = resolve_baseline(options, baseline)
-    inference, modes, inference_seconds = inference_co2_by_config(options, device, mode, baseline)
+    inference, modes, inference_seconds, inference_ways = inference_co2_by_config(options, device, mode,
+                                                                                  baseline)
     training = {name: values for name, values in training.items() if name not in others}
     inference = {name: values for name, values in inference.items() if name not in others}
     names = comparable_configs(training, inference, baseline, options)
@@ -327,10 +331,8 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
                                 f"Training + inference CO2, {options.arch_type} on {options.dataset}, "
                                 f"inference on {device.upper()}",
                                 caveat=figure_caveat(rows, tracker))
-        inference_ways = sorted({r.provenance for r in select_inference_runs(options)
-                                 if r.device == device and r.provenance})
         training_way = summarise_provenance(list(training_provenance.values()))
         add_caption(fig, f"Training {training_way[0].lower()}{training_way[1:]}. "
-                         f"Inference energy: {' | '.join(inference_ways) or 'not recorded'}.")
+                         f"Inference energy: {' | '.join(sorted(inference_ways)) or 'not recorded'}.")
         writer.save(fig, f"break_even_total_co2_vs_inferences_{device}")
     return [csv_path] + writer.finish()
