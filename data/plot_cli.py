@@ -3,7 +3,6 @@ selected, and the one-line messages that say how to make inputs that are missing
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
