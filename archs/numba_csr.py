@@ -1,34 +1,41 @@
-"""A CSR kernel of our own, compiled with numba, for the linear layers of a chain.
+"""CSR kernels of our own, compiled with numba, for the linear layers of a chain.
 
 Why not torch's CSR kernels: on a 2-core Intel Xeon (AVX-512) they reach only 0.8-1.2x
 dense at 90-97 % sparsity for fc1's layers, far below the 10-33x the FLOP count allows.
-This kernel computes ``out = act(W h + b)`` on feature-major activations ``h`` (features x
-images): every stored weight adds ``w * h[col, :]`` to its output row, a loop over
-contiguous images that LLVM vectorises, and the rows are shared among the threads. Eight
-stored weights are added per pass over the output row, so the row is loaded and stored an
-eighth as often: the loop is bound by loads, not by arithmetic (measured 5-15 % faster
-than four at a time, and 1.5x faster than one).
 
-Tried and dropped (measured on the 2-core Xeon): tiles of 16-256 images taken by one
-thread through every layer (the short loops over a tile cost more than the cache
-misses they save: 1.4-2x slower than whole rows at batch 512); sharing a layer among
-threads by images rather than output rows, so that each core keeps its own images from
-layer to layer (0.8x); 512-bit vectors (``NUMBA_CPU_FEATURES=...,-prefer-256-bit``, up to
-1.3x on one layer but no clear gain on the whole of fc1, and it would change numba's
-settings for the whole process).
+Two kernels:
+
+* :func:`tiled_chain`, the fast one: a whole chain of linear layers (ReLU between them) in
+  one call, on batch-major input and output. The images are cut into tiles of
+  :data:`TILE` (16) and each thread takes whole tiles through every layer, so a tile's
+  activations never leave its core's cache. Inside a tile the activations are
+  feature-major (``h[feature, 0:16]``, one 64-byte line per feature) and a row of ``W``
+  accumulates ``w * h[col]`` for its stored weights in registers: the inner step is one
+  broadcast and one fused multiply-add on a 16-float vector, from 4 independent
+  accumulators (hides the FMA latency). Numba's loop vectoriser does not keep such
+  accumulators in registers (its tiled loops measured 2-3x slower), so this step and the
+  16x16 transpose of the input are written as LLVM vector instructions
+  (:func:`_row_times_tile`, :func:`_transpose_tile`); LLVM splits the 16-float vectors
+  into two 8-float ones on a CPU without AVX-512. Measured on the 2-core Xeon, fc1 at batch
+  512: 3.7x dense at 90 % sparsity, 8x at 97 % (the per-layer kernel below: 1.4x, 2.6x).
+* :func:`csr_layer`, one layer on feature-major activations (features x images), whole rows
+  of images at a time: what a chain mixing dense and sparse layers uses.
 
 Importing this module imports numba (about 0.5 s) and loads the compiled kernels from
 numba's disk cache (or compiles them, tens of seconds, the first time), so
 :mod:`archs.sparse` imports it only when a numba kernel is built.
 
-Rounding: products are fused (FMA) and eight are added before the running sum, so results
-differ from the dense product by float rounding only (relative error ~1e-7).
+Rounding: products are fused (FMA) and summed in a different order than the dense
+product's, so results differ from it by float rounding only (relative error ~1e-7).
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 # Below this many multiply-adds a call runs on one thread: waking the pool (several
@@ -37,75 +44,289 @@ from numba import prange
 PARALLEL_WORK = 32_768
 
 
-def _csr_times_feature_major(crow, col, values, bias, h, out, relu):
-    """``out = act(W h + b)``, ``W`` given by (crow, col, values); act = ReLU if ``relu``."""
+# Images per tile of tiled_chain: one 64-byte cache line (an AVX-512 vector) per feature.
+# 16 x 784 input features fill 49 KiB, about one core's L1 data cache. Measured (fc1's first
+# layer, batch 512, 2 threads): tiles of 32 or 64 images ran 1.3-1.6x slower, their
+# activations spilling to L2.
+TILE = 16
+# Independent accumulators per row: a fused multiply-add has a latency of about 4 cycles
+# and two can start per cycle, so one accumulator would stall. Measured: 4 is 2x faster than 2.
+ACCUMULATORS = 4
+
+
+def _vector_type() -> ir.VectorType:
+    return ir.VectorType(ir.FloatType(), TILE)
+
+
+def _index_vector(indices: list[int]) -> ir.Constant:
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices)
+
+
+def _vector_pointer(builder, array_data, offset):
+    return builder.bitcast(builder.gep(array_data, [offset]), _vector_type().as_pointer())
+
+
+@intrinsic
+def _row_times_tile(typingctx, h, h_start, col, values, start, end, out, out_start, bias, relu):
+    """``out[out_start:+TILE] = act(bias + sum over k in [start, end) of values[k] *
+    h[h_start + col[k] * TILE:+TILE])``, the sum in vector registers.
+
+    ``h`` and ``out`` are flat float32 arrays (they may be the same array: the result is
+    written once, after every read). No bounds are checked.
+    """
+    float_array = types.Array(types.float32, 1, "C")
+    if not (h == float_array and out == float_array and col == types.Array(types.int32, 1, "C")
+            and values == float_array and bias == types.float32 and relu == types.boolean
+            and all(isinstance(i, types.Integer) for i in (h_start, start, end, out_start))):
+        return None
+    signature = types.void(h, h_start, col, values, start, end, out, out_start, bias, relu)
+
+    def codegen(context, builder, sig, args):
+        h_, h_start_, col_, values_, start_, end_, out_, out_start_, bias_, relu_ = args
+        h_start_, start_, end_, out_start_ = (
+            context.cast(builder, value, ty, types.int64)
+            for value, ty in zip((h_start_, start_, end_, out_start_),
+                                 (sig.args[1], sig.args[4], sig.args[5], sig.args[7])))
+        h_data = context.make_array(sig.args[0])(context, builder, h_).data
+        col_data = context.make_array(sig.args[2])(context, builder, col_).data
+        values_data = context.make_array(sig.args[3])(context, builder, values_).data
+        out_data = context.make_array(sig.args[6])(context, builder, out_).data
+        i64 = ir.IntType(64)
+        vector = _vector_type()
+        zero = ir.Constant(vector, [0.0] * TILE)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                             f"llvm.fma.v{TILE}f32")
+
+        def splat(scalar):
+            lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar,
+                                           ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+                                          _index_vector([0] * TILE))
+
+        # stack slots that LLVM promotes to registers (mem2reg)
+        sums = [cgutils.alloca_once(builder, vector) for _ in range(ACCUMULATORS)]
+        builder.store(splat(bias_), sums[0])
+        for slot in sums[1:]:
+            builder.store(zero, slot)
+
+        def add_product(k, slot):
+            feature = builder.sext(builder.load(builder.gep(col_data, [k])), i64)
+            weight = builder.load(builder.gep(values_data, [k]))
+            offset = builder.add(h_start_, builder.mul(feature, ir.Constant(i64, TILE)))
+            row = builder.load(_vector_pointer(builder, h_data, offset), align=4)
+            builder.store(builder.call(fma, [splat(weight), row, builder.load(slot)]), slot)
+
+        step = ir.Constant(i64, ACCUMULATORS)
+        stored = builder.sub(end_, start_)
+        unrolled_end = builder.add(start_, builder.mul(builder.sdiv(stored, step), step))
+        with cgutils.for_range_slice(builder, start_, unrolled_end, step) as (k, _):
+            for lane, slot in enumerate(sums):
+                add_product(builder.add(k, ir.Constant(i64, lane)), slot)
+        with cgutils.for_range_slice(builder, unrolled_end, end_, ir.Constant(i64, 1)) as (k, _):
+            add_product(k, sums[0])
+        total = builder.load(sums[0])
+        for slot in sums[1:]:
+            total = builder.fadd(total, builder.load(slot))
+        # ReLU as "negative -> 0": NaN compares false and stays NaN, as in torch's relu
+        negative = builder.fcmp_ordered("<", total, zero)
+        total = builder.select(relu_, builder.select(negative, zero, total), total)
+        builder.store(total, _vector_pointer(builder, out_data, out_start_), align=4)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def _transpose_tile(typingctx, x, x_start, x_stride, out, out_start):
+    """``out[out_start + f * TILE + j] = x[x_start + j * x_stride + f]`` for f, j < TILE.
+
+    A 16x16 block transposed in registers: 16 vector loads, 64 two-vector shuffles (at
+    each of four steps, row i and row i + d swap their d-wide blocks), 16 vector stores.
+    Element by element it was most of fc1's time at 97 % sparsity.
+    """
+    float_array = types.Array(types.float32, 1, "C")
+    if not (x == float_array and out == float_array
+            and all(isinstance(i, types.Integer) for i in (x_start, x_stride, out_start))):
+        return None
+    signature = types.void(x, x_start, x_stride, out, out_start)
+
+    def codegen(context, builder, sig, args):
+        x_, x_start_, x_stride_, out_, out_start_ = args
+        x_start_, x_stride_, out_start_ = (
+            context.cast(builder, value, ty, types.int64)
+            for value, ty in zip((x_start_, x_stride_, out_start_),
+                                 (sig.args[1], sig.args[2], sig.args[4])))
+        x_data = context.make_array(sig.args[0])(context, builder, x_).data
+        out_data = context.make_array(sig.args[3])(context, builder, out_).data
+        i64 = ir.IntType(64)
+        rows = [builder.load(_vector_pointer(builder, x_data, builder.add(
+                    x_start_, builder.mul(x_stride_, ir.Constant(i64, j)))), align=4)
+                for j in range(TILE)]
+        width = TILE // 2
+        while width >= 1:
+            swapped = list(rows)
+            for i in range(TILE):
+                if i & width:
+                    continue
+                # element k of row i with bit `width` set <-> element k - width of row i + width
+                low = [k if not k & width else TILE + k - width for k in range(TILE)]
+                high = [TILE + k if k & width else k + width for k in range(TILE)]
+                swapped[i] = builder.shuffle_vector(rows[i], rows[i + width], _index_vector(low))
+                swapped[i + width] = builder.shuffle_vector(rows[i], rows[i + width],
+                                                            _index_vector(high))
+            rows = swapped
+            width //= 2
+        for f in range(TILE):
+            builder.store(rows[f], _vector_pointer(builder, out_data, builder.add(
+                out_start_, ir.Constant(i64, f * TILE))), align=4)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+def _chain_on_tile(tile, x, features, layers, crow, col, values, bias, width, out):
+    """The chain's output for images ``tile * TILE`` on (``x`` flat, ``features`` per image)."""
+    images = out.shape[0]
+    first = tile * TILE
+    count = min(TILE, images - first)
+    last = layers.shape[0] - 1
+    # two halves, a layer's input and output, 64-byte aligned (whole cache lines)
+    scratch = np.empty(2 * width * TILE + TILE, np.float32)
+    h = (-(scratch.ctypes.data // 4)) % TILE
+    g = h + width * TILE
+    source = x
+    start = first * features
+    if count < TILE:
+        # a last, partial tile: its images then zeros, so that it transposes like the others
+        source = np.zeros(TILE * features, np.float32)
+        source[:count * features] = x[start:start + count * features]
+        start = 0
+    blocks = features // TILE
+    for block in range(blocks):
+        _transpose_tile(source, start + block * TILE, features, scratch, h + block * TILE * TILE)
+    for f in range(blocks * TILE, features):
+        for j in range(TILE):
+            scratch[h + f * TILE + j] = source[start + j * features + f]
+    for layer in range(last + 1):
+        row_start = layers[layer, 1]
+        relu = layers[layer, 2] != 0
+        for i in range(layers[layer, 0]):
+            r = row_start + i
+            _row_times_tile(scratch, h, col, values, crow[r], crow[r + 1], scratch,
+                            g + i * TILE, bias[r], relu)
+        h, g = g, h
+    for j in range(count):
+        for o in range(layers[last, 0]):
+            out[first + j, o] = scratch[h + o * TILE + j]
+
+
+# Each kernel comes as two functions, serial and parallel, rather than one compiled twice:
+# numba's disk cache does not tell `parallel=True` from False for the same function, and
+# would hand one variant's machine code to the other.
+def _tiled_chain_serial(x, features, layers, crow, col, values, bias, width, out):
+    for tile in range((out.shape[0] + TILE - 1) // TILE):
+        _chain_on_tile(tile, x, features, layers, crow, col, values, bias, width, out)
+
+
+def _tiled_chain_parallel(x, features, layers, crow, col, values, bias, width, out):
+    for tile in prange((out.shape[0] + TILE - 1) // TILE):
+        _chain_on_tile(tile, x, features, layers, crow, col, values, bias, width, out)
+
+
+def _csr_row_feature_major(i, crow, col, values, bias, h, out, relu):
+    """Row ``i`` of ``out = act(W h + b)``, ``W`` given by (crow, col, values).
+
+    Every stored weight adds ``w * h[col, :]`` to the output row, a loop over contiguous
+    images that LLVM vectorises. Eight stored weights are added per pass over the row, so
+    the row is loaded and stored an eighth as often (5-15 % faster than four at a time,
+    1.5x faster than one).
+    """
     images = h.shape[1]
-    for i in prange(out.shape[0]):
-        row = out[i]
-        b = bias[i]
+    row = out[i]
+    b = bias[i]
+    for j in range(images):
+        row[j] = b
+    k = crow[i]
+    end = crow[i + 1]
+    while k + 8 <= end:
+        w0 = values[k]
+        w1 = values[k + 1]
+        w2 = values[k + 2]
+        w3 = values[k + 3]
+        w4 = values[k + 4]
+        w5 = values[k + 5]
+        w6 = values[k + 6]
+        w7 = values[k + 7]
+        h0 = h[col[k]]
+        h1 = h[col[k + 1]]
+        h2 = h[col[k + 2]]
+        h3 = h[col[k + 3]]
+        h4 = h[col[k + 4]]
+        h5 = h[col[k + 5]]
+        h6 = h[col[k + 6]]
+        h7 = h[col[k + 7]]
         for j in range(images):
-            row[j] = b
-        k = crow[i]
-        end = crow[i + 1]
-        while k + 8 <= end:
-            w0 = values[k]
-            w1 = values[k + 1]
-            w2 = values[k + 2]
-            w3 = values[k + 3]
-            w4 = values[k + 4]
-            w5 = values[k + 5]
-            w6 = values[k + 6]
-            w7 = values[k + 7]
-            h0 = h[col[k]]
-            h1 = h[col[k + 1]]
-            h2 = h[col[k + 2]]
-            h3 = h[col[k + 3]]
-            h4 = h[col[k + 4]]
-            h5 = h[col[k + 5]]
-            h6 = h[col[k + 6]]
-            h7 = h[col[k + 7]]
-            for j in range(images):
-                row[j] += ((w0 * h0[j] + w1 * h1[j]) + (w2 * h2[j] + w3 * h3[j])
-                           + ((w4 * h4[j] + w5 * h5[j]) + (w6 * h6[j] + w7 * h7[j])))
-            k += 8
-        if k + 4 <= end:
-            w0 = values[k]
-            w1 = values[k + 1]
-            w2 = values[k + 2]
-            w3 = values[k + 3]
-            h0 = h[col[k]]
-            h1 = h[col[k + 1]]
-            h2 = h[col[k + 2]]
-            h3 = h[col[k + 3]]
-            for j in range(images):
-                row[j] += (w0 * h0[j] + w1 * h1[j]) + (w2 * h2[j] + w3 * h3[j])
-            k += 4
-        while k < end:
-            w0 = values[k]
-            h0 = h[col[k]]
-            for j in range(images):
-                row[j] += w0 * h0[j]
-            k += 1
-        if relu:
-            for j in range(images):
-                row[j] = max(row[j], 0.0)
+            row[j] += ((w0 * h0[j] + w1 * h1[j]) + (w2 * h2[j] + w3 * h3[j])
+                       + ((w4 * h4[j] + w5 * h5[j]) + (w6 * h6[j] + w7 * h7[j])))
+        k += 8
+    if k + 4 <= end:
+        w0 = values[k]
+        w1 = values[k + 1]
+        w2 = values[k + 2]
+        w3 = values[k + 3]
+        h0 = h[col[k]]
+        h1 = h[col[k + 1]]
+        h2 = h[col[k + 2]]
+        h3 = h[col[k + 3]]
+        for j in range(images):
+            row[j] += (w0 * h0[j] + w1 * h1[j]) + (w2 * h2[j] + w3 * h3[j])
+        k += 4
+    while k < end:
+        w0 = values[k]
+        h0 = h[col[k]]
+        for j in range(images):
+            row[j] += w0 * h0[j]
+        k += 1
+    if relu:
+        for j in range(images):
+            row[j] = max(row[j], 0.0)
 
 
-def _gather_transposed(x, used, out):
-    """``out[f] = x[:, used[f]]``: batch-major rows to feature-major, reading only ``used``.
+def _csr_serial(crow, col, values, bias, h, out, relu):
+    for i in range(out.shape[0]):
+        _csr_row_feature_major(i, crow, col, values, bias, h, out, relu)
+
+
+def _csr_parallel(crow, col, values, bias, h, out, relu):
+    for i in prange(out.shape[0]):
+        _csr_row_feature_major(i, crow, col, values, bias, h, out, relu)
+
+
+def _gather_feature(f, x, used, out):
+    """``out[f] = x[:, used[f]]``: one feature of the batch-major ``x``, as a row.
 
     Each thread writes whole output rows (contiguous stores); the strided reads of ``x``
     hit the same few cache lines for consecutive features. Measured 1.5x faster than
     torch's fastest transpose at 2 threads.
     """
-    images = x.shape[0]
+    row = out[f]
+    feature = used[f]
+    for j in range(x.shape[0]):
+        row[j] = x[j, feature]
+
+
+def _gather_serial(x, used, out):
+    for f in range(used.shape[0]):
+        _gather_feature(f, x, used, out)
+
+
+def _gather_parallel(x, used, out):
     for f in prange(used.shape[0]):
-        row = out[f]
-        feature = used[f]
-        for j in range(images):
-            row[j] = x[j, feature]
+        _gather_feature(f, x, used, out)
 
 
+_CHAIN = ("void(float32[::1], int64, int64[:, ::1], int64[::1], int32[::1], float32[::1], "
+          "float32[::1], int64, float32[:, ::1])")
 _LAYER = "void(int64[::1], int32[::1], float32[::1], float32[::1], float32[:, ::1], float32[:, ::1], boolean)"
 _GATHER = "void(float32[:, ::1], int64[::1], float32[:, ::1])"
 # fastmath "contract" only: fused multiply-adds, but no reassociation and no assumptions
@@ -113,16 +334,21 @@ _GATHER = "void(float32[:, ::1], int64[::1], float32[:, ::1])"
 # An explicit signature compiles when this module is imported, so compile time never
 # lands in a timing; cache=True loads the machine code from disk after the first time.
 _OPTIONS = dict(fastmath={"contract"}, boundscheck=False, nogil=True, cache=True)
-_layer_parallel = numba.njit(_LAYER, parallel=True, **_OPTIONS)(_csr_times_feature_major)
-_layer_serial = numba.njit(_LAYER, **_OPTIONS)(_csr_times_feature_major)
-_gather_parallel = numba.njit(_GATHER, parallel=True, **_OPTIONS)(_gather_transposed)
-_gather_serial = numba.njit(_GATHER, **_OPTIONS)(_gather_transposed)
+_chain_on_tile = numba.njit(**_OPTIONS)(_chain_on_tile)
+_csr_row_feature_major = numba.njit(**_OPTIONS)(_csr_row_feature_major)
+_gather_feature = numba.njit(**_OPTIONS)(_gather_feature)
+_chain_parallel = numba.njit(_CHAIN, parallel=True, **_OPTIONS)(_tiled_chain_parallel)
+_chain_serial = numba.njit(_CHAIN, **_OPTIONS)(_tiled_chain_serial)
+_layer_parallel = numba.njit(_LAYER, parallel=True, **_OPTIONS)(_csr_parallel)
+_layer_serial = numba.njit(_LAYER, **_OPTIONS)(_csr_serial)
+_gather_parallel = numba.njit(_GATHER, parallel=True, **_OPTIONS)(_gather_parallel)
+_gather_serial = numba.njit(_GATHER, **_OPTIONS)(_gather_serial)
 
 
-def _use_threads(threads: int, work: int) -> bool:
+def _use_threads(threads: int, worth_sharing: bool) -> bool:
     """Set numba's thread count for this call; False when one thread should do the work."""
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
-    if threads < 2 or work < PARALLEL_WORK:
+    if threads < 2 or not worth_sharing:
         return False
     numba.set_num_threads(threads)
     return True
@@ -135,11 +361,34 @@ def csr_layer(crow: np.ndarray, col: np.ndarray, values: np.ndarray, bias: np.nd
     ``crow`` int64, ``col`` int32, float32 ``values``, ``bias``, ``h`` and ``out``, all
     C-contiguous.
     """
-    kernel = _layer_parallel if _use_threads(threads, values.shape[0] * h.shape[1]) else _layer_serial
+    kernel = _layer_parallel if _use_threads(threads, values.shape[0] * h.shape[1] >= PARALLEL_WORK) else _layer_serial
     kernel(crow, col, values, bias, h, out, relu)
 
 
 def gather_transposed(x: np.ndarray, used: np.ndarray, out: np.ndarray, threads: int) -> None:
     """``out[f] = x[:, used[f]]`` (x: images x features, out: len(used) x images)."""
-    kernel = _gather_parallel if _use_threads(threads, out.size) else _gather_serial
+    kernel = _gather_parallel if _use_threads(threads, out.size >= PARALLEL_WORK) else _gather_serial
     kernel(x, used, out)
+
+
+def tiled_chain(x: np.ndarray, layers: np.ndarray, crow: np.ndarray, col: np.ndarray,
+                values: np.ndarray, bias: np.ndarray, out: np.ndarray, threads: int,
+                width: int) -> None:
+    """Fill ``out`` (images x outputs) with the chain's output for ``x`` (images x features).
+
+    ``layers`` (int64, one row per layer): outputs, first row in ``crow``/``bias``, ReLU
+    (1 or 0). Layer L's rows are ``crow[first:first + outputs + 1]``: offsets into ``col``
+    and ``values``, which hold every layer's stored weights; ``bias`` one value per row
+    (of every layer). Layer 0's ``col`` indexes ``x``'s features, layer L's the outputs of
+    layer L-1. All arrays C-contiguous; float32, ``crow`` int64, ``col`` int32. ``width``:
+    the most features of any layer's input or output, :func:`chain_width`.
+    """
+    features = x.shape[1]
+    tiles = -(-x.shape[0] // TILE)
+    kernel = _chain_parallel if _use_threads(threads, tiles > 1) else _chain_serial
+    kernel(x.reshape(-1), features, layers, crow, col, values, bias, width, out)
+
+
+def chain_width(features: int, layers: np.ndarray) -> int:
+    """The ``width`` :func:`tiled_chain` needs: the most features any layer reads or writes."""
+    return max(features, int(layers[:, 0].max(initial=0)))

@@ -14,23 +14,28 @@ writes feature-major activations.
 
 Kernels (the ``kernel`` of a :class:`LayerChoice`):
 
-* "numba_csr": a row-parallel CSR kernel of our own compiled with numba
-  (:mod:`archs.numba_csr`), CPU and float32 only. On a 2-core Xeon (AVX-512), fc1's first
-  layer alone at batch 512: 2.3-3.5x dense at 90 % sparsity, 6.5-7.5x at 97 %.
+* "numba_tiled": a whole chain of linear layers in one call of numba's tiled kernel
+  (:func:`archs.numba_csr.tiled_chain`): tiles of 16 images go through every layer on one
+  core, the sums kept in vector registers. CPU and float32 only. On a 2-core Xeon
+  (AVX-512), all of fc1 at batch 512: 3.7x dense at 90 % sparsity, 8x at 97 %.
+* "numba_csr": numba's per-layer CSR kernel on feature-major activations, whole rows of
+  images at a time (fc1 at batch 512 on the same machine: 1.4x at 90 %, 2.6x at 97 %);
+  it can sit in a chain beside dense layers.
 * "torch_csr": torch's CSR product (``torch.sparse.mm(W, h, reduce="sum")`` on the CPU,
-  cuSPARSE elsewhere); on the same layer and CPU 0.9-1.7x dense at 90 %, 4-5x at 97 %.
+  cuSPARSE elsewhere); on the same CPU 0.9-1.7x dense at 90 % for fc1's first layer.
 * "dense": the ordinary product; "coo": the original program's COO layer (benchmark only).
 
-Choosing. "sparse" runs every pruned linear layer with numba's kernel (torch's where numba
-does not apply). "auto" is never meant to be slower than dense, on any machine: it times
-every candidate kernel for each layer on the machine at hand, on the activations an
-example batch produces there (interleaved, medians: :mod:`archs.kernel_timing`), keeps
-the fastest, and then times the assembled chain, transposes included, against the
-original layers: the chain is kept only if it is at least :data:`MEASURED_SPEEDUP_REQUIRED`
-times faster. Timings are cached per processor model, torch version, thread count,
-layer shape, stored weights and batch size (:class:`KernelTimingCache`). Batches smaller
-than the one timed run the original dense layers. Alternatively the caller may give a
-sparsity ``threshold`` of its own: no timing, sparse from that sparsity on.
+Choosing. "sparse" runs each chain with numba's tiled kernel from its first pruned layer on
+(torch's CSR kernel per layer where numba does not apply). "auto" is never meant to be
+slower than dense, on any machine: it times every candidate kernel for each layer on the
+machine at hand, on the activations an example batch produces there (interleaved,
+medians: :mod:`archs.kernel_timing`), keeps the fastest, and then times the assembled
+chain, transposes included, and the tiled chain against the original layers: the fastest
+is kept only if it is at least :data:`MEASURED_SPEEDUP_REQUIRED` times faster than them.
+Timings are cached per processor model, torch version, thread count, layer shape, stored
+weights and batch size (:class:`KernelTimingCache`). Batches smaller than the one timed
+run the original dense layers. Alternatively the caller may give a sparsity
+``threshold`` of its own: no timing, sparse from that sparsity on.
 
 Empty rows and columns. Pruning can empty whole rows (an output unit that only adds its
 bias) or columns (an input feature nobody reads). Inside a chain these are removed, but
@@ -62,15 +67,16 @@ from archs.masks import PRUNABLE_LAYERS
 from utils import UserError
 
 KERNEL_MODES = ("dense", "sparse", "auto")
-# "torch_csr" runs torch's CSR kernel on every pruned layer, "coo" the original program
-# (COO weight, torch.sparse.mm): both only for the benchmark's comparison.
-BENCHMARK_MODES = KERNEL_MODES + ("torch_csr", "coo")
+# "torch_csr" runs torch's CSR kernel on every pruned layer, "numba_csr" numba's per-layer
+# kernel, "coo" the original program (COO weight, torch.sparse.mm): all three only for the
+# benchmark's comparison.
+BENCHMARK_MODES = KERNEL_MODES + ("torch_csr", "numba_csr", "coo")
 
-DENSE, TORCH_CSR, NUMBA_CSR, COO = "dense", "torch_csr", "numba_csr", "coo"
-SPARSE_KERNELS = (TORCH_CSR, NUMBA_CSR)
+DENSE, TORCH_CSR, NUMBA_CSR, NUMBA_TILED, COO = (
+    "dense", "torch_csr", "numba_csr", "numba_tiled", "coo")
 # Part of the key of every cached timing: bump it when a kernel or the way a chain is
 # assembled changes, so that timings of the old code are not taken for the new.
-KERNELS_VERSION = 2
+KERNELS_VERSION = 3
 
 # "auto" keeps a chain only when, timed as a whole against the original layers, it is at
 # least this much faster. Measured on a 2-core Intel Xeon: a chain timed at 1.06x when auto
@@ -311,8 +317,25 @@ class TransposedChain(nn.Module):
             self.register_buffer("entry_features", torch.arange(in_features))
         else:
             self.register_buffer("entry_features", used_inputs)
+        self._set_fallback(dense_fallback, min_batch)
+
+    def _set_fallback(self, dense_fallback: Sequence[nn.Module] | None, min_batch: int) -> None:
         self.dense_fallback = None if dense_fallback is None else nn.ModuleList(dense_fallback)
         self.min_batch = min_batch
+
+    def with_dense_fallback(self, dense_fallback: Sequence[nn.Module],
+                            min_batch: int) -> "TransposedChain":
+        """A copy (sharing this chain's tensors) that runs batches under ``min_batch`` rows
+        with ``dense_fallback``."""
+        chain = copy.copy(self)
+        chain._modules = dict(self._modules)
+        chain._buffers = dict(self._buffers)
+        chain._set_fallback(dense_fallback, min_batch)
+        return chain
+
+    def layer_shapes(self) -> list[list]:
+        """Per layer: kind, out, in, stored weights, ReLU (what its speed depends on)."""
+        return [[type(layer).__name__, *_layer_shape(layer)] for layer in self.layers]
 
     def _feature_major(self, rows: torch.Tensor) -> torch.Tensor:
         if self.numba_entry and rows.device.type == "cpu" and rows.dtype == torch.float32:
@@ -333,10 +356,80 @@ class TransposedChain(nn.Module):
                 x = module.forward(x)
             return x
         leading = x.shape[:-1]
-        h = self._feature_major(x.reshape(-1, self.in_features))
+        out = self._run(x.reshape(-1, self.in_features))
+        return out.reshape(*leading, out.shape[-1])
+
+    def _run(self, rows: torch.Tensor) -> torch.Tensor:
+        """The chain on batch-major ``rows`` (images x in_features), batch-major out."""
+        h = self._feature_major(rows)
         for layer in self.layers:
             h = layer(h)
-        return contiguous(h.t()).reshape(*leading, h.shape[0])
+        return contiguous(h.t())
+
+
+class NumbaTiledChain(TransposedChain):
+    """Consecutive linear layers in one call of numba's tiled kernel (CPU, float32).
+
+    Every layer's CSR weight is packed into one set of arrays (see
+    :func:`archs.numba_csr.tiled_chain`); the first layer's columns index the chain's
+    input features directly, so the unused ones are transposed with the rest (cheap:
+    in registers) but never multiplied. Same interface as :class:`TransposedChain`.
+    """
+
+    def __init__(self, layers: Sequence["_Affine"], in_features: int,
+                 used_inputs: torch.Tensor | None,
+                 dense_fallback: Sequence[nn.Module] | None = None, min_batch: int = 0):
+        nn.Module.__init__(self)
+        self.in_features = in_features
+        self.register_buffer("used_inputs", used_inputs)   # informative: the kernel reads it
+                                                            # through the first layer's columns
+        self.shapes = [[NUMBA_TILED, *layer.weight.shape, int(torch.count_nonzero(layer.weight)),
+                        layer.relu] for layer in layers]
+        rows, cols, values, biases, table = [torch.zeros(1, dtype=torch.int64)], [], [], [], []
+        stored = row = 0
+        for index, layer in enumerate(layers):
+            nonzero = layer.weight != 0
+            positions = nonzero.nonzero()
+            column = positions[:, 1]
+            if index == 0 and used_inputs is not None:
+                column = used_inputs[column]
+            rows.append(stored + nonzero.sum(dim=1).cumsum(0))
+            cols.append(column.to(torch.int32))
+            values.append(layer.weight[nonzero].to(torch.float32))
+            biases.append(layer.bias.to(torch.float32))
+            table.append([layer.weight.shape[0], row, int(layer.relu)])
+            stored += len(column)
+            row += layer.weight.shape[0]
+        self.register_buffer("layer_table", torch.tensor(table, dtype=torch.int64).reshape(-1, 3))
+        self.register_buffer("crow", torch.cat(rows).to(torch.int64).contiguous())
+        self.register_buffer("col", torch.cat(cols).contiguous())
+        self.register_buffer("values", torch.cat(values).contiguous())
+        self.register_buffer("bias", torch.cat(biases).contiguous())
+        self.out_features = table[-1][0]
+        self._set_fallback(dense_fallback, min_batch)
+        # import (and compile, the first time) now, not in a timed call
+        self.width = _numba_kernels().chain_width(in_features, self.layer_table.numpy())
+
+    def layer_shapes(self) -> list[list]:
+        return self.shapes
+
+    _ARRAYS = ("layer_table", "crow", "col", "values", "bias")
+    _numpy_arrays = NumbaCsrLinear._numpy_arrays
+
+    def _run(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.dtype != torch.float32 or rows.device.type != "cpu":
+            raise TypeError(f"the tiled numba chain takes float32 CPU input, got {rows.dtype} "
+                            f"on {rows.device.type}")
+        rows = rows.detach().contiguous()
+        out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32)
+        _numba_kernels().tiled_chain(rows.numpy(), *self._numpy_arrays(), out.numpy(),
+                                     torch.get_num_threads(), self.width)
+        return out
+
+    def extra_repr(self) -> str:
+        return "layers=" + ", ".join(
+            f"{inputs}->{outputs} ({stored} stored{', relu' if relu else ''})"
+            for _, outputs, inputs, stored, relu in self.shapes)
 
 
 class CooLinear(nn.Module):
@@ -502,7 +595,7 @@ def choose_kernel(name: str, linear: nn.Linear, relu: bool, mode: str, threshold
     sparsity = weight_sparsity(linear.weight)
     if sparsity == 0:
         return LayerChoice(name, sparsity, DENSE, "not pruned")
-    if mode in (TORCH_CSR, "sparse"):
+    if mode in (TORCH_CSR, NUMBA_CSR, "sparse"):
         kernel = TORCH_CSR if mode == TORCH_CSR else fastest_sparse_kernel(linear.weight)
         return LayerChoice(name, sparsity, kernel, "pruned linear layer")
     if threshold is None:
@@ -591,8 +684,9 @@ def _as_affine(linear: nn.Linear, relu: bool, kernel: str) -> _Affine:
                    kernel=kernel)
 
 
-# The candidates "auto" times for a whole chain, besides the original layers ("dense").
-PER_LAYER_CHAIN, NUMBA_CHAIN = "chain", "chain_numba_only"
+# The candidates "auto" times for a whole chain, besides the original layers ("dense"):
+# each layer with the kernel timed fastest for it, and numba's tiled chain.
+PER_LAYER_CHAIN, TILED_CHAIN = "chain", "numba_tiled"
 
 
 def _time_chains(original: list[nn.Module], chains: dict[str, TransposedChain], x: torch.Tensor,
@@ -606,8 +700,7 @@ def _time_chains(original: list[nn.Module], chains: dict[str, TransposedChain], 
 
     some_chain = next(iter(chains.values()))
     key = timing_key(x.device, kernels=KERNELS_VERSION, what="chain",
-                     chains={name: [[type(layer).__name__, *_layer_shape(layer)]
-                                    for layer in chain.layers] for name, chain in chains.items()},
+                     chains={name: chain.layer_shapes() for name, chain in chains.items()},
                      inputs=some_chain.in_features, rows=x.numel() // some_chain.in_features,
                      used_inputs=None if some_chain.used_inputs is None else len(some_chain.used_inputs),
                      dtype=str(x.dtype))
@@ -623,45 +716,43 @@ def _layer_shape(layer: nn.Module) -> list:
     return [layer.out_features, layer.in_features, layer.values.numel(), layer.relu]
 
 
-def _keep_fastest_chain(segment: list[nn.Module], chain: TransposedChain,
-                        compacted: list[_Affine], choices: list[LayerChoice], first: int,
-                        recorded: torch.Tensor,
-                        timing: _Timing) -> tuple[TransposedChain | None, list[LayerChoice]]:
-    """Time the chain (and, on the CPU, the chain with numba's kernel for every layer)
-    against the original layers ``segment``; the fastest chain if it beats them by
-    :data:`MEASURED_SPEEDUP_REQUIRED`, else None, with the choices updated to say why.
+def _tiled_applies(layers: list[_Affine]) -> bool:
+    return all(numba_applies(layer.weight) for layer in layers)
 
-    Why the numba-only chain: torch and numba each keep their own pool of OpenMP threads,
-    which spin for a while after each call; a chain that alternates between them has
-    the idle pool's threads competing with the working one's (measured 0.85x on 2 cores),
-    which the single-layer timings cannot see.
+
+def _keep_fastest_chain(segment: list[nn.Module], candidates: dict[str, TransposedChain],
+                        choices: list[LayerChoice], first: int, recorded: torch.Tensor,
+                        timing: _Timing) -> tuple[TransposedChain | None, list[LayerChoice]]:
+    """Time the candidate chains against the original layers ``segment``; the fastest if it
+    beats them by :data:`MEASURED_SPEEDUP_REQUIRED`, else None, with the choices of the
+    chain's layers (``choices[first:]``) updated to say why.
+
+    Candidates: the chain of per-layer choices and numba's tiled chain. Per-layer timings
+    cannot see what the tiled chain saves (one call, each tile through every layer in one
+    core's cache) nor what a chain loses when it alternates between torch's and numba's
+    thread pools (measured 0.85x on 2 cores): only timing whole chains can.
     """
-    candidates = {PER_LAYER_CHAIN: chain}
-    if (all(numba_applies(layer.weight) for layer in compacted)
-            and any(layer.kernel != NUMBA_CSR for layer in compacted)):
-        numba_only = [replace(layer, kernel=NUMBA_CSR) for layer in compacted]
-        candidates[NUMBA_CHAIN] = TransposedChain([_build_layer(layer) for layer in numba_only],
-                                                  chain.in_features, chain.used_inputs)
+    some_chain = next(iter(candidates.values()))
     timings, cached = _time_chains(segment, candidates, recorded, timing)
     source = "cached timing" if cached else "timed"
     fastest = min(candidates, key=timings.get)
     speedup = timings[DENSE] / timings[fastest]
     head, rest = choices[:first], choices[first:]
+    compared = ", ".join(f"{name} {timings[DENSE] / timings[name]:.2f}x" for name in candidates)
     if speedup < MEASURED_SPEEDUP_REQUIRED:
-        reason = (f"{source}: the sparse chain from {rest[0].name}, transposes included, ran "
-                  f"{speedup:.2f}x dense (needs {MEASURED_SPEEDUP_REQUIRED}x)")
+        reason = (f"{source}: the sparse chains from {rest[0].name}, transposes included, ran "
+                  f"{compared} dense (needs {MEASURED_SPEEDUP_REQUIRED}x)")
         return None, head + [replace(c, kernel=DENSE, reason=f"{reason}; was {c.reason}")
                              for c in rest]
-    rows = recorded.numel() // chain.in_features
-    if fastest == NUMBA_CHAIN:
-        rest = [replace(c, kernel=NUMBA_CSR,
-                        reason=f"{c.reason}; numba for the whole chain ran faster "
-                               f"({timings[DENSE] / timings[PER_LAYER_CHAIN]:.2f}x dense mixed)")
+    rows = recorded.numel() // some_chain.in_features
+    if fastest == TILED_CHAIN:
+        rest = [replace(c, kernel=NUMBA_TILED, reason=f"{c.reason}; numba's tiled chain of "
+                                                         f"every layer ran faster")
                 for c in rest]
-    chosen = candidates[fastest]
-    note = f"; the chain ran {speedup:.2f}x dense ({source}); batches under {rows} rows run dense"
-    return (TransposedChain(chosen.layers, chosen.in_features, chosen.used_inputs,
-                            dense_fallback=segment, min_batch=rows),
+    note = f"; timed chains ({source}, transposes included): {compared} dense"
+    if rows > 1:
+        note += f"; batches under {rows} rows run dense"
+    return (candidates[fastest].with_dense_fallback(segment, rows),
             head + [replace(c, reason=c.reason + note) for c in rest])
 
 
@@ -670,31 +761,54 @@ def _convert_run(run: _Run,
     """What replaces the children of ``run`` (name -> module, None = removed) and the choices.
 
     Leading dense layers keep their original modules (batch-major, no transposes). From
-    the first sparse layer on, the run becomes one :class:`TransposedChain`; its dense
-    layers are computed feature-major, which costs the same as ``nn.Linear``.
+    the first sparse layer on, the run becomes one chain: numba's tiled chain ("sparse"
+    mode), or a :class:`TransposedChain` whose dense layers are computed feature-major,
+    which costs the same as ``nn.Linear``. "auto" times both against the original layers,
+    the tiled chain from the first pruned layer even when no layer alone was faster sparse.
     """
     choices = [choose_kernel(_weight_name(settings.module_names[linear]), linear, relu,
                              settings.mode, settings.threshold,
                              settings.recorded_inputs.get(linear), settings.timing)
                for _, linear, relu in run.linears]
     sparse_positions = [i for i, choice in enumerate(choices) if choice.kernel != DENSE]
-    if not sparse_positions:
-        return {}, choices
-    first = sparse_positions[0]
+    pruned_positions = [i for i, choice in enumerate(choices) if choice.sparsity > 0]
+    timed = bool(settings.recorded_inputs) and pruned_positions
+    if timed:
+        first = pruned_positions[0]
+        timed = settings.recorded_inputs.get(run.linears[first][1]) is not None
+    if not timed:
+        if not sparse_positions:
+            return {}, choices
+        first = sparse_positions[0]
     first_name, first_linear, _ = run.linears[first]
     layers = [_as_affine(linear, relu, choice.kernel)
               for (_, linear, relu), choice in zip(run.linears[first:], choices[first:])]
     compacted, used_inputs = _compact_chain(layers)
-    chain = TransposedChain([_build_layer(layer) for layer in compacted],
-                            first_linear.in_features, used_inputs)
     start = [name for name, _ in run.children].index(first_name)
     segment = [module for _, module in run.children[start:]]
-    recorded = settings.recorded_inputs.get(first_linear)
-    if recorded is not None:
-        chain, choices = _keep_fastest_chain(segment, chain, compacted, choices, first, recorded,
+    if timed:
+        candidates = {}
+        if sparse_positions:
+            candidates[PER_LAYER_CHAIN] = TransposedChain(
+                [_build_layer(layer) for layer in compacted], first_linear.in_features, used_inputs)
+        if _tiled_applies(compacted):
+            candidates[TILED_CHAIN] = NumbaTiledChain(compacted, first_linear.in_features,
+                                                      used_inputs)
+        if not candidates:
+            return {}, choices
+        chain, choices = _keep_fastest_chain(segment, candidates, choices, first,
+                                             settings.recorded_inputs[first_linear],
                                              settings.timing)
         if chain is None:
             return {}, choices
+    elif settings.mode == "sparse" and _tiled_applies(compacted):
+        chain = NumbaTiledChain(compacted, first_linear.in_features, used_inputs)
+        choices[first:] = [replace(c, kernel=NUMBA_TILED, reason=(
+            "pruned linear layer" if c.is_sparse else "not pruned") + "; numba's tiled chain "
+            "runs it with the chain's other layers") for c in choices[first:]]
+    else:
+        chain = TransposedChain([_build_layer(layer) for layer in compacted],
+                                first_linear.in_features, used_inputs)
     replacement: dict[str, nn.Module | None] = {name: None for name, _ in run.children[start:]}
     replacement[first_name] = chain
     return replacement, choices

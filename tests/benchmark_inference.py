@@ -8,9 +8,10 @@ the kernels "auto" chose per layer. Not a test (pytest does not collect it); run
     /work/venv/bin/python tests/benchmark_inference.py --crossover [--batch_sizes B]
 
 Kernels: dense (the model as is), coo (the original program), torch_csr (torch's CSR
-kernel on every pruned layer), numba_csr ("sparse" mode: numba's kernel on every pruned
-layer) and auto (each layer's kernel timed on this machine, at this batch size, before
-the benchmark starts; no cached timings unless --timing_cache is given).
+kernel on every pruned layer), numba_csr (numba's per-layer kernel on every pruned layer),
+numba_tiled ("sparse" mode: the whole chain in numba's tiled kernel) and auto (kernels and
+chains timed on this machine, at this batch size, before the benchmark starts; no cached
+timings unless --timing_cache is given).
 
 Each sparsity prunes every layer of a freshly initialised fc1 to exactly that fraction by
 weight magnitude (random weights, so the masks are random), as pruning does layer-wise.
@@ -48,9 +49,9 @@ from utils import format_table, positive_int, run_cli  # noqa: E402
 from utils import percent as percent_argument  # noqa: E402
 
 # column name -> sparsify mode
-KERNELS = {"dense": "dense", "coo": "coo", "torch_csr": "torch_csr", "numba_csr": "sparse",
-           "auto": "auto"}
-KERNEL_LETTERS = {"dense": "D", "numba_csr": "N", "torch_csr": "T"}
+KERNELS = {"dense": "dense", "coo": "coo", "torch_csr": "torch_csr", "numba_csr": "numba_csr",
+           "numba_tiled": "sparse", "auto": "auto"}
+KERNEL_LETTERS = {"dense": "D", "numba_csr": "N", "numba_tiled": "F", "torch_csr": "T"}
 SPARSITIES = (0, 50, 80, 90, 95, 97, 99)
 IMAGES = 10_000
 # (in_features, out_features) of the linear layers of fc1 and LeNet5 (MNIST)
@@ -185,7 +186,7 @@ def benchmark(args: argparse.Namespace, batch_size: int) -> None:
     print(format_table(["sparsity", "dense s"] + [f"{kernel} s (vs dense)" for kernel in list(KERNELS)[1:]]
                        + ["auto kernels", "max rel err"], rows))
     print(f"seconds per {IMAGES} images; auto kernels per layer: D = dense, N = numba_csr, "
-          f"T = torch_csr; load average after: {os.getloadavg()[0]:.2f}")
+          f"F = numba_tiled, T = torch_csr; load average after: {os.getloadavg()[0]:.2f}")
 
 
 def main() -> int:

@@ -115,7 +115,7 @@ def test_auto_runs_a_dense_model_dense_and_a_99_percent_sparse_one_sparse(saved_
     assert kernels(dense_part) == ["dense", "dense", "dense"]
     # Which kernel wins at 99% is measured on this machine (see test_sparse for the choice
     # itself, with a fake timer): any of them, each named in the table.
-    assert set(kernels(sparse_part)) <= {"dense", "numba_csr", "torch_csr"}
+    assert set(kernels(sparse_part)) <= {"dense", "numba_csr", "numba_tiled", "torch_csr"}
 
 
 def test_no_saved_runs_names_the_folder_and_the_command(tmp_path, capsys):

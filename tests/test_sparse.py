@@ -21,7 +21,8 @@ from archs.kernel_timing import (InterleavedTimer, KernelTimingCache,  # noqa: E
                                  default_timing_cache_path, timing_key)
 from archs.sparse import (AGREEMENT_TOLERANCE, BENCHMARK_MODES, CONVOLUTION_REASON,  # noqa: E402
                           KERNEL_MODES, MEASURED_SPEEDUP_REQUIRED, DenseTransposedLinear,
-                          NumbaCsrLinear, SparseLinear, TransposedChain, batch_chunk,
+                          NumbaCsrLinear, NumbaTiledChain, SparseLinear, TransposedChain,
+                          batch_chunk,
                           candidate_layers, compare_outputs, relative_error, sparsify)
 from utils import UserError  # noqa: E402
 
@@ -49,6 +50,11 @@ def chains(model: nn.Module) -> list[TransposedChain]:
     return [m for m in model.modules() if isinstance(m, TransposedChain)]
 
 
+def layer_sizes(chain: TransposedChain) -> list[tuple[int, int]]:
+    """(out, in) of each layer of a chain, after compaction."""
+    return [(shape[1], shape[2]) for shape in chain.layer_shapes()]
+
+
 def assert_agrees(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor) -> None:
     agreement = compare_outputs(reference, candidate, inputs)
     assert agreement.agrees, f"relative error {agreement.relative_error:.2e}"
@@ -72,12 +78,12 @@ def fake_timer(seconds: dict[str, float], asked: list | None = None):
 
 
 NUMBA_WINS = {"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0, "chain": 1.0,
-              "chain_numba_only": 1.0}
+              "numba_tiled": 1.0}
 
 
 # --------------------------------------------------------------------------- exactness
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 0.9, 0.99])
-@pytest.mark.parametrize("mode", ["sparse", "torch_csr", "auto", "coo"])
+@pytest.mark.parametrize("mode", ["sparse", "numba_csr", "torch_csr", "auto", "coo"])
 def test_fc1_matches_dense(fraction, mode):
     model = prune_linears_randomly(seeded_model("fc1"), fraction)
     extra = dict(example_input=MNIST_BATCH, timer=fake_timer(NUMBA_WINS)) if mode == "auto" else {}
@@ -103,6 +109,92 @@ def test_numba_kernel_matches_dense(sparsity, images, relu):
         actual = layer(inputs.t())           # a strided view: the layer copies it
         assert actual.shape == (37, images)
         assert relative_error(actual.t(), expected) < AGREEMENT_TOLERANCE
+
+
+def affine(out_features: int, in_features: int, sparsity: float, relu: bool, seed: int,
+           bias: bool = True) -> sparse._Affine:
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=generator)
+    weight *= torch.rand(weight.shape, generator=generator) >= sparsity
+    values = torch.randn(out_features, generator=generator) if bias else torch.zeros(out_features)
+    return sparse._Affine(weight=weight, bias=values, has_bias=bias, relu=relu,
+                          kernel="numba_csr")
+
+
+def dense_chain(layers: list, inputs: torch.Tensor) -> torch.Tensor:
+    h = inputs.double()
+    for layer in layers:
+        h = h @ layer.weight.double().t() + layer.bias.double()
+        h = h.relu() if layer.relu else h
+    return h
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.97, 1.0])
+@pytest.mark.parametrize("images", [1, 15, 16, 17, 100])
+def test_tiled_chain_matches_dense(sparsity, images):
+    """Whole tiles of 16 images, partial ones, input features not a multiple of 16 (37),
+    layers without bias or ReLU."""
+    layers = [affine(300, 37, sparsity, True, 1), affine(45, 300, sparsity, True, 2, bias=False),
+              affine(10, 45, sparsity, False, 3)]
+    layers[1].weight[5:9] = 0            # empty rows
+    chain = NumbaTiledChain(layers, 37, None)
+    inputs = torch.randn(images, 37, generator=torch.Generator().manual_seed(images))
+    actual = chain(inputs)
+    assert actual.shape == (images, 10) and actual.dtype == torch.float32
+    assert relative_error(actual, dense_chain(layers, inputs)) < AGREEMENT_TOLERANCE
+
+
+def test_tiled_chain_reads_only_the_inputs_its_first_layer_uses():
+    layers = [affine(20, 5, 0.0, True, 1), affine(3, 20, 0.5, False, 2)]
+    used = torch.tensor([0, 4, 7, 8, 30])            # 5 of 40 input features
+    chain = NumbaTiledChain(layers, 40, used)
+    inputs = torch.randn(33, 40, generator=torch.Generator().manual_seed(0))
+    expected = dense_chain(layers, inputs[:, used])
+    assert relative_error(chain(inputs), expected) < AGREEMENT_TOLERANCE
+    inputs[:, [1, 2, 3, 39]] = float("nan")          # features nobody reads
+    assert relative_error(chain(inputs), expected) < AGREEMENT_TOLERANCE
+
+
+def test_tiled_chain_propagates_nan_like_the_dense_product():
+    layers = [affine(8, 32, 0.0, True, 1), affine(4, 8, 0.0, False, 2)]
+    chain = NumbaTiledChain(layers, 32, None)
+    inputs = torch.randn(20, 32, generator=torch.Generator().manual_seed(0))
+    inputs[3, 0] = float("nan")
+    out = chain(inputs)
+    assert torch.isnan(out[3]).all()               # through the ReLU as well
+    assert not torch.isnan(torch.cat([out[:3], out[4:]])).any()
+
+
+def test_tiled_chain_gives_identical_bits_on_any_thread_count():
+    layers = [affine(300, 784, 0.9, True, 1), affine(10, 300, 0.9, False, 2)]
+    chain = NumbaTiledChain(layers, 784, None)
+    inputs = torch.randn(200, 784, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        outputs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outputs.append(chain(inputs))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_tiled_chain_refuses_input_it_was_not_built_for():
+    chain = NumbaTiledChain([affine(4, 8, 0.5, False, 1)], 8, None)
+    with pytest.raises(TypeError, match="float32 CPU input"):
+        chain(torch.randn(3, 8, dtype=torch.float64))
+
+
+def test_a_chain_with_a_dense_fallback_shares_the_original_chains_weights():
+    chain = NumbaTiledChain([affine(4, 8, 0.5, False, 1)], 8, None)
+    fallback = [nn.Linear(8, 4)]
+    slow = chain.with_dense_fallback(fallback, min_batch=10)
+    assert chain.dense_fallback is None and slow.min_batch == 10
+    assert slow.values.data_ptr() == chain.values.data_ptr()
+    small, large = torch.randn(9, 8), torch.randn(10, 8)
+    assert torch.equal(slow(small), fallback[0](small))
+    assert torch.equal(slow(large), chain(large))
 
 
 def test_numba_layer_follows_its_buffers():
@@ -133,10 +225,21 @@ def test_numba_kernel_gives_the_same_answer_on_any_thread_count(threads):
 def test_fc1_runs_sparse_kernels_in_one_chain():
     model = prune_linears_randomly(seeded_model("fc1"), 0.9)
     fast, choices = sparsify(model, "sparse")
+    assert [c.kernel for c in choices] == ["numba_tiled"] * 3
+    (chain,) = chains(fast)
+    assert isinstance(chain, NumbaTiledChain)
+    first, second, last = layer_sizes(chain)
+    read_by_last = int((linears(model)[2].weight != 0).any(dim=0).sum())    # 66 of 100
+    assert (first, second, last) == ((300, 784), (read_by_last, 300), (10, read_by_last))
+    assert not linears(fast)
+
+
+def test_numba_csr_mode_runs_numbas_per_layer_kernel():
+    model = prune_linears_randomly(seeded_model("fc1"), 0.9)
+    fast, choices = sparsify(model, "numba_csr")
     assert [c.kernel for c in choices] == ["numba_csr"] * 3
     (chain,) = chains(fast)
     assert all(isinstance(layer, NumbaCsrLinear) for layer in chain.layers)
-    assert not linears(fast)
 
 
 def test_torch_csr_mode_runs_torchs_kernel():
@@ -159,8 +262,8 @@ def test_lenet5_with_pruned_linears_matches_dense():
     model = prune_linears_randomly(seeded_model("lenet5"), 0.95)
     fast, choices = sparsify(model, "sparse")
     kernels = {c.name: c.kernel for c in choices}
-    assert kernels == {"0.weight": "dense", "2.weight": "dense", "6.weight": "numba_csr",
-                       "8.weight": "numba_csr", "10.weight": "numba_csr"}
+    assert kernels == {"0.weight": "dense", "2.weight": "dense", "6.weight": "numba_tiled",
+                       "8.weight": "numba_tiled", "10.weight": "numba_tiled"}
     assert_agrees(model, fast, MNIST_BATCH[:4])
 
 
@@ -180,18 +283,20 @@ def lenet5_with_empty_rows_and_columns() -> nn.Module:  # noqa: D401
     return model
 
 
-@pytest.mark.parametrize("mode", ["sparse", "torch_csr"])
+@pytest.mark.parametrize("mode", ["sparse", "numba_csr", "torch_csr"])
 def test_empty_rows_and_columns_are_dropped_exactly(mode):
     model = lenet5_with_empty_rows_and_columns()
     fast, _ = sparsify(model, mode)
     assert_agrees(model, fast, MNIST_BATCH[:4])
+    assert_agrees(model, fast, MNIST_BATCH[:37])     # two whole tiles and a partial one
     (chain,) = chains(fast)
-    first, second, last = chain.layers
+    first, second, last = layer_sizes(chain)
     assert chain.used_inputs is not None and len(chain.used_inputs) <= 12544 - 3000
-    assert first.out_features <= 256 - 30 - 20      # constant and unread units removed
-    assert second.out_features <= 256 - 10 - 56
-    assert last.out_features == 10                  # the outputs are all kept
-    assert last.in_features <= 200
+    assert first[1] == len(chain.used_inputs)
+    assert first[0] <= 256 - 30 - 20      # constant and unread units removed
+    assert second[0] <= 256 - 10 - 56
+    assert last[0] == 10                  # the outputs are all kept
+    assert last[1] <= 200
 
 
 def test_a_layer_pruned_entirely_still_gives_the_dense_answer():
@@ -206,7 +311,7 @@ def test_resnet18_classifier_matches_dense():
     torch.manual_seed(0)
     model = prune_linears_randomly(build_model("resnet18", 3, 8, 10).eval(), 0.9)
     fast, choices = sparsify(model, "sparse")
-    assert {c.name: c.kernel for c in choices if c.is_sparse} == {"fc.weight": "numba_csr"}
+    assert {c.name: c.kernel for c in choices if c.is_sparse} == {"fc.weight": "numba_tiled"}
     assert_agrees(model, fast, torch.randn(2, 3, 8, 8))
 
 
@@ -277,7 +382,7 @@ def test_auto_picks_the_fastest_timed_kernel_per_layer():
     per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
                       {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
                       {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
-                      {"dense": 2.0, "chain": 1.0, "chain_numba_only": 1.5}])
+                      {"dense": 2.0, "chain": 1.0, "numba_tiled": 1.5}])
 
     def timer(runs):
         for run in runs.values():
@@ -287,19 +392,19 @@ def test_auto_picks_the_fastest_timed_kernel_per_layer():
     fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
     assert [c.kernel for c in choices] == ["numba_csr", "torch_csr", "dense"]
     assert choices[0].reason.startswith(f"timed at {MNIST_BATCH.shape[0]} rows: numba_csr 3.00x")
-    assert "the chain ran 2.00x dense" in choices[0].reason
+    assert "chain 2.00x, numba_tiled 1.33x dense" in choices[0].reason
     (chain,) = chains(fast)
     assert [type(layer) for layer in chain.layers] == [NumbaCsrLinear, SparseLinear,
                                                        DenseTransposedLinear]
     assert_agrees(model, fast, MNIST_BATCH)
 
 
-def test_auto_runs_the_whole_chain_with_numba_when_that_is_timed_faster():
+def test_auto_runs_numbas_tiled_chain_when_that_is_timed_fastest():
     model = prune_linears_randomly(seeded_model("fc1"), 0.9)
     per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
                       {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
                       {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
-                      {"dense": 4.0, "chain": 2.0, "chain_numba_only": 1.0}])
+                      {"dense": 4.0, "chain": 2.0, "numba_tiled": 1.0}])
 
     def timer(runs):
         for run in runs.values():
@@ -307,21 +412,40 @@ def test_auto_runs_the_whole_chain_with_numba_when_that_is_timed_faster():
         return next(per_layer)
 
     fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
-    assert [c.kernel for c in choices] == ["numba_csr"] * 3
-    assert "numba for the whole chain ran faster (2.00x dense mixed)" in choices[2].reason
-    assert "the chain ran 4.00x dense" in choices[2].reason
+    assert [c.kernel for c in choices] == ["numba_tiled"] * 3
+    assert "numba's tiled chain of every layer ran faster" in choices[2].reason
+    assert "chain 2.00x, numba_tiled 4.00x dense" in choices[2].reason
     (chain,) = chains(fast)
-    assert all(isinstance(layer, NumbaCsrLinear) for layer in chain.layers)
+    assert isinstance(chain, NumbaTiledChain) and chain.min_batch == MNIST_BATCH.shape[0]
     assert_agrees(model, fast, MNIST_BATCH)
 
 
 def test_auto_falls_back_to_dense_when_the_timed_sparse_kernels_lose():
     model = prune_linears_randomly(seeded_model("fc1"), 0.99)
+    asked = []
     fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH,
-                             timer=fake_timer({"dense": 1.0, "torch_csr": 1.5, "numba_csr": 1.2}))
+                             timer=fake_timer({"dense": 1.0, "torch_csr": 1.5, "numba_csr": 1.2,
+                                               "numba_tiled": 1.1}, asked))
     assert [c.kernel for c in choices] == ["dense"] * 3
     assert "numba_csr 0.83x" in choices[0].reason
+    assert "ran numba_tiled 0.91x dense (needs 1.2x)" in choices[0].reason
+    assert asked[-1] == ["dense", "numba_tiled"]     # no per-layer chain: every layer lost
     assert not chains(fast) and len(linears(fast)) == 3
+
+
+def test_auto_times_the_tiled_chain_even_when_every_layer_alone_is_faster_dense():
+    """At one image per batch numba's per-layer kernel loses on every layer, while the tiled
+    chain, one call for all of them, can still win."""
+    model = prune_linears_randomly(seeded_model("fc1"), 0.97)
+    fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH[:1],
+                             timer=fake_timer({"dense": 1.0, "torch_csr": 1.5, "numba_csr": 1.2,
+                                               "numba_tiled": 0.5}))
+    assert [c.kernel for c in choices] == ["numba_tiled"] * 3
+    assert choices[0].reason.endswith("numba_tiled 2.00x dense")
+    (chain,) = chains(fast)
+    assert isinstance(chain, NumbaTiledChain)
+    assert_agrees(model, fast, MNIST_BATCH[:1])
+    assert_agrees(model, fast, MNIST_BATCH)
 
 
 @pytest.mark.parametrize("chain_seconds", [1.0, 1.0 / (MEASURED_SPEEDUP_REQUIRED - 0.01)])
@@ -329,14 +453,14 @@ def test_auto_falls_back_to_dense_when_the_timed_chain_loses(chain_seconds):
     model = prune_linears_randomly(seeded_model("fc1"), 0.99)
     layers_win = fake_timer(NUMBA_WINS)
     chain_loses = fake_timer({"dense": 1.0, "chain": chain_seconds,
-                              "chain_numba_only": chain_seconds})
+                              "numba_tiled": chain_seconds})
 
     def timer(runs):
         return (chain_loses if "chain" in runs else layers_win)(runs)
 
     fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
     assert [c.kernel for c in choices] == ["dense"] * 3
-    assert "the sparse chain from 1.weight" in choices[0].reason
+    assert "the sparse chains from 1.weight" in choices[0].reason
     assert not chains(fast) and len(linears(fast)) == 3
 
 
