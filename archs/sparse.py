@@ -215,6 +215,22 @@ def _numba_kernels():
     return numba_csr
 
 
+def _numpy_buffers(module: nn.Module, names: tuple[str, ...]) -> tuple:
+    """``module``'s buffers ``names`` as numpy arrays (sharing their memory), made once.
+
+    Looking up four buffers and wrapping them costs ~7 us a call, a tenth of a whole fc1
+    pass at 64 images. Keyed by the buffers' addresses, so ``.to()``, a copy or a loaded
+    state dict that replaces them is seen.
+    """
+    tensors = [module._buffers[name] for name in names]
+    addresses = tuple(tensor.data_ptr() for tensor in tensors)
+    cached = module.__dict__.get("_numpy_cache")
+    if cached is None or cached[0] != addresses:
+        cached = (addresses, tuple(tensor.numpy() for tensor in tensors))
+        module.__dict__["_numpy_cache"] = cached
+    return cached[1]
+
+
 def numba_applies(weight: torch.Tensor) -> bool:
     """Whether the numba kernel can run this layer: it is compiled for float32 on the CPU."""
     return weight.device.type == "cpu" and weight.dtype == torch.float32
@@ -242,25 +258,10 @@ class NumbaCsrLinear(nn.Module):
 
     _ARRAYS = ("crow_indices", "col_indices", "values", "bias")
 
-    def _numpy_arrays(self) -> tuple:
-        """The CSR buffers as numpy arrays (sharing their memory), made once per buffer.
-
-        Looking up four buffers and wrapping them costs ~7 us a call, a tenth of a whole
-        fc1 pass at 64 images. Keyed by the buffers' addresses, so ``.to()``, a copy or a
-        loaded state dict that replaces them is seen.
-        """
-        tensors = [self._buffers[name] for name in self._ARRAYS]
-        addresses = tuple(tensor.data_ptr() for tensor in tensors)
-        cached = self.__dict__.get("_numpy_cache")
-        if cached is None or cached[0] != addresses:
-            cached = (addresses, tuple(tensor.numpy() for tensor in tensors))
-            self.__dict__["_numpy_cache"] = cached
-        return cached[1]
-
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = contiguous(h.detach())
         out = torch.empty(self.out_features, h.shape[1], dtype=h.dtype)
-        _numba_kernels().csr_layer(*self._numpy_arrays(), h.numpy(), out.numpy(), self.relu,
+        _numba_kernels().csr_layer(*_numpy_buffers(self, self._ARRAYS), h.numpy(), out.numpy(), self.relu,
                                    torch.get_num_threads())
         return out
 
@@ -414,7 +415,6 @@ class NumbaTiledChain(TransposedChain):
         return self.shapes
 
     _ARRAYS = ("layer_table", "crow", "col", "values", "bias")
-    _numpy_arrays = NumbaCsrLinear._numpy_arrays
 
     def _run(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.dtype != torch.float32 or rows.device.type != "cpu":
@@ -422,7 +422,7 @@ class NumbaTiledChain(TransposedChain):
                             f"on {rows.device.type}")
         rows = rows.detach().contiguous()
         out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32)
-        _numba_kernels().tiled_chain(rows.numpy(), *self._numpy_arrays(), out.numpy(),
+        _numba_kernels().tiled_chain(rows.numpy(), *_numpy_buffers(self, self._ARRAYS), out.numpy(),
                                      torch.get_num_threads(), self.width)
         return out
 

@@ -180,6 +180,17 @@ def test_tiled_chain_gives_identical_bits_on_any_thread_count():
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_tiled_chain_follows_its_buffers():
+    chain = NumbaTiledChain([affine(6, 20, 0.5, False, 1)], 20, None)
+    inputs = torch.randn(18, 20)
+    first = chain(inputs)
+    copied = copy.deepcopy(chain)
+    copied.values.mul_(2)
+    copied.bias.mul_(2)
+    assert relative_error(copied(inputs), 2 * first) < AGREEMENT_TOLERANCE
+    assert torch.equal(chain(inputs), first)
+
+
 def test_tiled_chain_refuses_input_it_was_not_built_for():
     chain = NumbaTiledChain([affine(4, 8, 0.5, False, 1)], 8, None)
     with pytest.raises(TypeError, match="float32 CPU input"):
