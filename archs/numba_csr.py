@@ -50,7 +50,8 @@ PARALLEL_WORK = 32_768
 # activations spilling to L2.
 TILE = 16
 # Independent accumulators per row: a fused multiply-add has a latency of about 4 cycles
-# and two can start per cycle, so one accumulator would stall. Measured: 4 is 2x faster than 2.
+# and two can start per cycle, so one accumulator would stall. Measured on fc1's first layer
+# at 90 % sparsity: 4 accumulators 2.2x faster than 2.
 ACCUMULATORS = 4
 
 
@@ -327,7 +328,8 @@ def _gather_parallel(x, used, out):
 
 _CHAIN = ("void(float32[::1], int64, int64[:, ::1], int64[::1], int32[::1], float32[::1], "
           "float32[::1], int64, float32[:, ::1])")
-_LAYER = "void(int64[::1], int32[::1], float32[::1], float32[::1], float32[:, ::1], float32[:, ::1], boolean)"
+_LAYER = ("void(int64[::1], int32[::1], float32[::1], float32[::1], float32[:, ::1], "
+          "float32[:, ::1], boolean)")
 _GATHER = "void(float32[:, ::1], int64[::1], float32[:, ::1])"
 # fastmath "contract" only: fused multiply-adds, but no reassociation and no assumptions
 # about NaN or infinity, so a NaN input still gives NaN as in the dense product.
@@ -361,7 +363,8 @@ def csr_layer(crow: np.ndarray, col: np.ndarray, values: np.ndarray, bias: np.nd
     ``crow`` int64, ``col`` int32, float32 ``values``, ``bias``, ``h`` and ``out``, all
     C-contiguous.
     """
-    kernel = _layer_parallel if _use_threads(threads, values.shape[0] * h.shape[1] >= PARALLEL_WORK) else _layer_serial
+    shared = _use_threads(threads, values.shape[0] * h.shape[1] >= PARALLEL_WORK)
+    kernel = _layer_parallel if shared else _layer_serial
     kernel(crow, col, values, bias, h, out, relu)
 
 
