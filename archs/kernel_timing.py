@@ -10,6 +10,7 @@ same machine does not time again.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -63,7 +64,9 @@ def timing_key(device: torch.device, **what: object) -> dict[str, object]:
     """``what`` (shapes, stored weights, batch...) plus the machine and software it was timed on.
 
     Virtual machines often report a generic model name ("Intel Xeon Processor"), so the
-    CPU's instruction-set flags (hashed) are part of the key as well.
+    CPU's instruction-set flags (hashed) are part of the key as well. On the CPU so is
+    numba's version: it compiles the project's own kernels, and a new LLVM may vectorise
+    them differently.
     """
     key: dict[str, object] = {"device": device_description(device), "torch": torch.__version__,
                               "threads": torch.get_num_threads()}
@@ -71,7 +74,16 @@ def timing_key(device: torch.device, **what: object) -> dict[str, object]:
         flags = _cpuinfo_field("flags") or ""
         key["cpu_flags"] = hashlib.sha256(flags.encode()).hexdigest()[:16]
         key["cpus"] = os.cpu_count()
+        key["numba"] = _installed_version("numba")
     return {**key, **what}
+
+
+def _installed_version(package: str) -> str | None:
+    """``package``'s installed version, without importing it (None when not installed)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class KernelTimingCache:
