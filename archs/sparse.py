@@ -17,9 +17,9 @@ Kernels (the ``kernel`` of a :class:`LayerChoice`):
 * "numba_tiled": a whole chain of linear layers in one call of numba's tiled kernel
   (:func:`archs.numba_csr.tiled_chain`): tiles of 16 images go through every layer on one
   core, the sums kept in vector registers. CPU and float32 only. On a 2-core Xeon
-  (AVX-512), all of fc1 at batch 512: 3.7x dense at 90 % sparsity, 8x at 97 %.
+  (AVX-512), all of fc1 at batch 512: 2.7x dense at 90 % sparsity, 7.7x at 97 %.
 * "numba_csr": numba's per-layer CSR kernel on feature-major activations, whole rows of
-  images at a time (fc1 at batch 512 on the same machine: 1.4x at 90 %, 2.6x at 97 %);
+  images at a time (fc1 at batch 512 on the same machine: 1.3x at 90 %, 2.3x at 97 %);
   it can sit in a chain beside dense layers.
 * "torch_csr": torch's CSR product (``torch.sparse.mm(W, h, reduce="sum")`` on the CPU,
   cuSPARSE elsewhere); on the same CPU 0.9-1.7x dense at 90 % for fc1's first layer.
@@ -32,8 +32,8 @@ machine at hand, on the activations an example batch produces there (interleaved
 medians: :mod:`archs.kernel_timing`), keeps the fastest, and then times the assembled
 chain, transposes included, and the tiled chain against the original layers: the fastest
 is kept only if it is at least :data:`MEASURED_SPEEDUP_REQUIRED` times faster than them.
-Timings are cached per processor model, torch version, thread count, layer shape, stored
-weights and batch size (:class:`KernelTimingCache`). Batches smaller than the one timed
+Timings are cached per processor model, torch and numba versions, thread count, layer
+shape, stored weights and batch size (:class:`KernelTimingCache`). Batches smaller than the one timed
 run the original dense layers. Alternatively the caller may give a sparsity
 ``threshold`` of its own: no timing, sparse from that sparsity on.
 
@@ -261,7 +261,8 @@ class NumbaCsrLinear(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = contiguous(h.detach())
         out = torch.empty(self.out_features, h.shape[1], dtype=h.dtype)
-        _numba_kernels().csr_layer(*_numpy_buffers(self, self._ARRAYS), h.numpy(), out.numpy(), self.relu,
+        _numba_kernels().csr_layer(*_numpy_buffers(self, self._ARRAYS), h.numpy(), out.numpy(),
+                                   self.relu,
                                    torch.get_num_threads())
         return out
 
@@ -529,7 +530,8 @@ def effective_sparsity(weight: torch.Tensor) -> float:
 
 
 def fastest_sparse_kernel(weight: torch.Tensor) -> str:
-    """The kernel "sparse" mode (and a caller's threshold) uses: numba's wherever it applies."""
+    """The per-layer kernel of a caller's threshold, and of "sparse" mode before it fuses a
+    chain into numba's tiled kernel: numba's wherever it applies, torch's elsewhere."""
     return NUMBA_CSR if numba_applies(weight) else TORCH_CSR
 
 
