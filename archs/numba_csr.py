@@ -16,8 +16,9 @@ Two kernels:
   accumulators in registers (its tiled loops measured 2-3x slower), so this step and the
   16x16 transpose of the input are written as LLVM vector instructions
   (:func:`_row_times_tile`, :func:`_transpose_tile`); LLVM splits the 16-float vectors
-  into two 8-float ones on a CPU without AVX-512. Measured on the 2-core Xeon, fc1 at batch
-  512: 3.7x dense at 90 % sparsity, 8x at 97 % (the per-layer kernel below: 1.4x, 2.6x).
+  into two 8-float ones on a CPU without AVX-512. Measured on the 2-core Xeon, all of fc1
+  at batch 512: 2.7x dense at 90 % sparsity, 7.7x at 97 % (the per-layer kernel below:
+  1.3x, 2.3x).
 * :func:`csr_layer`, one layer on feature-major activations (features x images), whole rows
   of images at a time: what a chain mixing dense and sparse layers uses.
 

@@ -262,8 +262,7 @@ class NumbaCsrLinear(nn.Module):
         h = contiguous(h.detach())
         out = torch.empty(self.out_features, h.shape[1], dtype=h.dtype)
         _numba_kernels().csr_layer(*_numpy_buffers(self, self._ARRAYS), h.numpy(), out.numpy(),
-                                   self.relu,
-                                   torch.get_num_threads())
+                                   self.relu, torch.get_num_threads())
         return out
 
     def extra_repr(self) -> str:
