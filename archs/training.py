@@ -188,8 +188,11 @@ class LotteryRun:
         spec = get_spec(config.dataset)
         self.model = build_model(config.arch_type, spec.in_channels, spec.image_size,
                                  spec.num_classes, device)
-        # Speed on GPUs. TF32 is a setting of the run (it changes the arithmetic), so it is set
-        # explicitly either way; channels_last only where convolutions meet a GPU.
+        # Settings of the arithmetic belong to the process, and a previous run in it may have
+        # changed them, so each is set explicitly either way.
+        torch.set_flush_denormal(config.flush_denormal)
+        # Speed on GPUs: TF32 (a setting of the run), and channels_last only where
+        # convolutions meet a GPU.
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
             torch.backends.cudnn.allow_tf32 = config.precision == "tf32"

@@ -39,11 +39,15 @@ def main() -> None:
     parser.add_argument("--passes", default="5")
     parser.add_argument("--sweeps_per_pass", default="40")
     parser.add_argument("--save_dir", type=Path, default=Path("/tmp/lottery_verdict"))
+    parser.add_argument("--flush_denormal", action="store_true",
+                        help="train with --flush_denormal (see the README: denormals)")
     args = parser.parse_args()
     setup_logging().setLevel("WARNING")
     common = ["--arch_type", "fc1", "--dataset", "digits", "--lr", "1.2e-3", "--batch_size", "64",
               "--end_iter", args.epochs, "--seeds", *args.seeds, "--no_progress",
               "--co2_tracking_mode", "--country_iso_code", "FRA"]
+    if args.flush_denormal:
+        common.append("--flush_denormal")
     verdicts = []
     for repeat in range(args.repeats):
         folder = args.save_dir / f"repeat{repeat}"
@@ -65,7 +69,8 @@ def main() -> None:
                                        r["too_short"]) for r in rows})
         print(f"repeat {repeat}: {time.perf_counter() - started:.0f} s")
     print(f"\nCPU: {cpu_model()}, torch {torch.__version__}; fc1 on digits, {args.epochs} epochs per "
-          f"cycle, seeds {' '.join(args.seeds)}, {args.passes} passes of {args.sweeps_per_pass} sweeps")
+          f"cycle, seeds {' '.join(args.seeds)}, {args.passes} passes of {args.sweeps_per_pass} sweeps"
+          + (", denormals flushed" if args.flush_denormal else ""))
     for config in sorted(verdicts[0]):
         cells = [f"{v[config][0]} [{float(v[config][1]):.3g}, {float(v[config][2]):.3g}]"
                  + (" (too short)" if v[config][3] == "True" else "") for v in verdicts]

@@ -248,3 +248,17 @@ def test_bf16_autocast_trains_with_the_same_masks_and_zeros(winning, tmp_path, s
     assert results_path(tmp_path, RunConfig(**TINY, precision="bf16")).name.endswith("_precbf16.pt")
     losses = results["train_loss"]
     assert losses[3 * N_TRAIN] < losses[N_TRAIN]   # it learns: the dense cycle's loss falls
+
+
+def test_flush_denormal_is_a_setting_of_the_run_and_sets_the_arithmetic(tmp_path, small_mnist_dir):
+    tiny = torch.tensor([1e-40])          # a denormal float32
+    try:
+        results = train(tmp_path, small_mnist_dir, flush_denormal=True)
+        assert bool((tiny * 1.0 == 0).all())          # flushed while (and after) it ran
+        assert results["args"]["flush_denormal"] is True
+        name = results_path(tmp_path, RunConfig(**TINY, flush_denormal=True)).name
+        assert "_ftz" in name and name != results_path(tmp_path, RunConfig(**TINY)).name
+        train(tmp_path / "ieee", small_mnist_dir)     # the next run sets it back
+        assert float(tiny * 1.0) == pytest.approx(1e-40, rel=1e-3)
+    finally:
+        torch.set_flush_denormal(False)
