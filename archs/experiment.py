@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from archs import build_model
 from archs.masks import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
 from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
@@ -88,6 +90,9 @@ def check_pruning_schedule(config: RunConfig, source_root: Path | str = "saves")
 def run_job(job: TrainingJob) -> list[Path]:
     """Train every seed of ``job``; returns the results files written (or found, on resume)."""
     log = get_logger()
+    # Before anything runs in parallel: torch's worker threads copy the flush-to-zero mode of
+    # the thread that creates them, and setting it later reaches only the calling thread.
+    torch.set_flush_denormal(job.config.flush_denormal)
     check_pruning_schedule(job.config, job.save_dir)
     ensure_writable_dir(job.save_dir, "save directory")
     device = resolve_device(job.device)

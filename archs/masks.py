@@ -368,9 +368,38 @@ def rewind(model: nn.Module, initial_state: Mapping[str, torch.Tensor],
     apply_masks(model, masks)
 
 
+# (integer type of the same width, exponent bits, mantissa bits) of the float types
+_FLOAT_BITS = {torch.float32: (torch.int32, 0x7F800000, 0x007FFFFF),
+               torch.float64: (torch.int64, 0x7FF0000000000000, 0x000FFFFFFFFFFFFF),
+               torch.float16: (torch.int16, 0x7C00, 0x03FF),
+               torch.bfloat16: (torch.int16, 0x7F80, 0x007F)}
+
+
+def is_nonzero(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor != 0``, decided on the bits for float types (-0.0 counts as zero).
+
+    With denormals flushed (``torch.set_flush_denormal(True)`` sets denormals-are-zero), the
+    CPU compares a denormal weight as equal to zero: a dense network would look pruned.
+    """
+    if tensor.dtype not in _FLOAT_BITS:
+        return tensor != 0
+    int_type, exponent, mantissa = _FLOAT_BITS[tensor.dtype]
+    return (tensor.detach().view(int_type) & (exponent | mantissa)) != 0
+
+
+def is_denormal(tensor: torch.Tensor) -> torch.Tensor:
+    """Entries that are denormal: exponent bits all zero, mantissa bits not (False for
+    tensors of other than float types)."""
+    if tensor.dtype not in _FLOAT_BITS:
+        return torch.zeros_like(tensor, dtype=torch.bool)
+    int_type, exponent, mantissa = _FLOAT_BITS[tensor.dtype]
+    bits = tensor.detach().view(int_type)
+    return ((bits & exponent) == 0).logical_and_((bits & mantissa) != 0)
+
+
 def masks_from_state(state: Mapping[str, torch.Tensor], names: list[str]) -> Masks:
     """Recover a ticket's masks from its weights: its exact zeros are the pruned entries."""
-    return {name: state[name] != 0 for name in names}
+    return {name: is_nonzero(state[name]) for name in names}
 
 
 def count_alive(masks: Mapping[str, torch.Tensor]) -> tuple[int, int]:

@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from archs.kernel_timing import InterleavedTimer, KernelTimingCache, Timer, timing_key
-from archs.masks import PRUNABLE_LAYERS
+from archs.masks import PRUNABLE_LAYERS, is_nonzero
 from utils import UserError
 
 KERNEL_MODES = ("dense", "sparse", "auto")
@@ -518,7 +518,8 @@ def _build_layer(layer: _Affine) -> nn.Module:
 # --------------------------------------------------------------------------- choosing kernels
 def weight_sparsity(weight: torch.Tensor) -> float:
     """Fraction of exactly-zero entries."""
-    return 1.0 - int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 0.0
+    # on the bits: with denormals flushed a dense layer's denormal weights compare as zero
+    return 1.0 - int(is_nonzero(weight).sum()) / weight.numel() if weight.numel() else 0.0
 
 
 def effective_sparsity(weight: torch.Tensor) -> float:

@@ -126,6 +126,17 @@ def private_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = previous
 
 
+@pytest.fixture(autouse=True)
+def ieee_denormals():
+    """The replay (and a run with --flush_denormal) switch the process to flushing denormals;
+    every test starts from IEEE arithmetic, as a fresh process does."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("mnist_data"))

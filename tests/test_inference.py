@@ -313,3 +313,21 @@ def test_sweeps_per_pass_multiply_the_images_of_a_pass_and_short_passes_are_flag
     assert rows[0]["images_per_second"] == pytest.approx(3 * 105 / rows[0]["seconds_per_pass"])
     warning = [line for line in capsys.readouterr().out.splitlines() if "sampling noise" in line]
     assert len(warning) == 1 and "--sweeps_per_pass" in warning[0]
+
+
+def test_the_replay_reads_denormal_weights_as_zero_and_says_how_many(saved_runs, tmp_path, capsys):
+    """A dense network trained long enough holds denormal weights, which cost x86 CPUs tens of
+    cycles per operation; the replay flushes them (and still counts the network as dense)."""
+    save_dir = tmp_path / "saves"
+    shutil.copytree(saved_runs / "fc1", save_dir / "fc1", ignore=shutil.ignore_patterns("inference"))
+    path = results_path(save_dir, RunConfig(train_type="regular", end_iter=1, batch_size=64, seed=0))
+    results = torch.load(path, weights_only=True)
+    weight = results["final_state_dict"]["1.weight"]
+    weight[0, :7] = torch.tensor([1e-40, -1e-40, 3e-39, 1e-45, -1e-45, 5e-39, 1e-41])
+    torch.save(results, path)
+    setup_logging()
+    [row] = run_inference(job(save_dir, mode="dense", configs=["pp0x1"], passes=1))
+    out = capsys.readouterr()
+    assert "7 weight(s) are denormal (nonzero, below 1.2e-38): read as zero" in out.out + out.err
+    assert float(row["percent_remaining"]) == 100.0          # not taken for pruned weights
+    assert float(torch.tensor([1e-40]) * 1.0) == 0.0         # flushing is on

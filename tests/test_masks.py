@@ -5,7 +5,7 @@ from torch import nn
 
 from archs import build_model
 from archs.masks import (apply_masks, count_alive, expected_percent_remaining, full_masks,
-                         masks_from_state, percent_remaining, prunable_names, prune_by_magnitude,
+                         is_denormal, is_nonzero, masks_from_state, percent_remaining, prunable_names, prune_by_magnitude,
                          rewind)
 from archs.training import train_epoch
 from data.datasets import Split
@@ -377,3 +377,26 @@ def test_rewind_points_parse_and_count_iterations(text, point, steps):
 def test_bad_rewind_points_are_refused_with_the_accepted_forms(text):
     with pytest.raises(ValueError, match=r"--rewind_to .*init.*<N>ep.*<N>it"):
         parse_rewind_point(text)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("flush", [False, True])
+def test_nonzero_and_denormal_are_read_from_the_bits(dtype, flush):
+    tiny = torch.finfo(dtype).tiny
+    values = torch.tensor([0.0, -0.0, 1.0, -2.5, tiny, -tiny], dtype=dtype)
+    smallest = torch.tensor([1], dtype=_int_type(dtype)).view(dtype)   # the smallest denormal
+    values = torch.cat([values, smallest, -smallest])
+    torch.set_flush_denormal(flush)   # with flushing, the CPU itself compares denormals as zero
+    assert is_nonzero(values).tolist() == [False, False, True, True, True, True, True, True]
+    assert is_denormal(values).tolist() == [False] * 6 + [True, True]
+    assert masks_from_state({"w": values}, ["w"])["w"].tolist() == is_nonzero(values).tolist()
+
+
+def _int_type(dtype):
+    return {torch.float32: torch.int32, torch.float64: torch.int64,
+            torch.float16: torch.int16, torch.bfloat16: torch.int16}[dtype]
+
+
+def test_nonzero_of_integer_tensors_is_the_plain_comparison():
+    assert is_nonzero(torch.tensor([0, 3, -1])).tolist() == [False, True, True]
+    assert is_denormal(torch.tensor([0, 3])).tolist() == [False, False]
