@@ -3,8 +3,9 @@
 
 Each repetition trains pp90x2, pp68x3 and the dense baseline pp0x1 on the real digits with CO2
 tracking (fresh save folder), replays the tickets with dense and sparse kernels, and runs the
-break-even analysis. A verdict a researcher can trust is the same in every repetition, or
-"undetermined" in every one. Not a test: it prints figures.
+break-even analysis. A verdict a researcher can trust never contradicts another repetition's:
+no "after" against "never", no two 95% intervals that miss each other ("undetermined" in some
+repetitions is what an honest interval near its boundary gives). Not a test: it prints figures.
 
 Examples (2 cores): short runs, about 15 minutes, every verdict flagged too short; long
 enough to measure, about 40 minutes:
