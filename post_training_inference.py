@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state", default="final", choices=list(STATES),
                         help="weights to replay: the end of the cycle, or its best validation state")
     parser.add_argument("--mode", default="auto", choices=list(MODE_CHOICES),
-                        help="kernels: dense (ordinary forward), sparse (CSR kernel for every pruned "
-                             "linear layer), auto (per layer, whichever is faster at its sparsity), "
-                             "both (dense then sparse, for the speed-up)")
+                        help="kernels: dense (ordinary forward), sparse (the project's CSR kernel for "
+                             "the linear layers from the first pruned one on), auto (dense or "
+                             "sparse, whichever was timed faster on this machine; never kept unless "
+                             "1.2x faster than dense), both (dense then sparse, for the speed-up). "
+                             "Denormal floats are always flushed to zero (see the README)")
     parser.add_argument("--kernel_cache", type=Path, default=None, metavar="FILE",
                         help="where auto keeps the kernel timings it measured on this machine "
                              "(default: ~/.cache/lottery_ticket/kernel_timings.json, or under "
