@@ -295,29 +295,20 @@ class DenseTransposedLinear(nn.Module):
         return f"in_features={in_features}, out_features={out_features}, relu={self.relu}"
 
 
-class TransposedChain(nn.Module):
-    """Consecutive linear layers run on feature-major activations.
+class LinearChain(nn.Module):
+    """Consecutive linear layers (and their ReLUs) replaced by one module.
 
-    Takes and returns batch-major tensors like ``nn.Linear`` (any leading dimensions);
-    transposes once on entry (reading only the input features some layer uses) and once
-    on exit. When the first layer is numba's, numba also does the entry transpose
-    (faster than torch's on the CPU). With a ``dense_fallback`` (the original modules),
-    batches of fewer than ``min_batch`` rows run that instead: "auto" timed the chain at
-    one batch size, and smaller batches pay its fixed costs over fewer images.
+    Takes and returns batch-major tensors like ``nn.Linear`` (any leading dimensions). With a
+    ``dense_fallback`` (the original modules), batches of fewer than ``min_batch`` rows run
+    that instead: "auto" timed the chain at one batch size, and smaller batches pay its
+    fixed costs over fewer images. Subclasses compute the chain in :meth:`_run`.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], in_features: int,
-                 used_inputs: torch.Tensor | None,
-                 dense_fallback: Sequence[nn.Module] | None = None, min_batch: int = 0):
+    def __init__(self, in_features: int, used_inputs: torch.Tensor | None,
+                 dense_fallback: Sequence[nn.Module] | None, min_batch: int):
         super().__init__()
-        self.layers = nn.ModuleList(layers)
         self.in_features = in_features
         self.register_buffer("used_inputs", used_inputs)
-        self.numba_entry = isinstance(self.layers[0], NumbaCsrLinear)
-        if self.numba_entry and used_inputs is None:
-            self.register_buffer("entry_features", torch.arange(in_features))
-        else:
-            self.register_buffer("entry_features", used_inputs)
         self._set_fallback(dense_fallback, min_batch)
 
     def _set_fallback(self, dense_fallback: Sequence[nn.Module] | None, min_batch: int) -> None:
@@ -325,7 +316,7 @@ class TransposedChain(nn.Module):
         self.min_batch = min_batch
 
     def with_dense_fallback(self, dense_fallback: Sequence[nn.Module],
-                            min_batch: int) -> "TransposedChain":
+                            min_batch: int) -> "LinearChain":
         """A copy (sharing this chain's tensors) that runs batches under ``min_batch`` rows
         with ``dense_fallback``."""
         chain = copy.copy(self)
@@ -336,18 +327,7 @@ class TransposedChain(nn.Module):
 
     def layer_shapes(self) -> list[list]:
         """Per layer: kind, out, in, stored weights, ReLU (what its speed depends on)."""
-        return [[type(layer).__name__, *_layer_shape(layer)] for layer in self.layers]
-
-    def _feature_major(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.numba_entry and rows.device.type == "cpu" and rows.dtype == torch.float32:
-            rows = rows.detach().contiguous()
-            h = torch.empty(len(self.entry_features), rows.shape[0], dtype=rows.dtype)
-            _numba_kernels().gather_transposed(rows.numpy(), self.entry_features.numpy(),
-                                               h.numpy(), torch.get_num_threads())
-            return h
-        if self.used_inputs is None:
-            return rows.t()    # a view: the first layer copies it in the layout it needs
-        return rows.t().index_select(0, self.used_inputs)
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense_fallback is not None and x.numel() < self.min_batch * self.in_features:
@@ -362,28 +342,62 @@ class TransposedChain(nn.Module):
 
     def _run(self, rows: torch.Tensor) -> torch.Tensor:
         """The chain on batch-major ``rows`` (images x in_features), batch-major out."""
+        raise NotImplementedError
+
+
+class TransposedChain(LinearChain):
+    """Consecutive linear layers run on feature-major activations, one module per layer.
+
+    Transposes once on entry (reading only the input features some layer uses) and once on
+    exit. When the first layer is numba's, numba also does the entry transpose (faster than
+    torch's on the CPU).
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], in_features: int,
+                 used_inputs: torch.Tensor | None,
+                 dense_fallback: Sequence[nn.Module] | None = None, min_batch: int = 0):
+        super().__init__(in_features, used_inputs, dense_fallback, min_batch)
+        self.layers = nn.ModuleList(layers)
+        self.numba_entry = isinstance(self.layers[0], NumbaCsrLinear)
+        if self.numba_entry and used_inputs is None:
+            self.register_buffer("entry_features", torch.arange(in_features))
+        else:
+            self.register_buffer("entry_features", used_inputs)
+
+    def layer_shapes(self) -> list[list]:
+        return [[type(layer).__name__, *_layer_shape(layer)] for layer in self.layers]
+
+    def _feature_major(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.numba_entry and rows.device.type == "cpu" and rows.dtype == torch.float32:
+            rows = rows.detach().contiguous()
+            h = torch.empty(len(self.entry_features), rows.shape[0], dtype=rows.dtype)
+            _numba_kernels().gather_transposed(rows.numpy(), self.entry_features.numpy(),
+                                               h.numpy(), torch.get_num_threads())
+            return h
+        if self.used_inputs is None:
+            return rows.t()    # a view: the first layer copies it in the layout it needs
+        return rows.t().index_select(0, self.used_inputs)
+
+    def _run(self, rows: torch.Tensor) -> torch.Tensor:
         h = self._feature_major(rows)
         for layer in self.layers:
             h = layer(h)
         return contiguous(h.t())
 
 
-class NumbaTiledChain(TransposedChain):
+class NumbaTiledChain(LinearChain):
     """Consecutive linear layers in one call of numba's tiled kernel (CPU, float32).
 
     Every layer's CSR weight is packed into one set of arrays (see
     :func:`archs.numba_csr.tiled_chain`); the first layer's columns index the chain's
     input features directly, so the unused ones are transposed with the rest (cheap:
-    in registers) but never multiplied. Same interface as :class:`TransposedChain`.
+    in registers) but never multiplied (``used_inputs`` is kept for the record).
     """
 
     def __init__(self, layers: Sequence["_Affine"], in_features: int,
                  used_inputs: torch.Tensor | None,
                  dense_fallback: Sequence[nn.Module] | None = None, min_batch: int = 0):
-        nn.Module.__init__(self)
-        self.in_features = in_features
-        self.register_buffer("used_inputs", used_inputs)   # informative: the kernel reads it
-                                                            # through the first layer's columns
+        super().__init__(in_features, used_inputs, dense_fallback, min_batch)
         self.shapes = [[NUMBA_TILED, *layer.weight.shape, int(torch.count_nonzero(layer.weight)),
                         layer.relu] for layer in layers]
         rows, cols, values, biases, table = [torch.zeros(1, dtype=torch.int64)], [], [], [], []
@@ -407,7 +421,6 @@ class NumbaTiledChain(TransposedChain):
         self.register_buffer("values", torch.cat(values).contiguous())
         self.register_buffer("bias", torch.cat(biases).contiguous())
         self.out_features = table[-1][0]
-        self._set_fallback(dense_fallback, min_batch)
         # import (and compile, the first time) now, not in a timed call
         self.width = _numba_kernels().chain_width(in_features, self.layer_table.numpy())
 
@@ -691,7 +704,7 @@ def _as_affine(linear: nn.Linear, relu: bool, kernel: str) -> _Affine:
 PER_LAYER_CHAIN, TILED_CHAIN = "chain", "numba_tiled"
 
 
-def _time_chains(original: list[nn.Module], chains: dict[str, TransposedChain], x: torch.Tensor,
+def _time_chains(original: list[nn.Module], chains: dict[str, LinearChain], x: torch.Tensor,
                  timing: _Timing) -> tuple[dict[str, float], bool]:
     """Seconds of the original layers ("dense") and of each chain on ``x``; whether cached."""
     def dense() -> torch.Tensor:
@@ -722,9 +735,9 @@ def _tiled_applies(layers: list[_Affine]) -> bool:
     return all(numba_applies(layer.weight) for layer in layers)
 
 
-def _keep_fastest_chain(segment: list[nn.Module], candidates: dict[str, TransposedChain],
+def _keep_fastest_chain(segment: list[nn.Module], candidates: dict[str, LinearChain],
                         choices: list[LayerChoice], first: int, recorded: torch.Tensor,
-                        timing: _Timing) -> tuple[TransposedChain | None, list[LayerChoice]]:
+                        timing: _Timing) -> tuple[LinearChain | None, list[LayerChoice]]:
     """Time the candidate chains against the original layers ``segment``; the fastest if it
     beats them by :data:`MEASURED_SPEEDUP_REQUIRED`, else None, with the choices of the
     chain's layers (``choices[first:]``) updated to say why.
@@ -774,14 +787,12 @@ def _convert_run(run: _Run,
                for _, linear, relu in run.linears]
     sparse_positions = [i for i, choice in enumerate(choices) if choice.kernel != DENSE]
     pruned_positions = [i for i, choice in enumerate(choices) if choice.sparsity > 0]
-    timed = bool(settings.recorded_inputs) and pruned_positions
-    if timed:
-        first = pruned_positions[0]
-        timed = settings.recorded_inputs.get(run.linears[first][1]) is not None
-    if not timed:
-        if not sparse_positions:
-            return {}, choices
-        first = sparse_positions[0]
+    # "auto" times chains from the first pruned layer whose input the example reached
+    timed = bool(pruned_positions) and run.linears[pruned_positions[0]][1] in settings.recorded_inputs
+    starts = pruned_positions if timed else sparse_positions
+    if not starts:
+        return {}, choices
+    first = starts[0]
     first_name, first_linear, _ = run.linears[first]
     layers = [_as_affine(linear, relu, choice.kernel)
               for (_, linear, relu), choice in zip(run.linears[first:], choices[first:])]

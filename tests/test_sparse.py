@@ -21,7 +21,8 @@ from archs.kernel_timing import (InterleavedTimer, KernelTimingCache,  # noqa: E
                                  default_timing_cache_path, timing_key)
 from archs.sparse import (AGREEMENT_TOLERANCE, BENCHMARK_MODES, CONVOLUTION_REASON,  # noqa: E402
                           KERNEL_MODES, MEASURED_SPEEDUP_REQUIRED, DenseTransposedLinear,
-                          NumbaCsrLinear, NumbaTiledChain, SparseLinear, TransposedChain,
+                          LinearChain, NumbaCsrLinear, NumbaTiledChain, SparseLinear,
+                          TransposedChain,
                           batch_chunk,
                           candidate_layers, compare_outputs, relative_error, sparsify)
 from utils import UserError  # noqa: E402
@@ -46,11 +47,11 @@ def linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
-def chains(model: nn.Module) -> list[TransposedChain]:
-    return [m for m in model.modules() if isinstance(m, TransposedChain)]
+def chains(model: nn.Module) -> list[LinearChain]:
+    return [m for m in model.modules() if isinstance(m, LinearChain)]
 
 
-def layer_sizes(chain: TransposedChain) -> list[tuple[int, int]]:
+def layer_sizes(chain: LinearChain) -> list[tuple[int, int]]:
     """(out, in) of each layer of a chain, after compaction."""
     return [(shape[1], shape[2]) for shape in chain.layer_shapes()]
 
@@ -74,6 +75,18 @@ def fake_timer(seconds: dict[str, float], asked: list | None = None):
         if asked is not None:
             asked.append(sorted(runs))
         return {name: seconds[name] for name in runs}
+    return timer
+
+
+def timer_answering(answers: list[dict[str, float]]):
+    """A timer that runs every candidate once and reports the next of ``answers``: one per
+    layer, then one per chain, in the order sparsify asks."""
+    answers = iter(answers)
+
+    def timer(runs):
+        for run in runs.values():
+            run()
+        return next(answers)
     return timer
 
 
@@ -390,15 +403,10 @@ def test_auto_leaves_a_dense_model_dense():
 
 def test_auto_picks_the_fastest_timed_kernel_per_layer():
     model = prune_linears_randomly(seeded_model("fc1"), 0.9)
-    per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
-                      {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
-                      {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
-                      {"dense": 2.0, "chain": 1.0, "numba_tiled": 1.5}])
-
-    def timer(runs):
-        for run in runs.values():
-            run()
-        return next(per_layer)
+    timer = timer_answering([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
+                             {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
+                             {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
+                             {"dense": 2.0, "chain": 1.0, "numba_tiled": 1.5}])
 
     fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
     assert [c.kernel for c in choices] == ["numba_csr", "torch_csr", "dense"]
@@ -412,15 +420,10 @@ def test_auto_picks_the_fastest_timed_kernel_per_layer():
 
 def test_auto_runs_numbas_tiled_chain_when_that_is_timed_fastest():
     model = prune_linears_randomly(seeded_model("fc1"), 0.9)
-    per_layer = iter([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
-                      {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
-                      {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
-                      {"dense": 4.0, "chain": 2.0, "numba_tiled": 1.0}])
-
-    def timer(runs):
-        for run in runs.values():
-            run()
-        return next(per_layer)
+    timer = timer_answering([{"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0},
+                             {"dense": 3.0, "torch_csr": 1.0, "numba_csr": 2.0},
+                             {"dense": 1.0, "torch_csr": 2.0, "numba_csr": 3.0},
+                             {"dense": 4.0, "chain": 2.0, "numba_tiled": 1.0}])
 
     fast, choices = sparsify(model, "auto", example_input=MNIST_BATCH, timer=timer)
     assert [c.kernel for c in choices] == ["numba_tiled"] * 3
