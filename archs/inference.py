@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from archs import build_model
-from archs.kernel_timing import KernelTimingCache, default_timing_cache_path
+from archs.sparse.timing import KernelTimingCache, default_timing_cache_path
 from archs.masks import is_denormal, masks_from_state, percent_remaining, prunable_names
 from archs.sparse import CONVOLUTION_REASON, KERNEL_MODES, compare_outputs, sparsify
 from archs.training import evaluate

@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 from archs import build_model  # noqa: E402
 from archs.masks import apply_masks, full_masks, prune_by_magnitude  # noqa: E402
-from archs.kernel_timing import KernelTimingCache, device_description  # noqa: E402
+from archs.sparse.timing import KernelTimingCache, device_description  # noqa: E402
 from archs.sparse import (DenseTransposedLinear, NumbaCsrLinear, SparseLinear,  # noqa: E402
                           compare_outputs, contiguous, sparsify)
 from utils import format_table, positive_int, run_cli  # noqa: E402

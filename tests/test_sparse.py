@@ -16,8 +16,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from archs import build_model  # noqa: E402
-from archs import sparse  # noqa: E402
-from archs.kernel_timing import (InterleavedTimer, KernelTimingCache,  # noqa: E402
+from archs.sparse import common as sparse_common  # noqa: E402
+from archs.sparse.chains import Affine  # noqa: E402
+from archs.sparse.timing import (InterleavedTimer, KernelTimingCache,  # noqa: E402
                                  default_timing_cache_path, timing_key)
 from archs.sparse import (AGREEMENT_TOLERANCE, BENCHMARK_MODES, CONVOLUTION_REASON,  # noqa: E402
                           KERNEL_MODES, MEASURED_SPEEDUP_REQUIRED, DenseTransposedLinear,
@@ -125,12 +126,12 @@ def test_numba_kernel_matches_dense(sparsity, images, relu):
 
 
 def affine(out_features: int, in_features: int, sparsity: float, relu: bool, seed: int,
-           bias: bool = True) -> sparse._Affine:
+           bias: bool = True) -> Affine:
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator)
     weight *= torch.rand(weight.shape, generator=generator) >= sparsity
     values = torch.randn(out_features, generator=generator) if bias else torch.zeros(out_features)
-    return sparse._Affine(weight=weight, bias=values, has_bias=bias, relu=relu,
+    return Affine(weight=weight, bias=values, has_bias=bias, relu=relu,
                           kernel="numba_csr")
 
 
@@ -363,7 +364,7 @@ def test_chain_accepts_extra_leading_dimensions():
 
 
 def test_wide_layers_are_run_in_column_blocks(monkeypatch):
-    monkeypatch.setattr(sparse, "CSR_BLOCK_BYTES", 64 * 4 * 20)    # 20 columns of 64 floats
+    monkeypatch.setattr(sparse_common, "CSR_BLOCK_BYTES", 64 * 4 * 20)    # 20 columns of 64 floats
     torch.manual_seed(0)
     weight = torch.randn(9, 64) * (torch.rand(9, 64) > 0.7)
     bias = torch.randn(9)
@@ -521,7 +522,7 @@ def test_auto_times_on_this_machine():
 
 def test_interleaved_timer_reports_the_median_per_run(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("archs.kernel_timing.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("archs.sparse.timing.time.perf_counter", lambda: clock[0])
     durations = {"fast": iter([1.0] * 20 + [50.0]), "slow": iter([3.0] * 21)}
 
     def run(name):
