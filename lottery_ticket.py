@@ -15,7 +15,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 def build_parser() -> argparse.ArgumentParser:
     from archs import architecture_names
     from archs.experiment import CYCLE_WEIGHTS
-    from archs.launch import add_launcher_arguments
+    from archs.launch.settings import add_launcher_arguments
     from data.datasets import DATASETS
     from data.runs import add_setting_arguments, seed_argument
 
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from archs import canonical_arch
     from archs.experiment import TrainingJob, run_job
-    from archs.launch import expand_study, launch_settings_from_args, launch_training, read_study, study_seeds
+    from archs.launch.orchestration import launch_training
+    from archs.launch.settings import launch_settings_from_args
+    from archs.launch.study import expand_study, read_study, study_seeds
     from data.emissions import TrackerSettings
     from data.runs import config_from_args
 

@@ -14,7 +14,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 def build_parser() -> argparse.ArgumentParser:
     from archs import architecture_names
     from archs.inference import MODE_CHOICES
-    from archs.launch import add_launcher_arguments
+    from archs.launch.settings import add_launcher_arguments
     from data.datasets import DATASETS
     from data.inference_tables import STATES
     from data.runs import add_selection_arguments
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from archs import canonical_arch
     from archs.inference import InferenceJob, evaluate_tickets
-    from archs.launch import launch_replay, launch_settings_from_args
+    from archs.launch.orchestration import launch_replay
+    from archs.launch.settings import launch_settings_from_args
     from data.emissions import TrackerSettings
     from data.runs import RunFilter
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import lottery_ticket
-from archs import launch
-from archs.launch import (LedgerEntry, expand_study, gpu_for_next_job, local_parallelism, parse_additional,
-                          parse_memory, parse_slurm_time, shared_hardware, study_seeds, visible_gpus)
+from archs.launch.ledger import LedgerEntry, close_ledger_entry, open_ledger_entry, shared_hardware
+from archs.launch.local import gpu_for_next_job, local_parallelism, visible_gpus
+from archs.launch.settings import parse_additional, parse_memory, parse_slurm_time
+from archs.launch.study import expand_study, read_study, study_seeds
+from archs.launch.tasks import TrainingTask
 from conftest import ROOT
 from data.runs import RunConfig, checkpoint_path, lock_path, results_path
 from utils import UserError
@@ -72,7 +74,7 @@ def test_bad_seeds_and_bad_json_are_refused(tmp_path):
     broken = tmp_path / "study.json"
     broken.write_text('{"configurations": [}')
     with pytest.raises(UserError, match=r"study.json is not valid JSON \(line 1, column 21"):
-        launch.read_study(broken)
+        read_study(broken)
 
 
 # --------------------------------------------------------------------------- pure settings
@@ -147,13 +149,13 @@ def test_a_dead_jobs_open_entry_is_closed_when_the_next_job_starts(tmp_path):
     path.write_text(json.dumps({"run": "gone", "host": socket.gethostname(), "pid": dead.pid, "gpu": None,
                                 "start": time.time() - 100, "end": None}))
     before = time.time()
-    new = launch.open_ledger_entry(tmp_path, "new", None)
+    new = open_ledger_entry(tmp_path, "new", None)
     after = time.time()
     # Dead by now, but since when is unknown: it counts as running until this moment.
     assert before <= json.loads(path.read_text())["end"] <= after
     assert new.start <= before          # a job's interval starts with its process (its imports)
     assert shared_hardware(tmp_path, "new")["concurrent_runs"] == ["gone"]
-    launch.close_ledger_entry(new)
+    close_ledger_entry(new)
     assert json.loads(new.path.read_text())["end"] >= after
     later = tmp_path / "later.json"
     later.write_text(json.dumps({"run": "later", "host": socket.gethostname(), "pid": os.getpid(),
@@ -236,7 +238,7 @@ def test_slurm_submission_writes_the_resources_into_the_sbatch_script(tmp_path, 
     from submitit.core.utils import DelayedSubmission
 
     task = DelayedSubmission.load(save_dir / "launch" / "jobs" / "4242_3_submitted.pkl").function
-    assert isinstance(task, launch.TrainingTask)
+    assert isinstance(task, TrainingTask)
     assert task.config.stem == "pp50x3_seed1_co2True_mnist_bs64_ep2"
     assert task.job.resume and task.launcher == "slurm" and task.parallel_jobs == 3
 
