@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lottery_ticket
-from conftest import ROOT
+from tests.conftest import ROOT
 
 
 def run_script(*args, cwd=ROOT):

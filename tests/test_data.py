@@ -13,7 +13,7 @@ from data.datasets.digits import DIGITS_MEAN, DIGITS_STD, mnist_layout
 from data.datasets.torchvision_sets import half_indices
 from utils import UserError
 
-from conftest import write_cifar10, write_cifar100, write_idx_pair, write_mnist, write_svhn
+from tests.conftest import write_cifar10, write_cifar100, write_idx_pair, write_mnist, write_svhn
 
 BUILT_IN = {"mnist", "cifar10", "fashionmnist", "cifar100", "svhn", "cifar10a", "cifar10b", "digits"}
 

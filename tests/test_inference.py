@@ -19,7 +19,7 @@ from data.datasets import Split
 from data.emissions import TrackerSettings
 from data.runs import (RunConfig, RunFilter, inference_runs_csv_path, inference_summary_csv_path,
                        results_path)
-from conftest import ROOT
+from tests.conftest import ROOT
 from utils import UserError, setup_logging
 
 

@@ -15,7 +15,7 @@ from archs.launch.local import gpu_for_next_job, local_parallelism, visible_gpus
 from archs.launch.settings import parse_additional, parse_memory, parse_slurm_time
 from archs.launch.study import expand_study, read_study, study_seeds
 from archs.launch.tasks import TrainingTask
-from conftest import ROOT
+from tests.conftest import ROOT
 from data.runs import RunConfig, checkpoint_path, lock_path, results_path
 from utils import UserError
 

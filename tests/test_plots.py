@@ -22,7 +22,7 @@ import post_training_inference_emissions
 from data.inference_tables import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
 from archs.inference import InferenceJob, run_inference
 from archs.training import LOG_KEYS
-from conftest import ROOT
+from tests.conftest import ROOT
 from data.emissions import EMISSION_FIELDS, TrackerSettings
 from data.labels import config_colour, config_sort_key, describe_config
 from data.plotting import percent_tick_label, sparse_log_ticks

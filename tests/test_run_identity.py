@@ -26,7 +26,7 @@ import lottery_ticket_performance
 import post_training_inference
 import post_training_inference_emissions
 from archs import ARCHITECTURES
-from conftest import ROOT
+from tests.conftest import ROOT
 from data.datasets import DATASETS, load_dataset, make_splits, make_test_split
 from data.plot_cli import PlotOptions, select_training_runs
 from data.runs import (MAX_READABLE_SUFFIX, RunConfig, RunFilter, config_name_argument, find_runs,

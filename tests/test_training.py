@@ -243,7 +243,7 @@ def test_a_killed_process_resumes_to_the_uninterrupted_result(tmp_path, mnist_di
     import sys
     import time
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     flags = ["--end_iter", "8", "--batch_size", "64", "--prune_iterations", "3", "--prune_percent", "50",
              "--seeds", "0", "--device", "cpu", "--no_progress", "--data_dir", str(mnist_dir)]

@@ -9,19 +9,16 @@ std over seeds) at the levels nearest 50, 20, 10, 5 and 3.5% of weights left, th
 minus each control with a Student-t 95% interval of the per-seed difference.
 
 Not a test: it prints figures. Example (about 10 minutes on 2 cores):
-    python3 tests/benchmark_controls.py --seeds 0 1 2 --epochs 30 --save_dir /tmp/controls
+    python3 -m tests.benchmarks.benchmark_controls --seeds 0 1 2 --epochs 30 --save_dir /tmp/controls
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 LEVELS = (50.0, 20.0, 10.0, 5.0, 3.5)
 

@@ -4,8 +4,8 @@ Prints the CPU model and, for fc1 at each batch size, seconds per 10,000 images 
 kernel at several sparsities with the speed-up over dense measured in the same run, and
 the kernels "auto" chose per layer. Not a test (pytest does not collect it); run it:
 
-    /work/venv/bin/python tests/benchmark_inference.py [--batch_sizes 1 64 512] [--threads N]
-    /work/venv/bin/python tests/benchmark_inference.py --crossover [--batch_sizes B]
+    python3 -m tests.benchmarks.benchmark_inference [--batch_sizes 1 64 512] [--threads N]
+    python3 -m tests.benchmarks.benchmark_inference --crossover [--batch_sizes B]
 
 Kernels: dense (the model as is), coo (the original program), torch_csr (torch's CSR
 kernel on every pruned layer), numba_csr (numba's per-layer kernel on every pruned layer),
@@ -29,24 +29,19 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Hashable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from archs import build_model  # noqa: E402
-from archs.masks import apply_masks, full_masks, prune_by_magnitude  # noqa: E402
-from archs.sparse.timing import KernelTimingCache, device_description  # noqa: E402
-from archs.sparse import (DenseTransposedLinear, NumbaCsrLinear, SparseLinear,  # noqa: E402
+from archs import build_model
+from archs.masks import apply_masks, full_masks, prune_by_magnitude
+from archs.sparse.timing import KernelTimingCache, device_description
+from archs.sparse import (DenseTransposedLinear, NumbaCsrLinear, SparseLinear,
                           compare_outputs, contiguous, sparsify)
-from utils import format_table, positive_int, run_cli  # noqa: E402
-from utils import percent as percent_argument  # noqa: E402
+from utils import format_table, positive_int, run_cli
+from utils import percent as percent_argument
 
 # column name -> sparsify mode
 KERNELS = {"dense": "dense", "coo": "coo", "torch_csr": "torch_csr", "numba_csr": "numba_csr",

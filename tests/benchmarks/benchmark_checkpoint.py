@@ -15,26 +15,24 @@ Each figure is the median of --repeats writes, with the smallest and largest. Al
 the cost of one CodeCarbon task (start_task + stop_task), paid once per epoch for training,
 once per evaluation and once per checkpoint in CO2 tracking mode.
 
-    python3 tests/benchmark_checkpoint.py [--repeats 7] [--dir .]
+    python3 -m tests.benchmarks.benchmark_checkpoint [--repeats 7] [--dir .]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from archs.training import (Checkpointer, LotteryRun, clone_state, state_fingerprint,  # noqa: E402
+from archs.training import (Checkpointer, LotteryRun, clone_state, state_fingerprint,
                             train_epoch)
-from data.datasets import DataSplits, Split  # noqa: E402
-from data.runs import RunConfig  # noqa: E402
-from utils import atomic_torch_save, cpu_model  # noqa: E402
+from data.datasets import DataSplits, Split
+from data.runs import RunConfig
+from utils import atomic_torch_save, cpu_model
 
 MODELS = {"fc1": ("mnist", 1, 28), "lenet5": ("mnist", 1, 28), "resnet18": ("cifar10", 3, 32)}
 

@@ -20,31 +20,29 @@ a model + Adam checkpoint (two moments per parameter), and the project's own fil
 by serialising a tiny 2-cycle LotteryRun: the per-epoch checkpoint (model, best state, Adam,
 masks) and the results file (initial, best and final states, one mask set per cycle).
 
-    python3 tests/benchmark_training.py [--rounds 5] [--epochs 3] [--threads N]
-    python3 tests/benchmark_training.py --networks [NAME ...] [--images 512] [--batch_size 64] [--device cpu]
-    python3 tests/benchmark_training.py --sizes
+    python3 -m tests.benchmarks.benchmark_training [--rounds 5] [--epochs 3] [--threads N]
+    python3 -m tests.benchmarks.benchmark_training --networks [NAME ...] [--images 512] [--batch_size 64] [--device cpu]
+    python3 -m tests.benchmarks.benchmark_training --sizes
 """
 from __future__ import annotations
 
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from archs import architecture_names, build_model  # noqa: E402
-from archs.masks import full_masks  # noqa: E402
-from archs.training import LotteryRun, train_epoch  # noqa: E402
-from data.datasets import DATASETS, Split, make_splits  # noqa: E402
-from data.runs import RunConfig  # noqa: E402
-from utils import atomic_torch_save, cpu_model, resolve_device, setup_logging, synchronise  # noqa: E402
+from archs import architecture_names, build_model
+from archs.masks import full_masks
+from archs.training import LotteryRun, train_epoch
+from data.datasets import DATASETS, Split, make_splits
+from data.runs import RunConfig
+from utils import atomic_torch_save, cpu_model, resolve_device, setup_logging, synchronise
 
 # Images in the real train splits (70% of the merged official sets).
 TRAIN_IMAGES = {"mnist": 49_000, "cifar10": 42_000}

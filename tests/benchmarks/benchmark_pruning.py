@@ -5,28 +5,23 @@ time over repeats of: one layer-wise magnitude round, one global round, the rand
 control, the reinitialisation control, and SNIP's scores on B batches of 64 random images.
 Not a test (pytest does not collect it); run it directly:
 
-    /work/venv/bin/python tests/benchmark_pruning.py [--repeats R] [--batches B]
+    python3 -m tests.benchmarks.benchmark_pruning [--repeats R] [--batches B]
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from archs import build_model  # noqa: E402
-from archs.masks import (PruningPlan, count_alive, full_masks, magnitude_scores,  # noqa: E402
+from archs import build_model
+from archs.masks import (PruningPlan, count_alive, full_masks, magnitude_scores,
                          random_masks, reinitialise_survivors, snip_scores)
-from utils import format_table  # noqa: E402
+from utils import format_table
 
 
 def median_seconds(action, repeats: int) -> float:

@@ -9,24 +9,21 @@ repetitions is what an honest interval near its boundary gives). Not a test: it 
 
 Examples (2 cores): short runs, about 15 minutes, every verdict flagged too short; long
 enough to measure, about 40 minutes:
-    python3 tests/benchmark_verdict.py --repeats 3 --seeds 0 1 2 --epochs 5 --save_dir /tmp/verdict
-    python3 tests/benchmark_verdict.py --repeats 3 --epochs 120 --passes 2 --sweeps_per_pass 15000 \
+    python3 -m tests.benchmarks.benchmark_verdict --repeats 3 --seeds 0 1 2 --epochs 5 --save_dir /tmp/verdict
+    python3 -m tests.benchmarks.benchmark_verdict --repeats 3 --epochs 120 --passes 2 --sweeps_per_pass 15000 \
         --flush_denormal --save_dir /tmp/verdict
-    python3 tests/benchmark_verdict.py --summarise --repeats 3 --save_dir /tmp/verdict
+    python3 -m tests.benchmarks.benchmark_verdict --summarise --repeats 3 --save_dir /tmp/verdict
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from utils import cpu_model  # noqa: E402
+from utils import cpu_model
 
 
 def main() -> None:
