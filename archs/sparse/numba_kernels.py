@@ -31,12 +31,28 @@ product's, so results differ from it by float rounding only (relative error ~1e-
 """
 from __future__ import annotations
 
+import sys
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.ufunc.parallel import _launch_threads
+
+
+def _start_thread_pool() -> None:
+    """Start numba's thread pool now, keeping torch's thread count: starting numba's OpenMP
+    layer sets the OpenMP count torch shares to every core (--threads 1 read 2 afterwards)."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None
+    _launch_threads()
+    if threads:
+        torch.set_num_threads(threads)
+
+
+_start_thread_pool()
 
 
 # Below this many multiply-adds a call runs on one thread: waking the pool (several
