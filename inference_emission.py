@@ -17,7 +17,7 @@ def build_parser():
     from data.break_even_report import MODE_PREFERENCE
     from data.labels import BASELINE_CONFIG
     from data.plot_cli import plot_parser
-    from data.runs import config_name_argument
+    from data.selection import config_name_argument
     from utils import positive_finite_float
 
     parser = plot_parser(cycle=True, description="Break-even analysis of training + inference CO2 against the dense "

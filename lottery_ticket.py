@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     from archs.experiment import CYCLE_WEIGHTS
     from archs.launch.settings import add_launcher_arguments
     from data.datasets import DATASETS
-    from data.runs import add_setting_arguments, seed_argument
+    from data.runs import add_setting_arguments
+    from data.selection import seed_argument
 
     parser = ArgumentParser(
         description="Lottery Ticket Hypothesis (Frankle & Carbin, 2019): train, prune the smallest "

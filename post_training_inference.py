@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from archs.launch.settings import add_launcher_arguments
     from data.datasets import DATASETS
     from data.inference_tables import STATES
-    from data.runs import add_selection_arguments
+    from data.selection import add_selection_arguments
 
     parser = ArgumentParser(
         description="Load the tickets saved by lottery_ticket.py (SAVE_DIR/ARCH/DATASET/*.pt), replay "
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from archs.launch.orchestration import launch_replay
     from archs.launch.settings import launch_settings_from_args
     from data.emissions import TrackerSettings
-    from data.runs import RunFilter
+    from data.selection import RunFilter
 
     launch = launch_settings_from_args(args, args.save_dir)
     job = InferenceJob(

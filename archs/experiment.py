@@ -14,9 +14,10 @@ from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_p
 from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
-from data.runs import (RESULTS_FORMAT_VERSION, RunConfig, checkpoint_path, cycle_ticket_path,
-                       emissions_csv_path, group_labels, lock_path, partial_csv_path,
-                       read_run_settings, results_path)
+from data.paths import (checkpoint_path, cycle_ticket_path, emissions_csv_path, lock_path, partial_csv_path,
+                        results_path)
+from data.runs import RESULTS_FORMAT_VERSION, RunConfig
+from data.selection import group_labels, read_run_settings
 from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
                    get_logger, library_versions, load_checkpoint, remove_stale_temporaries,
                    replace_durably, resolve_device)

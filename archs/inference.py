@@ -27,10 +27,10 @@ from archs.training import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_provenance
 from data.inference_tables import DEFAULT_STATE, STATES, merge_into_tables, read_rows, summary_table
-from data.runs import (RunFilter, RunRecord, cycle_ticket_path, describe_groups, find_runs,
-                       inference_csv_path, inference_dir, inference_runs_csv_path,
-                       inference_summary_csv_path, partial_csv_path, run_dir, select_runs as filter_runs,
-                       training_flags)
+from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, inference_runs_csv_path,
+                        inference_summary_csv_path, partial_csv_path, run_dir)
+from data.runs import training_flags
+from data.selection import RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs
 from data.statistics import Estimate
 from utils import (UserError, ensure_writable_dir, first_line, format_table, get_logger,
                    load_checkpoint, replace_durably, resolve_device, synchronise)

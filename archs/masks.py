@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from archs.optim import parse_duration
-from data.runs import expected_percent_remaining, per_round_percent  # noqa: F401  (pruning schedule arithmetic, re-exported)
+from data.settings import expected_percent_remaining, per_round_percent  # noqa: F401  (pruning schedule arithmetic, re-exported)
 from utils import UserError
 
 Masks = dict[str, torch.Tensor]

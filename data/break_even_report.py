@@ -22,14 +22,14 @@ from data.emissions import MIN_POWER_SAMPLES, TrackerSettings
 from data.csv_tables import csv_text
 from data.labels import (config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
-from data.runs import find_runs, select_runs
+from data.selection import find_runs, select_runs
 from data.emissions import summarise_provenance
 from data.plotting import add_caption
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
                            training_flags)
 from data.plotting import FIGURE_SIZE, FigureWriter, figure_style
 from data.results import group_by
-from data.runs import inference_runs_csv_path
+from data.paths import inference_runs_csv_path
 from utils import UserError, atomic_write_text, format_table, get_logger
 
 # Kernel modes in the order --mode's default picks them for a ticket: the one chosen per run

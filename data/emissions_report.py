@@ -15,7 +15,7 @@ from data.plot_cli import PlotOptions, select_inference_runs, select_training_ru
 from data.emissions import summarise_provenance
 from data.plotting import FigureWriter, Series, config_series, figure_style, metric_figures
 from data.results import InferenceRun, group_by, read_codecarbon_csv
-from data.runs import inference_runs_csv_path
+from data.paths import inference_runs_csv_path
 from utils import UserError, get_logger
 
 

@@ -69,7 +69,7 @@ def parse_run_row(row: dict) -> dict:
     if not parsed["configuration"]:
         parsed["configuration"] = f"{parsed['config']}_{parsed['dataset']}"
     if parsed["cycle"] is None:
-        from data.runs import parse_config_name
+        from data.names import parse_config_name
 
         named = parse_config_name(parsed["config"])
         parsed["cycle"] = named[1] - 1 if named else None

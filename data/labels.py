@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import re
 
 from data.emissions import EMISSION_FIELDS
-from data.runs import TRANSFER_WORDS, expected_percent_remaining, format_number, parse_config_name
+from data.names import parse_config_name
+from data.settings import TRANSFER_WORDS, expected_percent_remaining, format_number
 
 BASELINE_CONFIG = "pp0x1"
 

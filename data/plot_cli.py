@@ -11,8 +11,12 @@ from data.inference_tables import DEFAULT_STATE
 from data.labels import split_label
 from data.plotting import FORMATS
 from data.results import InferenceRun, TrainingRun, group_by, load_inference_runs, load_training_runs
-from data.runs import (RunConfig, RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
-                       format_number, inference_runs_csv_path, parse_config_name, run_dir, select_runs)
+from data.names import parse_config_name
+from data.paths import inference_runs_csv_path, run_dir
+from data.runs import RunConfig
+from data.selection import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
+                            select_runs)
+from data.settings import format_number
 from utils import ArgumentParser, UserError, get_logger, setup_logging
 
 

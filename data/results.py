@@ -16,8 +16,9 @@ import numpy as np
 from data.csv_tables import float_cell
 from data.emissions import EMISSION_FIELDS
 from data.inference_tables import read_rows
-from data.runs import (LOG_KEYS, RunConfig, RunFilter, RunRecord, find_runs, inference_dir,
-                       inference_runs_csv_path, select_runs)
+from data.paths import inference_dir, inference_runs_csv_path
+from data.runs import LOG_KEYS, RunConfig
+from data.selection import RunFilter, RunRecord, find_runs, select_runs
 from utils import UserError, get_logger, load_checkpoint
 
 T = TypeVar("T")

@@ -13,7 +13,9 @@ from archs.experiment import TrainingJob, run_job
 from archs.masks import PruningPlan, full_masks, rewind
 from data.emissions import TrackerSettings
 from data.labels import describe_config, is_baseline
-from data.runs import RunConfig, group_labels, parse_setting, results_path
+from data.paths import results_path
+from data.runs import RunConfig, parse_setting
+from data.selection import group_labels
 from data.sources import file_reference, find_referenced_file
 from utils import UserError
 

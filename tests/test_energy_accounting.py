@@ -19,7 +19,8 @@ from archs.training import Checkpointer, LotteryRun
 from data.datasets import load_dataset, make_splits
 from data.emissions import (EMISSION_FIELDS, PROVENANCE_IDENTITY, EmissionsRecorder, TrackerSettings,
                             accumulate, describe_provenance, hardware_provenance, is_usable, zero_record)
-from data.runs import RunConfig, checkpoint_path, emissions_csv_path, results_path
+from data.paths import checkpoint_path, emissions_csv_path, results_path
+from data.runs import RunConfig
 from utils import UserError
 
 KWH_PER_SECOND_AT_1W = 1 / 3.6e6

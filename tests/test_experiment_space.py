@@ -8,7 +8,8 @@ import torch
 import archs.training as training
 from archs.experiment import TrainingJob, run_job
 from archs.masks import prunable_names
-from data.runs import RunConfig, checkpoint_path, results_path
+from data.paths import checkpoint_path, results_path
+from data.runs import RunConfig
 from utils import UserError
 
 TINY = dict(end_iter=3, batch_size=64, prune_iterations=3, prune_percent=50.0)

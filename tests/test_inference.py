@@ -17,8 +17,9 @@ from archs.sparse import Agreement
 from data.datasets import make_splits, make_test_split
 from data.datasets import Split
 from data.emissions import TrackerSettings
-from data.runs import (RunConfig, RunFilter, inference_runs_csv_path, inference_summary_csv_path,
-                       results_path)
+from data.paths import inference_runs_csv_path, inference_summary_csv_path, results_path
+from data.runs import RunConfig
+from data.selection import RunFilter
 from tests.conftest import ROOT
 from utils import UserError, setup_logging
 

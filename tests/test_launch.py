@@ -16,7 +16,8 @@ from archs.launch.settings import parse_additional, parse_memory, parse_slurm_ti
 from archs.launch.study import expand_study, read_study, study_seeds
 from archs.launch.tasks import TrainingTask
 from tests.conftest import ROOT
-from data.runs import RunConfig, checkpoint_path, lock_path, results_path
+from data.paths import checkpoint_path, lock_path, results_path
+from data.runs import RunConfig
 from utils import UserError
 
 STUDY = {"configurations": [{"prune_percent": 50, "prune_iterations": 3}, {"train_type": "regular"}],

@@ -27,7 +27,9 @@ from data.emissions import EMISSION_FIELDS, TrackerSettings
 from data.labels import config_colour, config_sort_key, describe_config
 from data.plotting import percent_tick_label, sparse_log_ticks
 from data.results import band_over_seeds, read_codecarbon_csv
-from data.runs import RunConfig, inference_runs_csv_path, parse_config_name, results_path
+from data.names import parse_config_name
+from data.paths import inference_runs_csv_path, results_path
+from data.runs import RunConfig
 from utils import UserError, load_checkpoint, run_cli
 
 ARCH, DATASET = "fc1", "mnist"

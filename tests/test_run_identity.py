@@ -29,10 +29,12 @@ from archs import ARCHITECTURES
 from tests.conftest import ROOT
 from data.datasets import DATASETS, load_dataset, make_splits, make_test_split
 from data.plot_cli import PlotOptions, select_training_runs
-from data.runs import (MAX_READABLE_SUFFIX, RunConfig, RunFilter, config_name_argument, find_runs,
-                       format_value, inference_runs_csv_path, lock_path, parse_config_name,
-                       parse_stem, read_run_settings, results_path, select_runs, training_flags,
-                       where_argument)
+from data.names import MAX_READABLE_SUFFIX, parse_config_name, parse_stem
+from data.paths import inference_runs_csv_path, lock_path, results_path
+from data.runs import RunConfig, training_flags
+from data.selection import (RunFilter, config_name_argument, find_runs, read_run_settings, select_runs,
+                            where_argument)
+from data.settings import format_value
 from utils import load_checkpoint, run_cli
 
 ARCH, DATASET = "fc1", "mnist"

@@ -8,7 +8,8 @@ import archs.training as training
 from archs.experiment import TrainingJob, run_job
 from archs.masks import masks_from_state
 from data.emissions import EMISSION_FIELDS, TrackerSettings
-from data.runs import RunConfig, checkpoint_path, emissions_csv_path, results_path
+from data.paths import checkpoint_path, emissions_csv_path, results_path
+from data.runs import RunConfig
 from utils import TrainingDiverged, UserError
 
 TINY = dict(end_iter=2, batch_size=64, prune_iterations=3, prune_percent=50.0)

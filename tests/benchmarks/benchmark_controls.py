@@ -29,7 +29,8 @@ def main() -> None:
     from archs.experiment import TrainingJob, run_job
     from data.performance_report import control_comparison_rows, control_comparison_table
     from data.results import load_training_runs
-    from data.runs import RunConfig, RunFilter
+    from data.runs import RunConfig
+    from data.selection import RunFilter
     from utils import cpu_model, setup_logging
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

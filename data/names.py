@@ -1,0 +1,65 @@
+"""How runs are named: configuration names (pp90x2) and run file stems.
+
+A run made with every default setting keeps the original program's name,
+``pp{P}x{N}_seed{S}_co2{True|False}_{dataset}``; any other run appends one ``_{token}{value}``
+per setting that differs from its default, in declaration order (``_lr0.0012_bs64``). When
+that list would be long, or a value holds characters unfit for a file name, the readable part
+is cut and a digest of the full settings follows (``_h1a2b3c4d``), so names stay short and two
+runs that differ in any setting never share a path. Names are for people: readers take a
+run's settings from its results file (``args``), never from its name. The network is in the
+folder (``{save_dir}/{arch}/{dataset}/``), not in the stem: a collection of runs from several
+folders is keyed on :func:`data.runs.run_key`, never on the stem.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from data.settings import format_number
+
+MAX_READABLE_SUFFIX = 48        # characters of "_lr0.0012_bs64..." before a digest replaces the rest
+NAME_SAFE = re.compile(r"^[A-Za-z0-9.+-]*$")
+
+
+def config_name(prune_percent: float, prune_iterations: int) -> str:
+    return f"pp{format_number(prune_percent)}x{prune_iterations}"
+
+
+CONFIG_NAME = re.compile(r"^pp(?P<prune_percent>\d+(?:\.\d+)?(?:e-?\d+)?)x(?P<prune_iterations>\d+)$")
+STEM_HEAD = re.compile(
+    r"^pp(?P<prune_percent>\d+(?:\.\d+)?(?:e-?\d+)?)x(?P<prune_iterations>\d+)_seed(?P<seed>\d+)"
+    r"_co2(?P<co2>True|False)_(?P<dataset>[a-z0-9]+)(?P<rest>_.*)?$")
+
+
+def parse_config_name(name: str) -> tuple[float, int] | None:
+    """'pp68x3' -> (68.0, 3); 'pp1e-05x2' -> (1e-05, 2); None for anything else."""
+    match = CONFIG_NAME.match(name.split(",")[0].strip())
+    if not match:
+        return None
+    return float(match["prune_percent"]), int(match["prune_iterations"])
+
+
+def parse_stem(stem: str) -> dict | None:
+    """The fixed head of a run's file name: prune percent, cycles, seed, CO2 mode, dataset."""
+    match = STEM_HEAD.match(stem)
+    if not match:
+        return None
+    return {"prune_percent": float(match["prune_percent"]),
+            "prune_iterations": int(match["prune_iterations"]), "seed": int(match["seed"]),
+            "co2_tracking_mode": match["co2"] == "True", "dataset": match["dataset"]}
+
+
+def settings_suffix(parts: Sequence[str], digest: str) -> str:
+    """``_lr0.0012_bs64`` from the parts ``lr0.0012``, ``bs64``; cut and ended by ``_h{digest}``
+    when long or when a part holds characters unfit for a file name."""
+    if not parts:
+        return ""
+    readable = "".join(f"_{p}" for p in parts)
+    if len(readable) <= MAX_READABLE_SUFFIX and all(NAME_SAFE.match(p) for p in parts):
+        return readable
+    kept = ""
+    for part in parts:
+        if not NAME_SAFE.match(part) or len(kept) + len(part) + 1 > MAX_READABLE_SUFFIX - 10:
+            break
+        kept += f"_{part}"
+    return f"{kept}_h{digest}"
