@@ -19,10 +19,11 @@ Uncertainty (95%, :data:`CONFIDENCE_LEVEL`). The inputs are per-seed samples: tr
 each CO2-tracking training run and CO2 per inference of each replayed run, four independent
 groups (ticket and baseline, training and inference; separate runs, so no pairing by seed).
 The extra training CO2 and the saving per inference each get Welch's confidence interval (a
-difference of means, standard errors, Student's t with Welch-Satterthwaite degrees of
-freedom). N* gets Fieller's confidence set for a ratio (:func:`data.statistics.fieller_interval`):
-exact for normal means, asymmetric like the ratio itself, and unbounded exactly when the
-saving is not known to be positive. A percentile bootstrap over seeds was tried and rejected:
+difference of means, standard errors, Student's t), both with the smaller of the two
+differences' Welch-Satterthwaite degrees of freedom. N* gets Fieller's confidence set for a
+ratio (:func:`data.statistics.fieller_interval`) with that same t: exact for normal means,
+asymmetric like the ratio itself, unbounded exactly when the saving is not known to be
+positive and reaching 0 exactly when the extra training CO2 is not known to be positive. A percentile bootstrap over seeds was tried and rejected:
 with 5 seeds a resample of 5 runs understates the spread, and it covered the true N* in only
 90% of simulated studies (:func:`coverage_study` gives the figures).
 
@@ -38,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.emissions import MIN_POWER_SAMPLES
-from data.statistics import (Estimate, MeanDifference, RatioInterval, fieller_interval,
-                             mean_difference, welch_t_test)
+from data.statistics import (Estimate, MeanDifference, RatioInterval, at_df, common_df,
+                             fieller_interval, mean_difference, welch_t_test)
 
 IMMEDIATELY = "immediately"
 AFTER = "after"
@@ -168,24 +169,33 @@ class BreakEven:
     extra_training: MeanDifference         # kg CO2eq: ticket minus baseline
     saving_per_inference: MeanDifference   # kg CO2eq: baseline minus ticket
     too_short: bool
+    df: float = math.nan   # degrees of freedom of every interval above (common_df)
 
 
 def break_even(ticket: Measurements, baseline: Measurements) -> BreakEven:
-    """The ticket against the baseline: point estimate, interval and verdict."""
+    """The ticket against the baseline: point estimate, interval and verdict.
+
+    Both differences' intervals, the verdict and Fieller's interval use one t: the smaller of
+    the two differences' Welch-Satterthwaite degrees of freedom (:func:`common_df`). The
+    verdict and the interval then cannot disagree: N*'s interval reaches "never" exactly when
+    the saving's interval includes 0, and 0 ("immediately") exactly when the extra training's
+    does.
+    """
     extra = mean_difference(ticket.training, baseline.training, CONFIDENCE_LEVEL)
     saving = mean_difference(baseline.per_inference, ticket.per_inference, CONFIDENCE_LEVEL)
+    df = common_df(extra, saving)
+    extra, saving = at_df(extra, df), at_df(saving, df)
     ratio = fieller_interval(extra, saving)
     too_short = ticket.too_short or baseline.too_short
     statistical = break_even_verdict(extra.low, extra.high, saving.low, saving.high)
-    if statistical.outcome == AFTER and not ratio.bounded:
-        # Fieller's t (degrees of freedom of the combination) can be a little wider than the
-        # saving's own: the saving is then only just significant and N* is not bounded.
-        statistical = Verdict(UNDETERMINED,
-                              f"the {CONFIDENCE_LEVEL:.0%} CI of the break-even point is unbounded")
+    if statistical.outcome == NEVER and extra.estimate < 0 and saving.estimate < 0:
+        crossing = format_count(extra.estimate / saving.estimate)
+        statistical = Verdict(NEVER, f"cheaper to train but dearer per inference: ahead until "
+                                     f"about {crossing} inferences, behind after")
     low, high = _break_even_interval(statistical.outcome, ratio)
     verdict = too_short_verdict(statistical) if too_short else statistical
     return BreakEven(verdict.outcome, verdict.reason, break_even_point(extra.estimate, saving.estimate),
-                     low, high, extra, saving, too_short)
+                     low, high, extra, saving, too_short, df)
 
 
 def _break_even_interval(outcome: str, ratio: RatioInterval) -> tuple[float, float]:
@@ -214,7 +224,7 @@ BREAK_EVEN_COLUMNS = (
     "co2_kg_saved_per_inference", "co2_kg_saved_per_inference_ci_low",
     "co2_kg_saved_per_inference_ci_high",
     "outcome", "reason", "break_even_inferences", "break_even_low", "break_even_high",
-    "confidence_level", "welch_t", "welch_p", "welch_df", "welch_level",
+    "confidence_level", "break_even_df", "welch_t", "welch_p", "welch_df", "welch_level",
     "shortest_measurement_s", "too_short",
 )
 
@@ -259,7 +269,7 @@ def break_even_rows(measurements: dict[str, Measurements], baseline: str) -> lis
                        co2_kg_saved_per_inference_ci_high=saving.high,
                        outcome=result.outcome, reason=result.reason,
                        break_even_inferences=result.inferences, break_even_low=result.low,
-                       break_even_high=result.high, welch_t=test.t, welch_p=test.p,
+                       break_even_high=result.high, break_even_df=result.df, welch_t=test.t, welch_p=test.p,
                        welch_df=test.df, too_short=result.too_short)
         rows.append(row)
     return sorted(rows, key=lambda r: r["config"] != baseline)
@@ -271,6 +281,8 @@ def describe_break_even(row: dict) -> str:
     outcome = row["outcome"]
     if outcome == BASELINE:
         return "-"
+    if outcome == NEVER and row.get("reason", "").startswith("cheaper to train"):
+        return f"never ({row['reason'].split(': ', 1)[1]})"
     if outcome in (IMMEDIATELY, NEVER):
         return outcome
     point, low, high = row["break_even_inferences"], row["break_even_low"], row["break_even_high"]

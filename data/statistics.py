@@ -11,6 +11,7 @@ claim more confidence than a handful of runs gives.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -117,6 +118,23 @@ def mean_difference(a: Iterable[float], b: Iterable[float], level: float = 0.95)
     return MeanDifference(estimate, se, df, estimate - half_width, estimate + half_width, level, terms)
 
 
+def at_df(difference: MeanDifference, df: float) -> MeanDifference:
+    """``difference`` with its interval rebuilt from Student's t at ``df`` degrees of freedom
+    (fewer than its own: the df of a comparison it is combined in)."""
+    if math.isnan(difference.standard_error) or math.isnan(df):
+        return dataclasses.replace(difference, df=df)
+    half = t_quantile(difference.level, df) * difference.standard_error if difference.standard_error > 0 else 0.0
+    return dataclasses.replace(difference, df=df, low=difference.estimate - half,
+                               high=difference.estimate + half)
+
+
+def common_df(*differences: MeanDifference) -> float:
+    """The smallest of the differences' own Welch-Satterthwaite degrees of freedom (NaN if any is
+    unknown): the t of anything combining them is at least as wide as each one's own."""
+    dfs = [difference.df for difference in differences]
+    return math.nan if any(math.isnan(df) for df in dfs) else min(dfs)
+
+
 @dataclass(frozen=True)
 class RatioInterval:
     """A confidence set for numerator / denominator. ``bounded`` False: the denominator is not
@@ -137,20 +155,19 @@ def fieller_interval(numerator: MeanDifference, denominator: MeanDifference) -> 
     theta is in the set when numerator - theta * denominator (normally distributed, mean 0
     at the true ratio) does not differ significantly from 0:
     (n - theta d)^2 <= t^2 (var_n + theta^2 var_d), a quadratic inequality in theta. Its t has
-    the Welch-Satterthwaite degrees of freedom of n - theta d at theta = the estimate (at the
-    denominator's own when the estimate is infinite). Unlike the delta method it is exact for
-    normal means and follows the ratio's skew: the interval is not symmetric about the estimate.
+    the smaller of the two differences' own degrees of freedom (:func:`common_df`), so that
+    the set is bounded exactly when the denominator's interval at that t excludes 0, and
+    excludes 0 exactly when the numerator's does: the set and the two intervals never
+    disagree. Unlike the delta method it is exact for normal means and follows the ratio's
+    skew: the interval is not symmetric about the estimate.
     """
     n, d = numerator.estimate, denominator.estimate
     level = numerator.level
     estimate = n / d if d != 0 else math.copysign(math.inf, n) if n != 0 else math.nan
     var_n, var_d = numerator.standard_error ** 2, denominator.standard_error ** 2
-    if math.isnan(var_n) or math.isnan(var_d):
-        return RatioInterval(estimate, math.nan, math.nan, False, math.nan, level)
-    weight = estimate ** 2 if math.isfinite(estimate) else 1.0
-    terms = list(numerator.variance_terms) if math.isfinite(estimate) else []
-    terms += [(variance * weight, dof) for variance, dof in denominator.variance_terms]
-    df = welch_satterthwaite_df(terms)
+    df = common_df(numerator, denominator)
+    if math.isnan(var_n) or math.isnan(var_d) or math.isnan(df):
+        return RatioInterval(estimate, math.nan, math.nan, False, df, level)
     t2 = t_quantile(level, df) ** 2 if var_n + var_d > 0 else 0.0
     a = d * d - t2 * var_d
     if a <= 0:
