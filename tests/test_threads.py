@@ -27,7 +27,7 @@ def test_one_thread_still_one_after_importing_every_kernel_module_and_using_numb
                  "torch.set_num_threads(1)\n"
                  "for m in pkgutil.walk_packages(archs.__path__, 'archs.'):\n"
                  "    importlib.import_module(m.name)\n"
-                 "from archs import numba_csr\n"
+                 "from archs.sparse import numba_kernels as numba_csr\n"
                  "import numpy as np\n"
                  "x = np.ones((256, 256), np.float32); out = np.empty((256, 256), np.float32)\n"
                  "numba_csr.gather_transposed(x, np.arange(256), out, 2)   # numba's pool at work\n"
