@@ -13,10 +13,9 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from archs import architecture_names
+    from archs.choices import registered_choices
     from archs.experiment import CYCLE_WEIGHTS
     from archs.launch.settings import add_launcher_arguments
-    from data.datasets import DATASETS
     from data.runs import add_setting_arguments
     from data.selection import seed_argument
 
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "go to SAVE_DIR/ARCH/DATASET/ppPxN_seedS_co2BOOL_DATASET[_SETTINGS].pt, where "
                     "SETTINGS lists every setting that differs from its default.")
     settings = parser.add_argument_group("settings of the run (each one is part of its identity)")
-    add_setting_arguments(settings, choices={"arch_type": architecture_names(include_aliases=True), "dataset": list(DATASETS)})
+    add_setting_arguments(settings, choices=registered_choices())
     parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1, 2, 3, 4], metavar="SEED",
                         help="one full run per seed (initialisation, data split and batch order)")
     parser.add_argument("--data_dir", type=Path, default=Path("data"),

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 
 from archs import build_model
+from archs.choices import check_registered
 from archs.masks import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
 from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
 from data.datasets import get_spec, load_dataset, make_splits
@@ -58,6 +59,7 @@ class TrainingJob:
         if self.cycle_weights not in CYCLE_WEIGHTS:
             raise UserError(f"--save_cycle_weights {self.cycle_weights!r} is not one of "
                             f"{', '.join(CYCLE_WEIGHTS)}")
+        check_registered(self.config)
         for seed in self.seeds:
             dataclasses.replace(self.config, seed=seed).validate()
 

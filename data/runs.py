@@ -143,11 +143,11 @@ class RunConfig:
              "initialisation: a state-dict file or a results file (its best weights); the output "
              "layer keeps its own initialisation when the class counts differ. The file must lie "
              "under --save_dir")
-    optimizer: str = setting("adam", token="opt", choices=("adam", "sgd"), words=lambda v: v,
+    optimizer: str = setting("adam", token="opt", words=lambda v: v,   # choices: archs.choices
                              help="optimiser of every cycle")
     momentum: float = setting(0.0, token="mom", parse=_momentum, words=lambda v: f"momentum {format_number(v)}",
                               help="SGD momentum (with --optimizer sgd; Adam keeps its own moments)")
-    lr_schedule: str = setting("none", token="sched", choices=("none", "step", "cosine"),
+    lr_schedule: str = setting("none", token="sched",   # choices: archs.choices
                                words=lambda v: f"{v} schedule",
                                help="learning rate within a cycle: constant, step (x0.1 at 50%% and "
                                     "75%% of the cycle) or cosine (to 0 at the cycle's end)")

@@ -25,9 +25,9 @@ import lottery_ticket_emissions
 import lottery_ticket_performance
 import post_training_inference
 import post_training_inference_emissions
-from archs import ARCHITECTURES
+from archs.choices import REGISTERED
 from tests.conftest import ROOT
-from data.datasets import DATASETS, load_dataset, make_splits, make_test_split
+from data.datasets import load_dataset, make_splits, make_test_split
 from data.plot_cli import PlotOptions, select_training_runs
 from data.names import MAX_READABLE_SUFFIX, parse_config_name, parse_stem
 from data.paths import inference_runs_csv_path, lock_path, results_path
@@ -120,10 +120,8 @@ def alternative_value(f: dataclasses.Field):
                "init_from": "pretrained@0123456789ab"}
     if f.name in samples:
         return samples[f.name]
-    if f.name == "arch_type":
-        return next(name for name in ARCHITECTURES if name != default)
-    if f.name == "dataset":
-        return next(name for name in DATASETS if name != default)
+    if f.name in REGISTERED:   # arch_type, dataset, optimizer, ...: another registered name
+        return next(name for name in REGISTERED[f.name]() if name != default)
     if f.metadata["choices"]:
         return next(choice for choice in f.metadata["choices"] if choice != default)
     if isinstance(default, bool):

@@ -1,16 +1,21 @@
 """Datasets: the registry, the built-in datasets, seeded splits and batching.
 
-Importing this package registers the built-in datasets; a user file adds its own with
-:func:`register_dataset` (see the README, "Your own dataset in one file").
+Every module in this folder is imported with the package (as the networks of ``archs/models/``
+are), so a new dataset is one new file here holding ``@register_dataset(...)`` on a loader, or
+any file imported before the run (see the README, "Your own dataset in one file").
 """
+import importlib
+import pkgutil
+
 from data.datasets.core import (DATASETS, SPLIT_FRACTIONS, DataSplits, DatasetSpec, OfficialImages,
                                 Split, add_dataset, channel_statistics, check_images, get_spec,
                                 iterate_batches, load_dataset, make_splits, make_test_split, normalise,
                                 official_split_indices, register_dataset, split_indices)
-from data.datasets import torchvision_sets  # noqa: F401  (registers mnist, cifar10, ...)
-from data.datasets import digits  # noqa: F401  (registers digits)
 
 __all__ = ["DATASETS", "SPLIT_FRACTIONS", "DataSplits", "DatasetSpec", "OfficialImages", "Split",
            "add_dataset", "channel_statistics", "check_images", "get_spec", "iterate_batches",
            "load_dataset", "make_splits", "make_test_split", "normalise", "official_split_indices",
            "register_dataset", "split_indices"]
+
+for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")

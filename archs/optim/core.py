@@ -1,33 +1,74 @@
-"""Optimisers and learning-rate schedules of a training cycle.
+"""The optimiser and learning-rate-schedule registries, durations, and the rate of every step.
 
-A schedule is a pure function of the iteration (the number of optimiser steps already taken
-in the cycle): it keeps no state, so a run resumed at iteration i sets exactly the rates an
-uninterrupted run would have set. The training loop calls ``set_learning_rate(optimizer,
-schedule.lr_at(i, iterations_per_epoch, epochs))`` before each step.
+An optimiser is a builder ``(params, lr, weight_decay, momentum) -> torch.optim.Optimizer``;
+a schedule is a decay ``(iteration, total) -> factor`` of the base rate, a pure function of the
+step (0 <= iteration < total = iterations per epoch x epochs per cycle), so a run resumed at
+step i sets exactly the rates an uninterrupted run would have set. Each registers itself with
+a decorator from a file of its own in ``archs/optim/`` (every module there is imported with
+the package); its name becomes a choice of ``--optimizer`` or ``--lr_schedule``.
 
-With T = iterations_per_epoch x total_epochs, the rate of step i (0 <= i < T) is
-``lr x decay(i) x warm(i)``:
-
-* decay, ``none``: 1.
-* decay, ``step``: 0.1 ^ (number of fractions f in (0.5, 0.75) with i >= f x T): x0.1 from
-  half of the cycle, x0.01 from three quarters. When f x epochs is a whole number the drop
-  falls on an epoch boundary (160 epochs: at epochs 80 and 120, as Frankle & Carbin's ResNet).
-* decay, ``cosine``: (1 + cos(pi i / T)) / 2, from 1 at step 0 towards 0 at the end of the cycle.
-* warm: min(1, (i + 1) / W) over W warmup steps, then 1: linear from lr / W at the first step
-  to lr at step W - 1, so no step is wasted at rate 0. The warmup multiplies the decay, which
-  still counts from step 0.
+The rate of step i is ``lr x decay(i, T) x warm(i)``, where the warmup is
+``min(1, (i + 1) / W)`` over W warmup steps, then 1: linear from lr / W at the first step to lr
+at step W - 1, so no step is wasted at rate 0. The warmup multiplies the decay, which still
+counts from step 0.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "step", "cosine")
+OptimizerBuilder = Callable[[Iterable[torch.nn.Parameter], float, float, float], torch.optim.Optimizer]
+Decay = Callable[[int, int], float]
+
+# name -> builder and name -> decay, in registration order (the built-ins first).
+OPTIMIZERS: dict[str, OptimizerBuilder] = {}
+SCHEDULES: dict[str, Decay] = {}
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
+
+
+def _register(registry: dict, what: str, name: str, replace: bool) -> Callable:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"invalid {what} name {name!r}: use lower-case letters, digits and underscores "
+                         "(it becomes part of the runs' file names)")
+    if name in registry and not replace:
+        raise ValueError(f"{what} {name!r} is already registered; choose another name or pass "
+                         "replace=True to rebind it")
+
+    def decorate(function: Callable) -> Callable:
+        if not callable(function):
+            raise TypeError(f"the {what} {name!r} needs a callable, got {function!r}")
+        registry[name] = function
+        return function
+
+    return decorate
+
+
+def register_optimizer(name: str, *, replace: bool = False) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
+    """Decorator registering ``builder(params, lr, weight_decay, momentum)`` as ``--optimizer name``.
+
+    The builder gets checked values (lr > 0, weight_decay >= 0, 0 <= momentum < 1) and raises
+    ValueError for a combination it cannot take. Returns the builder unchanged."""
+    return _register(OPTIMIZERS, "optimizer", name, replace)
+
+
+def register_schedule(name: str, *, replace: bool = False) -> Callable[[Decay], Decay]:
+    """Decorator registering ``decay(iteration, total) -> factor`` as ``--lr_schedule name``.
+
+    Must be a pure function of its arguments (resume depends on it). Returns it unchanged."""
+    return _register(SCHEDULES, "learning-rate schedule", name, replace)
+
+
+def optimizer_names() -> list[str]:
+    return list(OPTIMIZERS)
+
+
+def schedule_names() -> list[str]:
+    return list(SCHEDULES)
+
 
 _DURATION = re.compile(r"^(?P<count>\d+)(?P<unit>ep|it)$")
 
@@ -61,22 +102,16 @@ def parse_duration(text: str, flag: str = "--warmup") -> Duration:
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float,
                     weight_decay: float = 0.0, momentum: float = 0.0) -> torch.optim.Optimizer:
-    """Adam (momentum must be 0: Adam has its own moment estimates) or SGD with heavy-ball
-    ``momentum``. ``weight_decay`` is the L2 penalty added to the gradient, in both."""
+    """The registered optimiser ``name``; ``weight_decay`` is the L2 penalty added to the gradient."""
     if lr <= 0:
         raise ValueError(f"the learning rate must be positive, got {lr}")
     if weight_decay < 0:
         raise ValueError(f"the weight decay must be >= 0, got {weight_decay}")
     if not 0 <= momentum < 1:
         raise ValueError(f"the momentum must be in [0, 1), got {momentum}")
-    if name == "adam":
-        if momentum:
-            raise ValueError("--momentum applies to --optimizer sgd only; Adam keeps its own "
-                             "moment estimates")
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr, weight_decay, momentum)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -86,12 +121,11 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass(frozen=True)
 class LrSchedule:
-    """The learning rate of every step of a cycle (see the module's docstring for the formulas)."""
+    """The learning rate of every step of a cycle: ``lr`` decayed by the registered schedule
+    ``kind``, times the linear warmup (see the module's docstring)."""
     lr: float
     kind: str = "none"
     warmup: Duration | None = None
-    step_fractions: tuple[float, ...] = (0.5, 0.75)
-    step_factor: float = 0.1
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
@@ -116,13 +150,7 @@ class LrSchedule:
         total = iterations_per_epoch * total_epochs
         if not 0 <= iteration < total:
             raise ValueError(f"iteration {iteration} is outside the cycle's {total} steps")
-        if self.kind == "step":
-            drops = sum(iteration >= fraction * total for fraction in self.step_fractions)
-            decay = self.step_factor ** drops
-        elif self.kind == "cosine":
-            decay = 0.5 * (1.0 + math.cos(math.pi * iteration / total))
-        else:
-            decay = 1.0
+        decay = SCHEDULES[self.kind](iteration, total)
         warm = 1.0
         if self.warmup is not None:
             warm = min(1.0, (iteration + 1) / self.warmup.iterations(iterations_per_epoch))

@@ -1,0 +1,109 @@
+"""Every registry a user extends: a toy optimiser, schedule, dataset and network registered from
+this file alone (nothing else edited) train a run end to end through lottery_ticket.py's own
+entry point, and each is offered as a flag choice."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lottery_ticket
+from archs.experiment import TrainingJob
+from archs.optim import OPTIMIZERS, SCHEDULES, register_optimizer, register_schedule
+from archs.registry import ARCHITECTURES, register_model
+from data.datasets import DATASETS, register_dataset
+from data.paths import results_path
+from data.runs import RunConfig
+from utils import UserError, load_checkpoint
+
+LR = 0.05
+seen_lrs: list[float] = []          # the rate of every optimiser step, as the step saw it
+decay_calls: list[tuple[int, int]] = []
+built: list[str] = []
+
+
+class CountingSGD(torch.optim.SGD):
+    def step(self, closure=None):
+        seen_lrs.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+def toy_sgd(params, lr, weight_decay, momentum):
+    built.append("optimizer")
+    return CountingSGD(params, lr=lr, weight_decay=weight_decay)
+
+
+def halving(iteration: int, total: int) -> float:
+    decay_calls.append((iteration, total))
+    return 1.0 if iteration < total // 2 else 0.5
+
+
+def toy_stripes(data_dir):
+    """60 images of 8 x 8: class 0 bright in the top half, class 1 in the bottom half."""
+    built.append("dataset")
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 2
+    images = rng.integers(0, 40, size=(60, 1, 8, 8)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 0, 4 * label:4 * label + 4] = 220
+    return images, labels
+
+
+def toy_net(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    built.append("network")
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 16), nn.ReLU(),
+                         nn.Linear(16, num_classes))
+
+
+@pytest.fixture
+def toys():
+    """Registered with the public decorators; taken out again so no other test sees them."""
+    register_optimizer("toysgd")(toy_sgd)
+    register_schedule("halving")(halving)
+    register_dataset("toystripes", in_channels=1, image_size=8, num_classes=2)(toy_stripes)
+    register_model("toynet")(toy_net)
+    for log in (seen_lrs, decay_calls, built):
+        log.clear()
+    yield
+    OPTIMIZERS.pop("toysgd")
+    SCHEDULES.pop("halving")
+    DATASETS.pop("toystripes")
+    ARCHITECTURES.pop("toynet")
+
+
+def test_toy_extensions_are_flag_choices(toys):
+    help_text = lottery_ticket.build_parser().format_help()
+    for name in ("toysgd", "halving", "toystripes", "toynet"):
+        assert name in help_text
+
+
+def test_a_run_trains_with_a_toy_optimizer_schedule_dataset_and_network(toys, tmp_path):
+    argv = ["--arch_type", "toynet", "--dataset", "toystripes", "--optimizer", "toysgd",
+            "--lr_schedule", "halving", "--lr", str(LR), "--decay", "0", "--batch_size", "8",
+            "--end_epoch", "3", "--prune_percent", "50", "--prune_iterations", "2", "--seeds", "0",
+            "--save_dir", str(tmp_path / "saves"), "--data_dir", str(tmp_path / "data"),
+            "--device", "cpu", "--no_progress", "--save_cycle_weights", "none"]
+    assert lottery_ticket.main(argv) == 0
+
+    config = RunConfig(arch_type="toynet", dataset="toystripes", optimizer="toysgd", lr_schedule="halving",
+                       lr=LR, decay=0.0, batch_size=8, end_iter=3, prune_percent=50.0, prune_iterations=2)
+    path = results_path(tmp_path / "saves", config)
+    assert path.parent == tmp_path / "saves" / "toynet" / "toystripes"
+    assert "_opttoysgd" in path.name and "_schedhalving" in path.name
+    results = load_checkpoint(path)
+    assert RunConfig.from_dict(results["args"]).identity() == config.identity()
+    # 42 training images (70% of 60) in batches of 8: 6 steps an epoch, T = 18 steps a cycle.
+    assert {total for _, total in decay_calls} == {18}
+    expected = [LR * (1.0 if i < 9 else 0.5) for i in range(18)]
+    assert seen_lrs == pytest.approx(expected * 2, rel=1e-12)    # both cycles followed the schedule
+    assert {"optimizer", "dataset", "network"} <= set(built)
+    # The network was pruned: the second cycle's masks keep half of each layer.
+    second = results["masks"][-1]
+    assert {name: float(mask.float().mean()) for name, mask in second.items()} == {"1.weight": 0.5,
+                                                                                  "3.weight": 0.5}
+
+
+def test_an_unregistered_name_is_refused_in_one_line_before_training(tmp_path):
+    with pytest.raises(UserError, match=r"unknown --optimizer 'toysgd'; choose one of adam, sgd"):
+        TrainingJob(config=RunConfig(optimizer="toysgd"), seeds=[0], save_dir=tmp_path)
