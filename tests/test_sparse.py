@@ -20,7 +20,7 @@ from archs.sparse import common as sparse_common  # noqa: E402
 from archs.sparse.chains import Affine  # noqa: E402
 from archs.sparse.timing import (InterleavedTimer, KernelTimingCache,  # noqa: E402
                                  default_timing_cache_path, timing_key)
-from archs.sparse import (AGREEMENT_TOLERANCE, BENCHMARK_MODES, CONVOLUTION_REASON,  # noqa: E402
+from archs.sparse import (AGREEMENT_TOLERANCE, BENCHMARK_MODES,  # noqa: E402
                           KERNEL_MODES, MEASURED_SPEEDUP_REQUIRED, DenseTransposedLinear,
                           LinearChain, NumbaCsrLinear, NumbaTiledChain, SparseLinear,
                           TransposedChain,
@@ -92,7 +92,7 @@ def timer_answering(answers: list[dict[str, float]]):
 
 
 NUMBA_WINS = {"dense": 3.0, "torch_csr": 2.0, "numba_csr": 1.0, "chain": 1.0,
-              "numba_tiled": 1.0}
+              "numba_tiled": 1.0, "numba_conv": 1.0}
 
 
 # --------------------------------------------------------------------------- exactness
@@ -632,13 +632,14 @@ def mode_arguments(mode: str) -> dict:
     return dict(example_input=MNIST_BATCH[:4], timer=fake_timer(NUMBA_WINS)) if mode == "auto" else {}
 
 
-def test_convolutions_are_reported_dense():
+def test_unpruned_convolutions_are_reported_dense():
     model = prune_linears_randomly(seeded_model("lenet5"), 0.99)
     for mode in KERNEL_MODES:
         _, choices = sparsify(model, mode, **mode_arguments(mode))
         convolutions = [c for c in choices if c.name in ("0.weight", "2.weight")]
         assert len(convolutions) == 2
-        assert all(c.kernel == "dense" and c.reason == CONVOLUTION_REASON for c in convolutions)
+        reason = "dense mode" if mode == "dense" else "not pruned"
+        assert all(c.kernel == "dense" and c.reason == reason for c in convolutions)
 
 
 def test_choices_follow_the_model_order_and_report_sparsity():

@@ -170,3 +170,14 @@ def keep_fastest_chain(segment: list[nn.Module], candidates: dict[str, LinearCha
             head + [replace(c, reason=c.reason + note) for c in rest])
 
 
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    threshold: float | None
+    recorded_inputs: dict      # nn.Linear, nn.Conv2d -> its input on the example ("auto" timing)
+    module_names: dict         # module -> its qualified name in the model
+    timing: Timing
+
+
+def weight_name(module_name: str) -> str:
+    return f"{module_name}.weight" if module_name else "weight"

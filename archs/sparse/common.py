@@ -15,8 +15,8 @@ KERNEL_MODES = ("dense", "sparse", "auto")
 # benchmark's comparison.
 BENCHMARK_MODES = KERNEL_MODES + ("torch_csr", "numba_csr", "coo")
 
-DENSE, TORCH_CSR, NUMBA_CSR, NUMBA_TILED, COO = (
-    "dense", "torch_csr", "numba_csr", "numba_tiled", "coo")
+DENSE, TORCH_CSR, NUMBA_CSR, NUMBA_TILED, COO, NUMBA_CONV = (
+    "dense", "torch_csr", "numba_csr", "numba_tiled", "coo", "numba_conv")
 # Part of the key of every cached timing: bump it when a kernel or the way a chain is
 # assembled changes, so that timings of the old code are not taken for the new.
 KERNELS_VERSION = 3
@@ -34,14 +34,15 @@ CSR_BLOCK_BYTES = 4 * 1024 * 1024
 
 AGREEMENT_TOLERANCE = 1e-5
 
-CONVOLUTION_REASON = "convolution: torch has no sparse convolution kernel, runs dense"
+CONVOLUTION_REASON = ("convolution the sparse kernel does not cover (it runs float32 on the CPU, "
+                      "zero padding, no dilation): runs dense")
 
 @dataclass(frozen=True)
 class LayerChoice:
     """The kernel one prunable layer runs with, and why."""
     name: str         # the weight's state-dict name, as in the masks
     sparsity: float   # fraction of the weight's entries that are zero
-    kernel: str       # "dense", "numba_csr", "torch_csr" or "coo"
+    kernel: str       # "dense", "numba_csr", "numba_tiled", "numba_conv", "torch_csr" or "coo"
     reason: str
 
     @property

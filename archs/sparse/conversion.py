@@ -13,9 +13,11 @@ from torch import nn
 from archs.masks import PRUNABLE_LAYERS
 from archs.sparse.chains import (Affine, NumbaTiledChain, TransposedChain, build_layer,
                                  compact_chain)
-from archs.sparse.choice import (PER_LAYER_CHAIN, TILED_CHAIN, Timing, choose_kernel,
-                                 keep_fastest_chain, tiled_applies)
-from archs.sparse.common import (BENCHMARK_MODES, CONVOLUTION_REASON, COO, DENSE, KERNEL_MODES,
+from archs.sparse.choice import (PER_LAYER_CHAIN, TILED_CHAIN, Settings, Timing, choose_kernel,
+                                 keep_fastest_chain, tiled_applies, weight_name)
+from archs.sparse.conv_conversion import (conv_runs, convert_conv_run,
+                                          unsupported_choice)
+from archs.sparse.common import (BENCHMARK_MODES, COO, DENSE, KERNEL_MODES,
                                  NUMBA_TILED, LayerChoice, weight_sparsity)
 from archs.sparse.layers import CooLinear
 from archs.sparse.timing import KernelTimingCache, Timer
@@ -57,16 +59,17 @@ def _linear_runs(children: Iterable[tuple[str, nn.Module]]) -> list[_Run]:
     return runs
 
 
-def _record_linear_inputs(model: nn.Module,
+def _record_inputs(model: nn.Module,
                           example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    """The input every ``nn.Linear`` of ``model`` sees when ``model`` runs ``example_input``."""
+    """The input every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` sees when it runs
+    ``example_input``."""
     recorded: dict[nn.Module, torch.Tensor] = {}
 
     def remember(module: nn.Module, args: tuple) -> None:
         recorded[module] = args[0].detach().clone()
 
     handles = [m.register_forward_pre_hook(remember) for m in model.modules()
-               if isinstance(m, nn.Linear)]
+               if isinstance(m, (nn.Linear, nn.Conv2d))]
     try:
         with torch.inference_mode():
             model(example_input)
@@ -77,19 +80,6 @@ def _record_linear_inputs(model: nn.Module,
 
 
 # --------------------------------------------------------------------------- conversion
-@dataclass(frozen=True)
-class _Settings:
-    mode: str
-    threshold: float | None
-    recorded_inputs: dict      # nn.Linear -> its input on the example ("auto" timing only)
-    module_names: dict         # module -> its qualified name in the model
-    timing: Timing
-
-
-def _weight_name(module_name: str) -> str:
-    return f"{module_name}.weight" if module_name else "weight"
-
-
 def _as_affine(linear: nn.Linear, relu: bool, kernel: str) -> Affine:
     weight = linear.weight.detach()
     bias = (linear.bias.detach() if linear.bias is not None
@@ -101,7 +91,7 @@ def _as_affine(linear: nn.Linear, relu: bool, kernel: str) -> Affine:
 # The candidates "auto" times for a whole chain, besides the original layers ("dense"):
 
 def _convert_run(run: _Run,
-                 settings: _Settings) -> tuple[dict[str, nn.Module | None], list[LayerChoice]]:
+                 settings: Settings) -> tuple[dict[str, nn.Module | None], list[LayerChoice]]:
     """What replaces the children of ``run`` (name -> module, None = removed) and the choices.
 
     Leading dense layers keep their original modules (batch-major, no transposes). From
@@ -110,7 +100,7 @@ def _convert_run(run: _Run,
     which costs the same as ``nn.Linear``. "auto" times both against the original layers,
     the tiled chain from the first pruned layer even when no layer alone was faster sparse.
     """
-    choices = [choose_kernel(_weight_name(settings.module_names[linear]), linear, relu,
+    choices = [choose_kernel(weight_name(settings.module_names[linear]), linear, relu,
                              settings.mode, settings.threshold,
                              settings.recorded_inputs.get(linear), settings.timing)
                for _, linear, relu in run.linears]
@@ -156,16 +146,25 @@ def _convert_run(run: _Run,
     return replacement, choices
 
 
-def _rebuild(module: nn.Module, settings: _Settings, choices: list[LayerChoice]) -> nn.Module:
-    """``module`` with its linear layers converted, recursing into its children.
+def _rebuild(module: nn.Module, settings: Settings, choices: list[LayerChoice]) -> nn.Module:
+    """``module`` with its linear layers and convolutions converted, recursing into its
+    children.
 
     A plain ``nn.Sequential`` is rebuilt so that a chain can replace several children; any
-    other container keeps its own ``forward`` and has its linear layers converted one by
-    one (each then transposes on its own).
+    other container keeps its own ``forward`` and has its layers converted one by one
+    (each then changes layout on its own).
     """
     if isinstance(module, nn.Linear):
         lone = _Run(children=[("", module)], linears=[("", module, False)])
         replacement, run_choices = _convert_run(lone, settings)
+        choices.extend(run_choices)
+        return replacement.get("", module)
+    if isinstance(module, nn.Conv2d):
+        runs = conv_runs([("", module)])
+        if not runs:
+            choices.append(unsupported_choice(module, settings))
+            return module
+        replacement, run_choices = convert_conv_run(runs[0], settings)
         choices.extend(run_choices)
         return replacement.get("", module)
     if type(module) is nn.Sequential:
@@ -177,6 +176,11 @@ def _rebuild(module: nn.Module, settings: _Settings, choices: list[LayerChoice])
             replacement.update(run_replacement)
             choices.extend(run_choices)
             in_runs.update(name for name, _ in run.children)
+        for conv_run in conv_runs(children):
+            run_replacement, run_choices = convert_conv_run(conv_run, settings)
+            replacement.update(run_replacement)
+            choices.extend(run_choices)
+            in_runs.update(name for name, _ in conv_run.children)
         kept = OrderedDict()
         for name, child in children:
             if name in replacement:
@@ -190,11 +194,11 @@ def _rebuild(module: nn.Module, settings: _Settings, choices: list[LayerChoice])
     return module
 
 
-def _with_coo_linears(module: nn.Module, settings: _Settings,
+def _with_coo_linears(module: nn.Module, settings: Settings,
                       choices: list[LayerChoice]) -> nn.Module:
     """Every ``nn.Linear`` replaced by :class:`CooLinear`, as the original program did."""
     if isinstance(module, nn.Linear):
-        name = _weight_name(settings.module_names[module])
+        name = weight_name(settings.module_names[module])
         choices.append(LayerChoice(name, weight_sparsity(module.weight), COO,
                                    "original program's approach: every linear layer as COO"))
         return CooLinear(module.weight, module.bias)
@@ -242,32 +246,30 @@ def sparsify(model: nn.Module, mode: str, *, example_input: torch.Tensor | None 
     timing = Timing(timer, timing_cache)
     made: list[LayerChoice] = []
     if mode == COO:
-        converted = _with_coo_linears(converted, _Settings(mode, None, {}, module_names, timing), made)
+        converted = _with_coo_linears(converted, Settings(mode, None, {}, module_names, timing), made)
     elif mode != DENSE:
         timed = mode == "auto" and threshold is None
-        recorded = _record_linear_inputs(converted, example_input) if timed else {}
-        settings = _Settings(mode, threshold, recorded, module_names, timing)
+        recorded = _record_inputs(converted, example_input) if timed else {}
+        settings = Settings(mode, threshold, recorded, module_names, timing)
         converted = _rebuild(converted, settings, made)
     # eval() again: the modules created by the conversion start in training mode
     converted.eval()
-    return converted, _choices_in_model_order(module_names, made)
+    return converted, _choices_in_model_order(module_names, made, mode)
 
 
-def _choices_in_model_order(module_names: dict[nn.Module, str],
-                            made: list[LayerChoice]) -> list[LayerChoice]:
+def _choices_in_model_order(module_names: dict[nn.Module, str], made: list[LayerChoice],
+                            mode: str) -> list[LayerChoice]:
     by_name = {choice.name: choice for choice in made}
     choices = []
     for module, module_name in module_names.items():
         if not isinstance(module, PRUNABLE_LAYERS):
             continue
-        name = _weight_name(module_name)
+        name = weight_name(module_name)
         sparsity = weight_sparsity(module.weight)
         if name in by_name:
             choices.append(by_name[name])
-        elif isinstance(module, nn.Linear):
-            choices.append(LayerChoice(name, sparsity, "dense", "dense mode"))
         else:
-            choices.append(LayerChoice(name, sparsity, "dense", CONVOLUTION_REASON))
+            choices.append(LayerChoice(name, sparsity, "dense", f"{mode} mode"))
     return choices
 
 

@@ -1,0 +1,191 @@
+"""The sparse convolution kernel gives torch's answers (float64 reference), BatchNorm folding
+keeps the network's function, "auto" keeps dense where the sparse chain is timed slower, and
+every network of the zoo replays sparse with its dense predictions."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archs import architecture_names, build_model
+from archs.sparse import CONVOLUTION_REASON, compare_outputs, sparsify
+from archs.sparse.conv import ConvSpec, PoolSpec, SparseConvChain, fold_batchnorm
+from archs.sparse.common import relative_error
+from tests.test_sparse import fake_timer
+
+# float32 kernels against a float64 reference: rounding only
+TOLERANCE = 1e-5
+
+
+def pruned_conv(in_channels, out_channels, kernel, stride, padding, groups, sparsity, seed=0,
+                empty_channels=()):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding,
+                     groups=groups).requires_grad_(False)
+    conv.weight[torch.rand_like(conv.weight) < sparsity] = 0
+    for channel in empty_channels:
+        conv.weight[channel] = 0
+    return conv
+
+
+def reference(modules, x):
+    """The modules' output in float64 (copies; the float32 originals are left alone)."""
+    h = x.double()
+    for module in modules:
+        h = _double(module)(h)
+    return h
+
+
+def _double(module):
+    import copy
+    return copy.deepcopy(module).double().eval()
+
+
+# (in, out, kernel, stride, padding, groups, images, height, width)
+CONFIGURATIONS = [
+    (3, 8, 3, 1, 1, 1, 16, 9, 9),      # a whole tile, the zoo's 3x3
+    (5, 7, 3, 2, 1, 1, 17, 11, 10),    # stride 2, odd sizes, a second, partial tile
+    (4, 6, 5, 1, 2, 2, 3, 8, 13),      # 5x5 (AlexNet), groups
+    (3, 4, 11, 4, 2, 1, 1, 23, 23),    # 11x11 stride 4 (ImageNet AlexNet), one image
+    (8, 8, 1, 2, 0, 1, 5, 7, 7),       # 1x1 stride 2 (ResNet's shortcut)
+    (6, 6, 3, 1, 0, 3, 2, 5, 6),       # no padding, 3 groups
+    (2, 3, 3, 1, (0, 2), 1, 2, 4, 6),  # unequal padding
+]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.97, 1.0])
+@pytest.mark.parametrize("config", CONFIGURATIONS, ids=lambda c: "x".join(map(str, c[:6])))
+def test_convolution_matches_torch_in_float64(config, sparsity):
+    in_channels, out_channels, kernel, stride, padding, groups, images, height, width = config
+    conv = pruned_conv(in_channels, out_channels, kernel, stride, padding, groups, sparsity,
+                       empty_channels=(0,))
+    x = torch.randn(images, in_channels, height, width)
+    for relu in (False, True):
+        chain = SparseConvChain([ConvSpec(conv, None, relu)])
+        expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), stride,
+                            padding, 1, groups)
+        expected = expected.relu() if relu else expected
+        actual = chain(x)
+        assert actual.shape == expected.shape and actual.dtype == torch.float32
+        assert relative_error(actual, expected) < TOLERANCE
+        # an empty output channel is its bias everywhere
+        assert torch.allclose(actual[:, 0], expected[:, 0].float())
+
+
+def test_chain_with_batchnorm_relu_and_pools_matches_the_unfolded_modules():
+    torch.manual_seed(3)
+    modules = nn.Sequential(
+        pruned_conv(3, 8, 3, 1, 1, 1, 0.8), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        pruned_conv(8, 16, 3, 1, 1, 1, 0.9, seed=1), nn.MaxPool2d(3, stride=2), nn.ReLU(),
+        pruned_conv(16, 4, 1, 1, 0, 1, 0.5, seed=2), nn.BatchNorm2d(4, affine=False)).eval()
+    for norm in (modules[1], modules[8]):
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+    modules[1].weight.data.normal_()
+    modules[1].bias.data.normal_()
+    x = torch.randn(19, 3, 13, 12)
+    chain = SparseConvChain([ConvSpec(modules[0], modules[1], True), PoolSpec((2, 2), (2, 2)),
+                             ConvSpec(modules[4], None, True), PoolSpec((3, 3), (2, 2)),
+                             ConvSpec(modules[7], modules[8], False)])
+    assert relative_error(chain(x), reference(modules, x)) < TOLERANCE
+
+
+def test_folding_batchnorm_equals_the_unfolded_layers():
+    torch.manual_seed(4)
+    conv = pruned_conv(4, 6, 3, 1, 1, 1, 0.7)
+    norm = nn.BatchNorm2d(6).eval()
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.1, 3.0)
+    norm.weight.data.normal_()
+    norm.bias.data.normal_()
+    weight, bias = fold_batchnorm(conv.weight.double(), conv.bias.double(), _double(norm))
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    folded = F.conv2d(x, weight, bias, padding=1)
+    assert torch.allclose(folded, reference([conv, norm], x), rtol=1e-12, atol=1e-12)
+    assert torch.equal(weight == 0, conv.weight == 0)    # the fold keeps the ticket's zeros
+
+
+def prune_everything(model: nn.Module, fraction: float, seed: int = 1) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight[torch.rand(module.weight.shape, generator=generator) < fraction] = 0
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model.eval()
+
+
+def small_lenet(fraction=0.9):
+    torch.manual_seed(0)
+    return prune_everything(build_model("lenet5", 1, 12, 10), fraction)
+
+
+def test_auto_falls_back_to_dense_when_the_sparse_chain_is_timed_slower():
+    model = small_lenet()
+    x = torch.randn(8, 1, 12, 12)
+    slow = {"dense": 1.0, "numba_conv": 2.0, "torch_csr": 2.0, "numba_csr": 2.0, "chain": 2.0,
+            "numba_tiled": 2.0}
+    fast, choices = sparsify(model, "auto", example_input=x, timer=fake_timer(slow))
+    assert not any(isinstance(m, SparseConvChain) for m in fast.modules())
+    convolutions = [c for c in choices if c.name in ("0.weight", "2.weight")]
+    assert [c.kernel for c in convolutions] == ["dense", "dense"]
+    assert all("0.50x dense (needs 1.2x)" in c.reason for c in convolutions)
+
+
+def test_auto_keeps_the_sparse_chain_when_timed_faster_and_small_batches_run_dense():
+    model = small_lenet()
+    x = torch.randn(8, 1, 12, 12)
+    wins = {"dense": 3.0, "numba_conv": 1.0, "torch_csr": 2.0, "numba_csr": 1.0, "chain": 1.0,
+            "numba_tiled": 1.0}
+    fast, choices = sparsify(model, "auto", example_input=x, timer=fake_timer(wins))
+    chains = [m for m in fast.modules() if isinstance(m, SparseConvChain)]
+    assert len(chains) == 1 and chains[0].min_batch == 8
+    assert [c.kernel for c in choices if c.name in ("0.weight", "2.weight")] == ["numba_conv"] * 2
+    assert compare_outputs(model, fast, x).agrees
+    assert compare_outputs(model, fast, x[:3]).agrees        # through the dense fallback
+
+
+def test_unpruned_and_unsupported_convolutions_stay_dense():
+    torch.manual_seed(0)
+    model = build_model("lenet5", 1, 12, 10).eval()
+    _, choices = sparsify(model, "sparse")
+    assert all(c.kernel == "dense" and c.reason == "not pruned" for c in choices)
+    dilated = prune_everything(nn.Sequential(nn.Conv2d(2, 3, 3, dilation=2)), 0.9)
+    fast, choices = sparsify(dilated, "sparse")
+    assert [(c.kernel, c.reason) for c in choices] == [("dense", CONVOLUTION_REASON)]
+    x = torch.randn(2, 2, 7, 7)
+    assert torch.equal(fast(x), dilated(x))
+
+
+SMALL_INPUTS = {"densenet121": 8, "resnet50": 8, "alexnet": 16}
+
+
+@pytest.mark.parametrize("arch", [a for a in architecture_names() if a != "fc1"])
+def test_every_network_replays_sparse_with_the_dense_predictions(arch):
+    torch.manual_seed(0)
+    size = SMALL_INPUTS.get(arch, 12)
+    model = prune_everything(build_model(arch, 3, size, 10), 0.9)
+    x = torch.randn(3, 3, size, size)
+    fast, choices = sparsify(model, "sparse")
+    assert any(isinstance(m, SparseConvChain) for m in fast.modules())
+    convolutions = [c for c in choices if "numba_conv" == c.kernel]
+    assert len(convolutions) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    with torch.inference_mode():
+        expected, actual = model.double()(x.double()), fast(x)
+    assert relative_error(actual, expected) < TOLERANCE
+    assert torch.equal(actual.argmax(1), expected.argmax(1))
+
+
+def test_threads_hold():
+    chain = SparseConvChain([ConvSpec(pruned_conv(4, 8, 3, 1, 1, 1, 0.9), None, True)])
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            chain(torch.randn(40, 4, 9, 9))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
