@@ -14,7 +14,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 
 def build_parser() -> argparse.ArgumentParser:
     from archs.choices import registered_choices
-    from archs.experiment import CYCLE_WEIGHTS
+    from archs.experiment import CYCLE_WEIGHTS, DEFAULT_SEEDS, TrainingJob
     from archs.launch.settings import add_launcher_arguments
     from data.runs import add_setting_arguments
     from data.selection import seed_argument
@@ -27,24 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "SETTINGS lists every setting that differs from its default.")
     settings = parser.add_argument_group("settings of the run (each one is part of its identity)")
     add_setting_arguments(settings, choices=registered_choices())
-    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1, 2, 3, 4], metavar="SEED",
+    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=list(DEFAULT_SEEDS), metavar="SEED",
                         help="one full run per seed (initialisation, data split and batch order)")
-    parser.add_argument("--data_dir", type=Path, default=Path("data"),
+    parser.add_argument("--data_dir", type=Path, default=TrainingJob.data_dir,
                         help="where torchvision downloads or finds the datasets")
-    parser.add_argument("--save_dir", type=Path, default=Path("saves"),
+    parser.add_argument("--save_dir", type=Path, default=TrainingJob.save_dir,
                         help="where results, checkpoints and CodeCarbon CSVs are written")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default=TrainingJob.device, choices=["auto", "cpu", "cuda"],
                         help="auto uses CUDA when available")
     parser.add_argument("--resume", action="store_true",
                         help="skip seeds already finished and continue an interrupted seed from "
                              "its last epoch checkpoint")
-    parser.add_argument("--save_cycle_weights", default="both", choices=list(CYCLE_WEIGHTS),
+    parser.add_argument("--save_cycle_weights", default=TrainingJob.cycle_weights,
+                        choices=list(CYCLE_WEIGHTS),
                         help="weights kept for every cycle's ticket beside its masks "
                              "(tickets/STEM/cycleK.pt): both best and final, one of them, or none "
                              "(the last cycle's are always in the results file)")
-    parser.add_argument("--print_freq", type=positive_int, default=1,
+    parser.add_argument("--print_freq", type=positive_int, default=TrainingJob.print_freq,
                         help="update the progress bar's metrics every this many epochs")
-    parser.add_argument("--checkpoint_every", type=positive_int, default=1, metavar="N",
+    parser.add_argument("--checkpoint_every", type=positive_int, default=TrainingJob.checkpoint_every,
+                        metavar="N",
                         help="write the resume checkpoint every N epochs of a cycle (and at each "
                              "cycle's end); larger N writes less but redoes up to N-1 epochs after "
                              "an interruption. Results do not depend on it")

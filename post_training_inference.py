@@ -13,7 +13,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 
 def build_parser() -> argparse.ArgumentParser:
     from archs import architecture_names
-    from archs.inference import MODE_CHOICES
+    from archs.inference import MODE_CHOICES, InferenceJob
     from archs.launch.settings import add_launcher_arguments
     from data.datasets import DATASETS
     from data.inference_tables import STATES
@@ -25,32 +25,37 @@ def build_parser() -> argparse.ArgumentParser:
                     "after every pass, and compare dense with sparse kernels. Writes one CodeCarbon "
                     "CSV per run, mode and state, inference_runs.csv and inference_summary.csv under "
                     "SAVE_DIR/ARCH/DATASET/inference/.")
-    parser.add_argument("--arch_type", default="fc1",
+    parser.add_argument("--arch_type", default=InferenceJob.arch,
                         choices=architecture_names(include_aliases=True), help="network of the runs")
-    parser.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="dataset of the runs")
-    parser.add_argument("--save_dir", type=Path, default=Path("saves"), help="where lottery_ticket.py saved them")
-    parser.add_argument("--data_dir", type=Path, default=None,
+    parser.add_argument("--dataset", default=InferenceJob.dataset, choices=list(DATASETS),
+                        help="dataset of the runs")
+    parser.add_argument("--save_dir", type=Path, default=InferenceJob.save_dir,
+                        help="where lottery_ticket.py saved them")
+    parser.add_argument("--data_dir", type=Path, default=InferenceJob.data_dir,
                         help="dataset folder (default: the one each run was trained with)")
     add_selection_arguments(parser)
-    parser.add_argument("--state", default="final", choices=list(STATES),
+    parser.add_argument("--state", default=InferenceJob.state, choices=list(STATES),
                         help="weights to replay: the end of the cycle, or its best validation state")
-    parser.add_argument("--mode", default="auto", choices=list(MODE_CHOICES),
+    parser.add_argument("--mode", default=InferenceJob.mode, choices=list(MODE_CHOICES),
                         help="kernels: dense (ordinary forward), sparse (the project's CSR kernel for "
                              "the linear layers from the first pruned one on), auto (dense or "
                              "sparse, whichever was timed faster on this machine; never kept unless "
                              "1.2x faster than dense), both (dense then sparse, for the speed-up). "
                              "Denormal floats are always flushed to zero (see the README)")
-    parser.add_argument("--kernel_cache", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--kernel_cache", type=Path, default=InferenceJob.kernel_cache, metavar="FILE",
                         help="where auto keeps the kernel timings it measured on this machine "
                              "(default: ~/.cache/lottery_ticket/kernel_timings.json, or under "
                              "$XDG_CACHE_HOME); delete it to time afresh")
-    parser.add_argument("--passes", type=positive_int, default=10, help="passes over the test split")
-    parser.add_argument("--sweeps_per_pass", type=positive_int, default=1,
+    parser.add_argument("--passes", type=positive_int, default=InferenceJob.passes,
+                        help="passes over the test split")
+    parser.add_argument("--sweeps_per_pass", type=positive_int, default=InferenceJob.sweeps_per_pass,
                         help="times each pass classifies the whole test split; raise it until a pass "
                              "lasts several of CodeCarbon's power samples (the script says when)")
-    parser.add_argument("--batch_size", type=positive_int, default=512, help="images per forward call")
-    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to run")
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--batch_size", type=positive_int, default=InferenceJob.batch_size,
+                        help="images per forward call")
+    parser.add_argument("--device", default=InferenceJob.device, choices=["auto", "cpu", "cuda"],
+                        help="where to run")
+    parser.add_argument("--threads", type=positive_int, default=InferenceJob.threads,
                         help="CPU threads torch may use (pin it: energy per image depends on it)")
     parser.add_argument("--evaluate_only", action="store_true",
                         help="only print each selected ticket's fraction of pruned weights (per layer "

@@ -15,8 +15,8 @@ from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_p
 from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
-from data.paths import (checkpoint_path, cycle_ticket_path, emissions_csv_path, lock_path, partial_csv_path,
-                        results_path)
+from data.paths import (SAVE_DIR, checkpoint_path, cycle_ticket_path, emissions_csv_path, lock_path,
+                        partial_csv_path, results_path)
 from data.runs import RESULTS_FORMAT_VERSION, RunConfig
 from data.selection import group_labels, read_run_settings
 from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
@@ -24,6 +24,8 @@ from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_di
                    replace_durably, resolve_device)
 
 # Which weights each cycle's ticket file keeps besides its masks (--save_cycle_weights).
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+
 CYCLE_WEIGHTS = {"both": ("best_state_dict", "final_state_dict"), "best": ("best_state_dict",),
                  "final": ("final_state_dict",), "none": ()}
 
@@ -33,9 +35,9 @@ class TrainingJob:
     """A ``lottery_ticket.py`` invocation: one configuration, several seeds."""
 
     config: RunConfig
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     data_dir: Path = Path("data")
-    save_dir: Path = Path("saves")
+    save_dir: Path = SAVE_DIR
     device: str = "auto"
     resume: bool = False
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
@@ -64,7 +66,7 @@ class TrainingJob:
             dataclasses.replace(self.config, seed=seed).validate()
 
 
-def check_pruning_schedule(config: RunConfig, source_root: Path | str = "saves") -> None:
+def check_pruning_schedule(config: RunConfig, source_root: Path | str = SAVE_DIR) -> None:
     """Refuse, before any training, a schedule whose rounds would leave a layer with no weight
     (counted from the transferred ticket's survivors for a --ticket_source run, whose files
     under ``source_root`` are checked here too)."""

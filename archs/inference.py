@@ -27,9 +27,9 @@ from archs.training import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_provenance
 from data.inference_tables import DEFAULT_STATE, STATES, merge_into_tables, read_rows, summary_table
-from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, inference_runs_csv_path,
-                        inference_summary_csv_path, partial_csv_path, run_dir)
-from data.runs import training_flags
+from data.paths import (SAVE_DIR, cycle_ticket_path, inference_csv_path, inference_dir,
+                        inference_runs_csv_path, inference_summary_csv_path, partial_csv_path, run_dir)
+from data.runs import RunConfig, training_flags
 from data.selection import RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs
 from data.statistics import Estimate
 from utils import (UserError, ensure_writable_dir, first_line, format_table, get_logger,
@@ -40,9 +40,9 @@ MODE_CHOICES = KERNEL_MODES + ("both",)
 
 @dataclass
 class InferenceJob:
-    arch: str = "fc1"
-    dataset: str = "mnist"
-    save_dir: Path = Path("saves")
+    arch: str = RunConfig.arch_type
+    dataset: str = RunConfig.dataset
+    save_dir: Path = SAVE_DIR
     data_dir: Path | None = None          # None: the folder each run was trained with
     run_filter: RunFilter = field(default_factory=RunFilter)
     cycle: int | None = None              # which cycle's ticket; None: each run's last

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from data.runs import RunConfig
 
+SAVE_DIR = Path("saves")   # the default --save_dir of every script and job
+
 
 def run_dir(save_dir: Path | str, arch: str, dataset: str) -> Path:
     return Path(save_dir) / arch / dataset

@@ -12,7 +12,7 @@ from data.labels import split_label
 from data.plotting import FORMATS
 from data.results import InferenceRun, TrainingRun, group_by, load_inference_runs, load_training_runs
 from data.names import parse_config_name
-from data.paths import inference_runs_csv_path, run_dir
+from data.paths import SAVE_DIR, inference_runs_csv_path, run_dir
 from data.runs import RunConfig
 from data.selection import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
                             select_runs)
@@ -22,9 +22,9 @@ from utils import ArgumentParser, UserError, get_logger, setup_logging
 
 @dataclass(frozen=True)
 class PlotOptions:
-    arch_type: str = "fc1"
-    dataset: str = "mnist"
-    save_dir: Path = Path("saves")
+    arch_type: str = RunConfig.arch_type
+    dataset: str = RunConfig.dataset
+    save_dir: Path = SAVE_DIR
     plots_dir: Path = Path("plots")
     run_filter: RunFilter = RunFilter()
     cycle: int | None = None      # which cycle's replays; None: each run's last
@@ -42,7 +42,7 @@ class PlotOptions:
     def command(self, script: str, *flags: str) -> str:
         """The command that makes this script's inputs, for messages about missing files."""
         words = ["python3", script, "--arch_type", self.arch_type, "--dataset", self.dataset]
-        if self.save_dir != Path("saves"):
+        if self.save_dir != SAVE_DIR:
             words += ["--save_dir", str(self.save_dir)]
         return " ".join(words + list(flags))
 
@@ -57,12 +57,13 @@ def plot_parser(description: str, *, cycle: bool = False) -> ArgumentParser:
     """An argument parser with the flags all plotting scripts share (``cycle``: the script reads
     the inference replay, whose rows are per cycle)."""
     parser = ArgumentParser(description=description)
-    parser.add_argument("--arch_type", default="fc1",
+    parser.add_argument("--arch_type", default=PlotOptions.arch_type,
                         help="network whose runs to plot (any name lottery_ticket.py trained with)")
-    parser.add_argument("--dataset", default="mnist", help="dataset of the runs (mnist, digits, cifar10...)")
-    parser.add_argument("--save_dir", type=Path, default=Path("saves"),
+    parser.add_argument("--dataset", default=PlotOptions.dataset,
+                        help="dataset of the runs (mnist, digits, cifar10...)")
+    parser.add_argument("--save_dir", type=Path, default=PlotOptions.save_dir,
                         help="where lottery_ticket.py and post_training_inference.py wrote their results")
-    parser.add_argument("--plots_dir", type=Path, default=Path("plots"),
+    parser.add_argument("--plots_dir", type=Path, default=PlotOptions.plots_dir,
                         help="figures go to PLOTS_DIR/ARCH/DATASET/")
     add_selection_arguments(parser, cycle=cycle)
     parser.add_argument("--format", default="png", choices=FORMATS, help="file format of the figures")

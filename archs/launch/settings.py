@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from data.paths import SAVE_DIR
 from utils import UserError, positive_int
 
 LAUNCHERS = ("none", "local", "slurm")
@@ -40,7 +41,7 @@ class LaunchSettings:
     jobs: int | None = None             # local: jobs at a time (None: one per GPU, or one)
     allow_shared_energy: bool = False
     wait: bool = True
-    folder: Path = Path("saves/launch")
+    folder: Path = SAVE_DIR / "launch"
     show_progress: bool = True
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
@@ -116,16 +117,18 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
                             "must be on a file system the nodes share")
     slurm = parser.add_argument_group("SLURM resources of each job (with --launcher slurm)")
     slurm.add_argument("--slurm_partition", default=None, help="partition (default: the cluster's)")
-    slurm.add_argument("--slurm_time", type=_argument(parse_slurm_time), default=240, metavar="TIME",
-                       help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default: 240 "
-                            "minutes); a job that reaches it is requeued and resumes")
+    slurm.add_argument("--slurm_time", type=_argument(parse_slurm_time), default=SlurmSettings.time_min,
+                       metavar="TIME",
+                       help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default: "
+                            "%(default)s minutes); a job that reaches it is requeued and resumes")
     slurm.add_argument("--slurm_gpus_per_job", type=int, default=None, metavar="N",
                        help="GPUs per job (default: 1, or 0 with --device cpu)")
     slurm.add_argument("--slurm_cpus_per_job", type=positive_int, default=None, metavar="N",
                        help="CPU cores per job (default: the cluster's)")
     slurm.add_argument("--slurm_mem", type=_argument(parse_memory), default=None, metavar="MEM",
                        help="memory per job as sbatch writes it, e.g. 16G (default: the cluster's)")
-    slurm.add_argument("--slurm_array_parallelism", type=positive_int, default=256, metavar="N",
+    slurm.add_argument("--slurm_array_parallelism", type=positive_int,
+                       default=SlurmSettings.array_parallelism, metavar="N",
                        help="jobs of the array that may run at once")
     slurm.add_argument("--slurm_additional", type=_argument(parse_additional), nargs="+", default=(),
                        metavar="KEY=VALUE",
@@ -146,8 +149,10 @@ def launch_settings_from_args(args: argparse.Namespace, save_dir: Path) -> Launc
     if launcher != "slurm":
         given = [name for name in SLURM_FLAGS if getattr(args, name) is not None]
         given += ["slurm_additional"] if args.slurm_additional else []
-        given += ["slurm_time"] if args.slurm_time != 240 else []
-        given += ["slurm_array_parallelism"] if args.slurm_array_parallelism != 256 else []
+        defaults = SlurmSettings()
+        given += ["slurm_time"] if args.slurm_time != defaults.time_min else []
+        given += (["slurm_array_parallelism"] if args.slurm_array_parallelism != defaults.array_parallelism
+                  else [])
         given += ["no_wait"] if args.no_wait else []
         if given:
             hint = (" (the local launcher keeps the queue itself, so it must keep running: start "
