@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from archs.launch.orchestration import launch_training
     from archs.launch.settings import launch_settings_from_args
     from archs.launch.study import expand_study, read_study, study_seeds
-    from data.emissions import TrackerSettings
+    from data.emissions import tracker_settings_from_args
     from data.runs import config_from_args
 
     launch = launch_settings_from_args(args, args.save_dir)
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                       cycle_weights=args.save_cycle_weights, print_freq=args.print_freq,
                       checkpoint_every=args.checkpoint_every, compile_model=args.compile,
                       deterministic=args.deterministic,
-                      tracker=TrackerSettings(country_iso_code=args.country_iso_code,
-                                              measure_power_secs=args.measure_power_secs))
+                      tracker=tracker_settings_from_args(args))
     if args.study is None and launch.launcher == "none":
         run_job(job)
         return 0

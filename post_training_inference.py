@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from archs.inference import InferenceJob, evaluate_tickets
     from archs.launch.orchestration import launch_replay
     from archs.launch.settings import launch_settings_from_args
-    from data.emissions import TrackerSettings
+    from data.emissions import tracker_settings_from_args
     from data.selection import RunFilter
 
     launch = launch_settings_from_args(args, args.save_dir)
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
         threads=args.threads, mode=args.mode, kernel_cache=args.kernel_cache,
         show_progress=not args.no_progress,
-        tracker=TrackerSettings(country_iso_code=args.country_iso_code,
-                                measure_power_secs=args.measure_power_secs))
+        tracker=tracker_settings_from_args(args))
     if args.evaluate_only:
         evaluate_tickets(job)
     else:

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from data.energy.process import (PROCESS_FIELDS, RAM_ENERGY_CHOICES, PowerModel, ProcessClock, Usage,
+                                 process_record)
+from data.energy.provenance import (PROVENANCE_IDENTITY, describe_provenance, format_seconds,  # noqa: F401
+                                    hardware_provenance, provenance_mismatch, summarise_provenance)
 from utils import UserError, atomic_write_text, first_line
 
 # Cumulative quantities since the tracker started, with CodeCarbon's units.
@@ -45,8 +49,17 @@ class TrackerSettings:
     country_iso_code: str | None = None
     measure_power_secs: float = 1.0
     tracking_mode: str = "process"
+    ram_energy: str = "include"               # whether RAM's energy counts in totals
+    cpu_power_watts: float | None = None      # the user's own figures (wall meter, datasheet)
+    ram_power_watts: float | None = None
 
     def __post_init__(self):
+        if self.ram_energy not in RAM_ENERGY_CHOICES:
+            raise UserError(f"--ram_energy must be one of {', '.join(RAM_ENERGY_CHOICES)}, not {self.ram_energy!r}")
+        for name in ("cpu_power_watts", "ram_power_watts"):
+            watts = getattr(self, name)
+            if watts is not None and not (math.isfinite(watts) and watts > 0):
+                raise UserError(f"--{name} must be a positive number of watts, not {watts}")
         # CodeCarbon logs an unknown country and goes on with a world average; a typo would
         # then silently change every CO2 figure, so it is refused before any work starts.
         if self.country_iso_code is not None:
@@ -62,6 +75,13 @@ class TrackerSettings:
     def too_short_to_measure(self, seconds: float) -> bool:
         """Whether energy measured over ``seconds`` spans too few power samples to be trusted."""
         return seconds < MIN_POWER_SAMPLES * self.measure_power_secs
+
+
+def tracker_settings_from_args(args) -> TrackerSettings:
+    """The settings of utils.add_tracker_arguments' flags."""
+    return TrackerSettings(country_iso_code=args.country_iso_code, measure_power_secs=args.measure_power_secs,
+                           ram_energy=args.ram_energy, cpu_power_watts=args.cpu_power_watts,
+                           ram_power_watts=args.ram_power_watts)
 
 
 def known_country_codes() -> set[str]:
@@ -83,7 +103,7 @@ _POWER_OF = {"cpu_power": "cpu_energy", "gpu_power": "gpu_energy", "ram_power": 
 
 
 def zero_record() -> dict[str, float]:
-    return {name: 0.0 for name in EMISSION_FIELDS}
+    return {name: 0.0 for name in (*EMISSION_FIELDS, *PROCESS_FIELDS)}
 
 
 def is_usable(record: dict[str, float] | None) -> bool:
@@ -105,53 +125,13 @@ def accumulate(total: dict[str, float] | None, task: dict[str, float]) -> dict[s
     result = dict(total or zero_record())
     for name in CUMULATIVE_FIELDS:
         result[name] = result.get(name, 0.0) + task[name]
+    for name in PROCESS_FIELDS:   # absent from records of earlier versions
+        result[name] = result.get(name, 0.0) + task.get(name, 0.0)
     seconds = result["duration"]
     for power, energy in _POWER_OF.items():
         result[power] = result[energy] * _JOULES_PER_KWH / seconds if seconds > 0 else 0.0
     result["emissions_rate"] = result["emissions"] / seconds if seconds > 0 else 0.0
     return result
-
-
-# Tracker settings and hardware that a resumed run must share with the checkpoint: energy
-# measured another way (other meter, other grid, other CPU) cannot be added to it.
-PROVENANCE_IDENTITY = ("device", "power_source", "cpu_model", "gpu_model", "measure_power_secs",
-                       "tracking_mode", "country_iso_code", "codecarbon_version")
-
-
-def provenance_mismatch(saved: dict, current: dict) -> str | None:
-    """One line naming what differs between two provenances in :data:`PROVENANCE_IDENTITY`, or None."""
-    differences = [f"{key} {saved.get(key)!r} then, {current.get(key)!r} now"
-                   for key in PROVENANCE_IDENTITY if saved.get(key) != current.get(key)]
-    return "; ".join(differences) or None
-
-
-def describe_provenance(provenance: dict | None) -> str:
-    """One line for a figure caption: how power was obtained, on what hardware, with which settings."""
-    if not provenance:
-        return "energy not tracked"
-    parts = [f"CPU power {provenance['cpu_power_source']}"]
-    if provenance.get("gpu_model"):
-        parts.append(f"GPU power {provenance['gpu_power_source']}")
-    parts.append(f"RAM power {provenance['ram_power_source']}")
-    hardware = provenance.get("cpu_model") or "unknown CPU"
-    if provenance.get("gpu_model"):
-        hardware += f" + {provenance['gpu_model']}"
-    grid = provenance.get("country_iso_code") or "grid located online"
-    return (f"{', '.join(parts)}; {hardware}; CodeCarbon {provenance.get('codecarbon_version')}, "
-            f"{provenance.get('tracking_mode')} tracking, power sampled every "
-            f"{format_seconds(provenance.get('sample_seconds'))} (measure_power_secs "
-            f"{provenance.get('measure_power_secs'):g}), {grid}")
-
-
-def summarise_provenance(provenances: list[dict | None]) -> str:
-    """The caption of a figure drawn from several measurements: their one provenance, or, when
-    they were measured differently, each way (a figure should not silently mix them)."""
-    described = sorted({describe_provenance(p) for p in provenances if p})
-    if not described:
-        return "Energy: how it was measured was not recorded (files of an earlier version)"
-    if len(described) == 1:
-        return f"Energy: {described[0]}"
-    return "Energy measured in several ways: " + " | ".join(described)
 
 
 def describe_phases(energy_by_phase: dict[str, dict[str, float]],
@@ -170,98 +150,24 @@ def describe_phases(energy_by_phase: dict[str, dict[str, float]],
     return "\n".join(lines)
 
 
-def format_seconds(value) -> str:
-    return "?" if value is None else f"{value:g} s"
-
-
-def _float_or_none(value) -> float | None:
-    return None if value is None else float(value)
-
-
-def _cpu_power_source(cpu) -> tuple[str, float | None]:
-    """How CodeCarbon gets CPU power, and the TDP it assumes when it estimates."""
-    mode = getattr(cpu, "_mode", None)
-    measured = {"intel_rapl": "measured (RAPL)", "windows_emi": "measured (RAPL, Windows EMI)",
-                "intel_power_gadget": "measured (Intel Power Gadget)"}
-    if mode in measured:
-        return measured[mode], None
-    tdp = getattr(cpu, "_tdp", None)
-    generic = " (generic TDP: model unknown to CodeCarbon)" if getattr(cpu, "_is_generic_tdp", False) else ""
-    if mode == "cpu_load":
-        return f"estimated (TDP x load){generic}", tdp
-    if mode == "constant":
-        return f"estimated (50% of TDP, constant){generic}", tdp
-    return f"unknown ({mode})", tdp
-
-
-def hardware_provenance(tracker, settings: "TrackerSettings") -> dict:
-    """What CodeCarbon's ``tracker`` measures with, read from its hardware objects.
-
-    CodeCarbon has no public API for this; its 3.x hardware classes are read, and anything
-    it does not expose is reported as unknown rather than guessed.
-    """
-    from codecarbon import __version__
-    from codecarbon.external.hardware import CPU, GPU, AppleSiliconChip, Raspberry
-
-    tracker._ensure_hardware_ready()
-    hardware = list(getattr(tracker, "_hardware", []))
-    conf = getattr(tracker, "_conf", {})
-    cpu_source, tdp = "not tracked", None
-    gpu_source = "none"
-    ram_source = "estimated (CodeCarbon's RAM model)"
-    for item in hardware:
-        if isinstance(item, CPU):
-            cpu_source, tdp = _cpu_power_source(item)
-        elif isinstance(item, GPU):
-            kinds = {type(device).__name__ for device in getattr(item.devices, "devices", [])}
-            gpu_source = ("measured (AMD SMI)" if kinds and all(k.startswith("AMD") for k in kinds)
-                          else "measured (NVML)")
-        elif isinstance(item, (AppleSiliconChip, Raspberry)):
-            part = getattr(item, "chip_part", "CPU")
-            source = "measured (powermetrics)" if isinstance(item, AppleSiliconChip) else "measured (Raspberry Pi PMIC)"
-            if part == "CPU":
-                cpu_source = source
-            elif part == "GPU":
-                gpu_source = source
-            else:
-                ram_source = source
-        elif getattr(item, "_force_ram_power", None) is not None:
-            ram_source = f"constant ({item._force_ram_power} W, user given)"
-    power_source = cpu_source if gpu_source == "none" else f"CPU {cpu_source}, GPU {gpu_source}"
-    return {
-        "power_source": power_source,
-        "cpu_power_source": cpu_source,
-        "gpu_power_source": gpu_source,
-        "ram_power_source": ram_source,
-        "cpu_tdp_w": _float_or_none(tdp),
-        "cpu_model": str(conf.get("cpu_model") or ""),
-        "gpu_model": str(conf.get("gpu_model") or ""),
-        "measure_power_secs": float(settings.measure_power_secs),
-        # Inside a task CodeCarbon pauses its measure_power_secs scheduler: load-based power is
-        # sampled by its monitor thread (every second in 3.x) and energy counters are read at
-        # the task's end.
-        "sample_seconds": _float_or_none(getattr(getattr(tracker, "_scheduler_monitor_power", None),
-                                                 "interval", None)),
-        "tracking_mode": settings.tracking_mode,
-        "country_iso_code": settings.country_iso_code.upper() if settings.country_iso_code else None,
-        "codecarbon_version": str(conf.get("codecarbon_version") or __version__),
-    }
-
-
 class EmissionsRecorder:
     """A CodeCarbon tracker writing ``csv_path``.
 
     Two ways of measuring, chosen when it is made:
 
     * continuous (default): the tracker starts now; ``flush()`` and ``stop()`` return the
-      cumulative record and CodeCarbon appends a row to ``csv_path`` each time.
+      cumulative record and append it as a row to ``csv_path``.
     * ``per_task=True``: nothing is measured except between ``start_task(phase)`` and
       ``stop_task()`` (CodeCarbon's task API), which returns that task's own record; rows of
       ``csv_path`` are written by the caller through ``append_row``.
+
+    Every record is CodeCarbon's with its modelled components (no counter) recomputed from the
+    process's own CPU-seconds over the same interval, and the CPU-seconds of the process and of
+    the rest of the machine added (:mod:`data.energy.process`); ``clock`` reads them.
     """
 
     def __init__(self, csv_path: Path | str, settings: TrackerSettings, project_name: str,
-                 per_task: bool = False):
+                 per_task: bool = False, clock: ProcessClock | None = None):
         from codecarbon import EmissionsTracker, OfflineEmissionsTracker
         from codecarbon.output_methods.base_output import BaseOutput
 
@@ -279,13 +185,19 @@ class EmissionsRecorder:
         self._task_open = False
         self._tasks_started = False
         self._warned = False
+        self._clock = clock or ProcessClock()
+        self._intensity = math.nan   # kg CO2eq per kWh, from CodeCarbon's records
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         common = dict(
             project_name=project_name, output_dir=str(self.csv_path.parent), output_file=self.csv_path.name,
             measure_power_secs=settings.measure_power_secs, tracking_mode=settings.tracking_mode,
-            output_handlers=[] if per_task else [_Capture()], save_to_file=not per_task,
+            output_handlers=[] if per_task else [_Capture()], save_to_file=False,
             log_level="error", allow_multiple_runs=True,
         )
+        if settings.cpu_power_watts is not None:
+            common["force_cpu_power"] = settings.cpu_power_watts
+        if settings.ram_power_watts is not None:
+            common["force_ram_power"] = settings.ram_power_watts
         quiet_codecarbon()
         try:
             if settings.country_iso_code:
@@ -293,10 +205,14 @@ class EmissionsRecorder:
                                                         **common)
             else:
                 self._tracker = EmissionsTracker(**common)
+            self._provenance = hardware_provenance(self._tracker, settings)
             if not per_task:
+                self._start = self._clock.snapshot()
                 self._tracker.start()
         except Exception as exc:
             raise UserError(f"CodeCarbon could not start ({first_line(exc)})") from exc
+        self._model = PowerModel(self._provenance["cpu_power_w"], self._provenance["ram_power_w"],
+                                 self._provenance["cpus"], settings.ram_energy == "include")
 
     # ---------------------------------------------------------------- continuous
     def flush(self) -> dict[str, float]:
@@ -316,13 +232,21 @@ class EmissionsRecorder:
     def _latest(self, before: int) -> dict[str, float]:
         if len(self._records) == before:  # CodeCarbon swallows its own errors; say so, go on
             logging.getLogger("lottery").warning("CodeCarbon returned no measurement at this point")
-            return {name: float("nan") for name in EMISSION_FIELDS}
-        return self._records[-1]
+            return {name: float("nan") for name in (*EMISSION_FIELDS, *PROCESS_FIELDS)}
+        record = self._of_process(self._records[-1], Usage.between(self._start, self._clock.snapshot()))
+        self.append_row(record)
+        return record
+
+    def _of_process(self, codecarbon: dict[str, float], usage: Usage) -> dict[str, float]:
+        if codecarbon.get("energy_consumed", 0) > 0:
+            self._intensity = codecarbon["emissions"] / codecarbon["energy_consumed"]
+        return process_record(codecarbon, usage, self._model, self._intensity)
 
     # ---------------------------------------------------------------- per task
     def start_task(self, phase: str) -> None:
         self._tasks_started = True
         try:
+            self._task_start = self._clock.snapshot()
             self._tracker.start_task(phase)
             self._task_open = True
         except Exception as exc:  # a meter failure loses this measurement, never the run
@@ -340,6 +264,8 @@ class EmissionsRecorder:
             self._warn(f"CodeCarbon could not measure a task ({first_line(exc)})")
             return None
         record = None if data is None else _record_from(data)
+        if is_usable(record):
+            record = self._of_process(record, Usage.between(self._task_start, self._clock.snapshot()))
         if not is_usable(record):
             self._warn(f"CodeCarbon returned an unusable measurement ({record}); it is left out")
             return None
@@ -363,10 +289,7 @@ class EmissionsRecorder:
 
     def provenance(self) -> dict:
         """How this tracker obtains power, on what hardware, with which settings (plain JSON-able dict)."""
-        try:
-            return hardware_provenance(self._tracker, self.settings)
-        except Exception as exc:
-            raise UserError(f"CodeCarbon could not identify the hardware it measures ({first_line(exc)})") from exc
+        return dict(self._provenance)
 
 
 class _DropNoise(logging.Filter):

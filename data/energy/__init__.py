@@ -1,0 +1,1 @@
+"""Energy accounting: the process's own work, where its power figures come from."""

@@ -1,0 +1,156 @@
+"""Energy from the work the process did, not from the time that passed.
+
+Without hardware counters, CodeCarbon multiplies a power figure by elapsed time, so a busy
+neighbour that slows a run down makes it "cost" more. Here every measured interval also
+records the process's own CPU-seconds (``getrusage``: every thread, and children once reaped)
+and the CPU-seconds the rest of the machine used meanwhile (``/proc/stat``'s busy time minus
+the process's own). Where power comes from a model rather than a counter, the energy is::
+
+    component watts x own CPU-seconds / logical CPUs
+
+the process's share of the machine's CPU time, applied to the whole machine's power figure
+(CodeCarbon's own process model for the CPU does the same with sampled loads). RAM's figure
+(a near-constant draw whatever the network does) is attributed the same way, reported apart,
+and counted in the totals only with ``--ram_energy include``.
+
+A measurement during which other processes used more than :data:`CONTAMINATION_SHARE` of the
+machine is "contaminated": counters (RAPL, NVML) then include the neighbours' energy, and even
+CPU-seconds grow a little under contention (shared caches), so verdicts built on it are
+flagged like measurements too short to trust.
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+JOULES_PER_KWH = 3.6e6
+# Others' CPU time, as a share of the machine's capacity over the measurement, above which a
+# measurement is flagged.
+CONTAMINATION_SHARE = 0.25
+RAM_ENERGY_CHOICES = ("include", "exclude")
+# Fields every record carries besides CodeCarbon's (cumulative, seconds).
+PROCESS_FIELDS = ("cpu_seconds", "others_cpu_seconds")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU-seconds of this process (all threads) and its reaped children."""
+    mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
+
+
+def read_proc_stat() -> str | None:
+    try:
+        with open("/proc/stat") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def machine_busy_seconds(stat_text: str | None, ticks_per_second: float) -> float:
+    """CPU-seconds every process on the machine used since boot, from /proc/stat's "cpu" line
+    (user, nice, system, irq, softirq; idle, iowait and steal are not work done here); NaN
+    when it cannot be read."""
+    if not stat_text:
+        return math.nan
+    for line in stat_text.splitlines():
+        if line.startswith("cpu "):
+            values = [int(value) for value in line.split()[1:8]]
+            user, nice, system, _idle, _iowait, irq, softirq = values + [0] * (7 - len(values))
+            return (user + nice + system + irq + softirq) / ticks_per_second
+    return math.nan
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    wall: float
+    own_cpu: float
+    machine_busy: float
+
+
+@dataclass
+class ProcessClock:
+    """Reads the three clocks; each reader can be replaced (tests use fakes)."""
+
+    wall: Callable[[], float] = time.perf_counter
+    own_cpu: Callable[[], float] = own_cpu_seconds
+    proc_stat: Callable[[], str | None] = read_proc_stat
+    ticks_per_second: float = field(default_factory=lambda: float(os.sysconf("SC_CLK_TCK")))
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.wall(), self.own_cpu(),
+                        machine_busy_seconds(self.proc_stat(), self.ticks_per_second))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What happened between two snapshots."""
+
+    wall_seconds: float
+    cpu_seconds: float          # this process's own
+    others_cpu_seconds: float   # every other process's on the machine (NaN: unknown)
+
+    @classmethod
+    def between(cls, start: Snapshot, end: Snapshot) -> "Usage":
+        own = max(end.own_cpu - start.own_cpu, 0.0)
+        # /proc/stat counts in clock ticks (10 ms): a difference below zero is rounding
+        others = max(end.machine_busy - start.machine_busy - own, 0.0)
+        return cls(max(end.wall - start.wall, 0.0), own, others)
+
+    def others_share(self, cpus: int) -> float:
+        """Others' CPU time as a share of the machine's capacity over the interval."""
+        capacity = self.wall_seconds * cpus
+        return self.others_cpu_seconds / capacity if capacity > 0 else math.nan
+
+
+def contaminated(cpu_seconds_of_others: float, wall_seconds: float, cpus: int) -> bool:
+    """Whether other processes took more than CONTAMINATION_SHARE of the machine meanwhile."""
+    capacity = wall_seconds * cpus
+    return capacity > 0 and cpu_seconds_of_others / capacity > CONTAMINATION_SHARE
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Watts of the whole machine's components where they come from a model (None: a counter
+    measures that component, CodeCarbon's figure is kept), and whether RAM counts in totals."""
+
+    cpu_watts: float | None
+    ram_watts: float | None
+    cpus: int
+    include_ram: bool = True
+
+    def share_kwh(self, watts: float, usage: Usage) -> float:
+        return watts * usage.cpu_seconds / self.cpus / JOULES_PER_KWH
+
+
+def process_record(codecarbon: dict[str, float], usage: Usage, model: PowerModel,
+                   intensity: float) -> dict[str, float]:
+    """CodeCarbon's record of an interval with its modelled components recomputed from the
+    process's CPU-seconds, totals and CO2 (``intensity`` kg CO2eq per kWh) redone to match, and
+    the interval's CPU-seconds (own and others') added."""
+    record = dict(codecarbon)
+    if model.cpu_watts is not None:
+        record["cpu_energy"] = model.share_kwh(model.cpu_watts, usage)
+    if model.ram_watts is not None:
+        record["ram_energy"] = model.share_kwh(model.ram_watts, usage)
+    seconds = record["duration"]
+    for power, energy in (("cpu_power", "cpu_energy"), ("gpu_power", "gpu_energy"), ("ram_power", "ram_energy")):
+        record[power] = record[energy] * JOULES_PER_KWH / seconds if seconds > 0 else 0.0
+    record["energy_consumed"] = (record["cpu_energy"] + record["gpu_energy"]
+                                 + (record["ram_energy"] if model.include_ram else 0.0))
+    record["emissions"] = record["energy_consumed"] * intensity if record["energy_consumed"] > 0 else 0.0
+    record["emissions_rate"] = record["emissions"] / seconds if seconds > 0 else 0.0
+    record["cpu_seconds"] = usage.cpu_seconds
+    record["others_cpu_seconds"] = usage.others_cpu_seconds
+    return record
+
+
+def shares(record: dict[str, float], include_ram: bool = True) -> dict[str, float]:
+    """Each component's share of the energy (RAM's only when it counts)."""
+    parts = {"cpu": record.get("cpu_energy", 0.0), "gpu": record.get("gpu_energy", 0.0),
+             "ram": record.get("ram_energy", 0.0) if include_ram else 0.0}
+    total = sum(parts.values())
+    return {name: value / total if total > 0 else math.nan for name, value in parts.items()}
