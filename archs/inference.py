@@ -235,8 +235,8 @@ def run_inference(job: InferenceJob) -> list[dict]:
                 converted, choices = sparsify(model, mode, example_input=test.images[:job.batch_size],
                                               timing_cache=timing_cache)
                 if not said_convolutions and any(c.reason == CONVOLUTION_REASON for c in choices):
-                    log.info("Note: convolutions run dense in every mode (torch has no sparse CPU "
-                             "convolution kernel); only linear layers use sparse kernels.")
+                    log.info("Note: some convolutions run dense: numba's sparse convolution "
+                             "covers float32 on the CPU, zero padding and no dilation.")
                     said_convolutions = True
                 if mode != "dense" and (run.config_name, cycle, mode) not in tables_shown:
                     tables_shown.add((run.config_name, cycle, mode))

@@ -702,3 +702,8 @@ def test_dense_transposed_linear_matches_linear():
     inputs = torch.randn(3, 6)
     layer = DenseTransposedLinear(linear.weight, linear.bias, relu=False)
     assert relative_error(layer(inputs.t()), linear(inputs).t()) < AGREEMENT_TOLERANCE
+
+
+def test_a_cache_path_that_is_a_directory_is_refused_before_any_timing(tmp_path):
+    with pytest.raises(UserError, match="is a directory; give a file name"):
+        KernelTimingCache(tmp_path)

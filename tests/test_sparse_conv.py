@@ -189,3 +189,15 @@ def test_threads_hold():
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_chain_runs_inside_and_outside_inference_mode_in_turn():
+    conv = pruned_conv(3, 5, 3, 1, 1, 1, 0.8)
+    chain = SparseConvChain([ConvSpec(conv, None, False)])
+    x = torch.randn(20, 3, 6, 6)
+    with torch.inference_mode():
+        inside = chain(x)
+    outside = chain(x)
+    assert torch.equal(inside, outside)
+    assert relative_error(outside, F.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
+                                            padding=1)) < TOLERANCE

@@ -1,4 +1,4 @@
-"""Fast inference for pruned networks: sparse CSR kernels for the linear layers.
+"""Fast inference for pruned networks: sparse kernels for linear layers and convolutions.
 
 Does a pruned "winning ticket" cost less to run? Only if the zeros are skipped. This module
 turns a trained (masked) model into an inference-only copy whose pruned ``nn.Linear``
@@ -48,14 +48,18 @@ Exactness caveat shared by every sparse kernel: a skipped zero weight times an i
 NaN activation would have produced NaN in the dense product; for finite inputs the results
 agree up to float rounding (relative error well under :data:`AGREEMENT_TOLERANCE`).
 
-Convolutions stay dense: torch has no sparse convolution kernel on the CPU. They are
-reported as such in the :class:`LayerChoice` list so the caller can say so once.
+Convolutions: "sparse" and "auto" replace each run of convolutions (BatchNorm folded,
+ReLU and max-pools fused) with numba's direct sparse convolution, "numba_conv"
+(:mod:`archs.sparse.conv`); "auto" keeps it only where timed at least
+:data:`MEASURED_SPEEDUP_REQUIRED` times faster than the original modules.
 
 Modules: :mod:`.common` (names, the choice record, helpers), :mod:`.layers` (one linear
-layer per kernel), :mod:`.chains` (chains of layers, exact compaction), :mod:`.choice`
-(timing and choosing kernels), :mod:`.conversion` (:func:`sparsify`), :mod:`.timing`
-(timing on the machine at hand, the timing cache), :mod:`.numba_kernels` (numba's CSR
-kernels, imported on first use).
+layer per kernel), :mod:`.chains` (chains of linear layers, exact compaction),
+:mod:`.choice` (timing and choosing kernels), :mod:`.conversion` (:func:`sparsify`),
+:mod:`.conv` and :mod:`.conv_conversion` (sparse convolution chains and where they
+replace a network's modules), :mod:`.timing` (timing on the machine at hand, the timing
+cache), and numba's kernels, imported on first use: :mod:`.numba_kernels` (linear),
+:mod:`.numba_conv` (convolution), :mod:`.numba_vectors` (their LLVM vector steps).
 """
 from archs.sparse.chains import LinearChain, NumbaTiledChain, TransposedChain
 from archs.sparse.choice import candidate_layers, choose_kernel, time_layer

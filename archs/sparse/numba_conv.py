@@ -8,7 +8,7 @@ output channel ``o`` is then ``bias[o] + sum over the stored weights w of o of
 w * h[base + offset(w)]``, where ``base`` is the pixel's top-left input position and
 ``offset(w) = (c * H + ky) * W + kx`` is where the weight reads, relative to it: the same
 sparse dot product as a row of a CSR linear layer, with ``offset`` in place of the column.
-So :func:`~archs.sparse.numba_kernels._row_times_tile` (broadcast weight, fused multiply-add
+So :func:`~archs.sparse.numba_kernels.row_times_tile` (broadcast weight, fused multiply-add
 on 16 images, four accumulators in vector registers) computes it unchanged, and a pruned
 weight costs nothing. This needs no im2col matrix and, unlike the scatter form of Park et
 al., writes each output vector once.
@@ -25,12 +25,14 @@ weight of the layer once per output pixel.
 from __future__ import annotations
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from archs.sparse.numba_kernels import _OPTIONS, TILE, _use_threads, _vector_pointer, _vector_type
+from archs.sparse.numba_kernels import _OPTIONS, _use_threads
+from archs.sparse.numba_vectors import TILE, transpose_tile, vector_pointer, vector_type
 
 # Output pixels computed together: each stored weight is loaded and broadcast once and
 # multiplied into this many input vectors, which also gives as many independent chains of
@@ -80,7 +82,7 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
 
         h_data, bases_data, col_data = data(0, h_), data(2, bases_), data(4, col_)
         values_data, out_data, targets_data = data(5, values_), data(8, out_), data(10, targets_)
-        vector = _vector_type()
+        vector = vector_type()
         zero = ir.Constant(vector, [0.0] * TILE)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
                                              f"llvm.fma.v{TILE}f32")
@@ -102,7 +104,7 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
             offset = builder.mul(builder.sext(builder.load(builder.gep(col_data, [k])), i64),
                                  ir.Constant(i64, TILE))
             for base, slot in zip(pixel_bases, sums):
-                row = builder.load(_vector_pointer(builder, h_data, builder.add(base, offset)),
+                row = builder.load(vector_pointer(builder, h_data, builder.add(base, offset)),
                                    align=4)
                 builder.store(builder.call(fma, [weight, row, builder.load(slot)]), slot)
         for r, slot in enumerate(sums):
@@ -112,7 +114,7 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
             total = builder.select(relu_, builder.select(negative, zero, total), total)
             target = builder.add(out_start_, builder.load(builder.gep(
                 targets_data, [builder.add(first_, ir.Constant(i64, r))])))
-            builder.store(total, _vector_pointer(builder, out_data, target), align=4)
+            builder.store(total, vector_pointer(builder, out_data, target), align=4)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -177,33 +179,56 @@ def _pool_parallel(x, geometry, out, planes):
 
 def _entry_job(job, x, images, channels, height, width, pad_h, pad_w, out):
     """Plane ``job % channels`` of tile ``job // channels`` of NCHW ``x`` into the padded tile
-    layout (``out``'s border and the missing images of a last tile are left as they are)."""
+    layout (``out``'s border and the missing images of a last tile are left as they are).
+
+    Whole tiles go 16 pixels at a time: a 16 x 16 block (images x pixels) transposed in
+    registers, then each pixel's 16 images stored where the padded plane keeps it.
+    """
     tile = job // channels
     channel = job % channels
     padded_w = width + 2 * pad_w
-    plane = (job * (height + 2 * pad_h) + pad_h) * padded_w + pad_w
+    plane = job * (height + 2 * pad_h) * padded_w
     count = min(TILE, images - tile * TILE)
-    first = (tile * TILE * channels + channel) * height * width
-    image = channels * height * width
-    for y in range(height):
-        target = (plane + y * padded_w) * TILE
-        row = first + y * width
-        for column in range(width):
-            for j in range(count):
-                out[target + column * TILE + j] = x[row + j * image + column]
+    pixels = height * width
+    image = channels * pixels
+    first = tile * TILE * image + channel * pixels
+    done = 0
+    if count == TILE:
+        scratch = np.empty(TILE * TILE, np.float32)
+        done = pixels // TILE * TILE
+        for block in range(0, done, TILE):
+            transpose_tile(x, first + block, image, scratch, 0)
+            for f in range(TILE):
+                p = block + f
+                target = (plane + (p // width + pad_h) * padded_w + p % width + pad_w) * TILE
+                for j in range(TILE):
+                    out[target + j] = scratch[f * TILE + j]
+    for p in range(done, pixels):
+        target = (plane + (p // width + pad_h) * padded_w + p % width + pad_w) * TILE
+        for j in range(count):
+            out[target + j] = x[first + j * image + p]
 
 
 def _exit_job(job, h, images, channels, plane, out):
     """Plane ``job % channels`` of tile ``job // channels`` of the tile layout ``h`` (no
-    border) into NCHW ``out``."""
+    border) into NCHW ``out``, 16 pixels at a time where it can."""
     tile = job // channels
     channel = job % channels
     count = min(TILE, images - tile * TILE)
     source = job * plane * TILE
+    image = channels * plane
+    first = tile * TILE * image + channel * plane
+    scratch = np.empty(TILE * TILE, np.float32)
+    done = plane // TILE * TILE
+    for block in range(0, done, TILE):
+        # scratch row j: image j's 16 pixels
+        transpose_tile(h, source + block * TILE, TILE, scratch, 0)
+        for j in range(count):
+            for f in range(TILE):
+                out[first + j * image + block + f] = scratch[j * TILE + f]
     for j in range(count):
-        target = ((tile * TILE + j) * channels + channel) * plane
-        for f in range(plane):
-            out[target + f] = h[source + f * TILE + j]
+        for f in range(done, plane):
+            out[first + j * image + f] = h[source + f * TILE + j]
 
 
 def _entry_serial(x, images, channels, height, width, pad_h, pad_w, out, tiles):

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from utils import atomic_write_text, first_line, synchronise
+from utils import UserError, atomic_write_text, first_line, synchronise
 
 # A timer takes named runs (each computes one batch) and returns seconds per run by name.
 Timer = Callable[[Mapping[str, Callable[[], object]]], dict[str, float]]
@@ -96,6 +96,10 @@ class KernelTimingCache:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        if self.path.is_dir():
+            # refused now, not when the first timing is written (after minutes of timing)
+            raise UserError(f"the kernel timing cache {self.path} is a directory; give a file "
+                            f"name, e.g. {self.path / 'kernel_timings.json'}")
         self._entries = self._read()
 
     def _read(self) -> dict[str, dict[str, float]]:
