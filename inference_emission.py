@@ -14,8 +14,7 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.break_even_report import MODE_PREFERENCE
-    from data.labels import BASELINE_CONFIG
+    from data.labels import BASELINE_CONFIG, MODE_PREFERENCE
     from data.plot_cli import plot_parser
     from data.selection import config_name_argument
     from utils import positive_finite_float
@@ -38,10 +37,11 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.break_even_report import report_break_even
     from data.plot_cli import run_plot_script
 
     def draw(args, options):
+        from data.break_even_report import report_break_even   # numpy, matplotlib: after parsing
+
         return report_break_even(options, args.device, args.mode, args.baseline,
                                  args.max_inferences)
 

@@ -12,11 +12,27 @@ from pathlib import Path
 from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, setup_logging
 
 
+def registry_choices() -> dict[str, list[str]]:
+    """The names the parser offers for registry-backed settings. From a fresh command line, the
+    networks declared under archs/models, read without importing torch so that --help stays fast
+    (the other registries are checked after parsing, in main). When torch is already loaded (the
+    script called in-process, extensions registered from code), every registry's own names."""
+    import sys
+
+    if "torch" in sys.modules:
+        from archs.choices import registered_choices
+
+        return registered_choices()
+    from data.names import network_choices
+
+    return {"arch_type": network_choices()}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from archs.choices import registered_choices
-    from archs.experiment import CYCLE_WEIGHTS, DEFAULT_SEEDS, TrainingJob
     from archs.launch.settings import add_launcher_arguments
+    from data.jobs import TrainingDefaults
     from data.runs import add_setting_arguments
+    from data.settings import CYCLE_WEIGHTS
     from data.selection import seed_argument
 
     parser = ArgumentParser(
@@ -26,26 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "go to SAVE_DIR/ARCH/DATASET/ppPxN_seedS_co2BOOL_DATASET[_SETTINGS].pt, where "
                     "SETTINGS lists every setting that differs from its default.")
     settings = parser.add_argument_group("settings of the run (each one is part of its identity)")
-    add_setting_arguments(settings, choices=registered_choices())
-    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=list(DEFAULT_SEEDS), metavar="SEED",
+    add_setting_arguments(settings, choices=registry_choices())
+    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=list(TrainingDefaults.seeds), metavar="SEED",
                         help="one full run per seed (initialisation, data split and batch order)")
-    parser.add_argument("--data_dir", type=Path, default=TrainingJob.data_dir,
+    parser.add_argument("--data_dir", type=Path, default=TrainingDefaults.data_dir,
                         help="where torchvision downloads or finds the datasets")
-    parser.add_argument("--save_dir", type=Path, default=TrainingJob.save_dir,
+    parser.add_argument("--save_dir", type=Path, default=TrainingDefaults.save_dir,
                         help="where results, checkpoints and CodeCarbon CSVs are written")
-    parser.add_argument("--device", default=TrainingJob.device, choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default=TrainingDefaults.device, choices=["auto", "cpu", "cuda"],
                         help="auto uses CUDA when available")
     parser.add_argument("--resume", action="store_true",
                         help="skip seeds already finished and continue an interrupted seed from "
                              "its last epoch checkpoint")
-    parser.add_argument("--save_cycle_weights", default=TrainingJob.cycle_weights,
+    parser.add_argument("--save_cycle_weights", default=TrainingDefaults.cycle_weights,
                         choices=list(CYCLE_WEIGHTS),
                         help="weights kept for every cycle's ticket beside its masks "
                              "(tickets/STEM/cycleK.pt): both best and final, one of them, or none "
                              "(the last cycle's are always in the results file)")
-    parser.add_argument("--print_freq", type=positive_int, default=TrainingJob.print_freq,
+    parser.add_argument("--print_freq", type=positive_int, default=TrainingDefaults.print_freq,
                         help="update the progress bar's metrics every this many epochs")
-    parser.add_argument("--checkpoint_every", type=positive_int, default=TrainingJob.checkpoint_every,
+    parser.add_argument("--checkpoint_every", type=positive_int, default=TrainingDefaults.checkpoint_every,
                         metavar="N",
                         help="write the resume checkpoint every N epochs of a cycle (and at each "
                              "cycle's end); larger N writes less but redoes up to N-1 epochs after "
@@ -84,8 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     from archs.launch.settings import launch_settings_from_args
     from archs.launch.study import expand_study, read_study, study_seeds
     from data.emissions import tracker_settings_from_args
+    from archs.choices import registered_choices
     from data.runs import config_from_args
 
+    # Registries fill on import (torch), so their names are checked after parsing (the network's
+    # were read from its declarations, without torch).
+    for name, allowed in registered_choices().items():
+        if getattr(args, name) not in allowed:
+            parser.error(f"argument --{name}: invalid choice: {getattr(args, name)!r} (choose from "
+                         f"{', '.join(map(repr, allowed))})")
     launch = launch_settings_from_args(args, args.save_dir)
     config = config_from_args(args, arch_type=canonical_arch(args.arch_type))
     job = TrainingJob(config=config, seeds=args.seeds, data_dir=args.data_dir, save_dir=args.save_dir,

@@ -12,11 +12,11 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from archs import architecture_names
-    from archs.inference import MODE_CHOICES, InferenceJob
+    from data.jobs import InferenceJob
     from archs.launch.settings import add_launcher_arguments
-    from data.datasets import DATASETS
     from data.inference_tables import STATES
+    from lottery_ticket import registry_choices
+    from data.settings import REPLAY_MODES
     from data.selection import add_selection_arguments
 
     parser = ArgumentParser(
@@ -26,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "CSV per run, mode and state, inference_runs.csv and inference_summary.csv under "
                     "SAVE_DIR/ARCH/DATASET/inference/.")
     parser.add_argument("--arch_type", default=InferenceJob.arch,
-                        choices=architecture_names(include_aliases=True), help="network of the runs")
-    parser.add_argument("--dataset", default=InferenceJob.dataset, choices=list(DATASETS),
-                        help="dataset of the runs")
+                        choices=registry_choices()["arch_type"], help="network of the runs")
+    parser.add_argument("--dataset", default=InferenceJob.dataset,
+                        help="dataset of the runs (mnist, digits, cifar10...)")
     parser.add_argument("--save_dir", type=Path, default=InferenceJob.save_dir,
                         help="where lottery_ticket.py saved them")
     parser.add_argument("--data_dir", type=Path, default=InferenceJob.data_dir,
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_selection_arguments(parser)
     parser.add_argument("--state", default=InferenceJob.state, choices=list(STATES),
                         help="weights to replay: the end of the cycle, or its best validation state")
-    parser.add_argument("--mode", default=InferenceJob.mode, choices=list(MODE_CHOICES),
+    parser.add_argument("--mode", default=InferenceJob.mode, choices=list(REPLAY_MODES),
                         help="kernels: dense (ordinary forward), sparse (the project's CSR kernel for "
                              "the linear layers from the first pruned one on), auto (dense or "
                              "sparse, whichever was timed faster on this machine; never kept unless "
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging()
 
     from archs import canonical_arch
@@ -76,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     from archs.launch.orchestration import launch_replay
     from archs.launch.settings import launch_settings_from_args
     from data.emissions import tracker_settings_from_args
+    from data.datasets import DATASETS
     from data.selection import RunFilter
 
+    if args.dataset not in DATASETS:   # registered on import (torch), so checked after parsing
+        parser.error(f"argument --dataset: invalid choice: {args.dataset!r} (choose from "
+                     f"{', '.join(map(repr, DATASETS))})")
     launch = launch_settings_from_args(args, args.save_dir)
     job = InferenceJob(
         arch=canonical_arch(args.arch_type), dataset=args.dataset, save_dir=args.save_dir,

@@ -19,10 +19,14 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.emissions_report import plot_inference_emissions
     from data.plot_cli import run_plot_script
 
-    return run_plot_script(build_parser(), lambda args, options: plot_inference_emissions(options), argv)
+    def draw(args, options):
+        from data.emissions_report import plot_inference_emissions   # numpy, matplotlib: after parsing
+
+        return plot_inference_emissions(options)
+
+    return run_plot_script(build_parser(), draw, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Cross-cutting helpers: user-facing errors, atomic file writes, logging, devices, seeding.
+"""Cross-cutting helpers: user-facing errors, atomic file writes, locks, logging, argument types.
+
+Torch-free (only the standard library at import), so that every script's ``--help`` and
+argument errors stay fast: torch file I/O lives in data.store, devices and seeding in
+archs.runtime.
 
 Library code raises :class:`UserError` for anything the user can fix; the top-level
 scripts turn it into one line on stderr and a non-zero exit (see :func:`run_cli`).
@@ -8,15 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
 import sys
 import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
-import torch
 
 LOGGER_NAME = "lottery"
 
@@ -77,10 +78,6 @@ def remove_stale_temporaries(path: Path | str) -> None:
     path = Path(path)
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):
         leftover.unlink(missing_ok=True)
-
-
-def atomic_torch_save(obj, path: Path | str) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -212,21 +209,6 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_checkpoint(path: Path | str) -> dict:
-    """Load a file written by this toolkit (tensors and plain containers only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise UserError(f"{path} is not a readable results file ({first_line(exc)}); "
-                        "delete it and rerun the command that made it") from exc
-    if not isinstance(obj, dict):
-        raise UserError(f"{path} does not hold a results dictionary; was it written by this toolkit?")
-    return obj
-
-
 def ensure_writable_dir(path: Path | str, what: str = "directory") -> Path:
     path = Path(path)
     try:
@@ -237,34 +219,6 @@ def ensure_writable_dir(path: Path | str, what: str = "directory") -> Path:
         raise UserError(f"cannot write to the {what} {path} ({exc.strerror or exc}); "
                         "choose another folder or fix its permissions") from exc
     return path
-
-
-# --------------------------------------------------------------------------- runtime
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; "
-                        "use --device cpu or --device auto")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def synchronise(device: torch.device) -> None:
-    """Wait for queued GPU work, so that wall-clock timings measure it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed every generator. cuDNN's deterministic kernels (and no autotuning) only when asked:
-    they make GPU runs bit-reproducible at a cost in speed; the CPU path is deterministic anyway."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
 
 
 def cpu_model() -> str:
@@ -436,3 +390,17 @@ def run_cli(main: Callable[[], int | None], interrupted_hint: str = "files alrea
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 141
     sys.exit(code or 0)
+
+
+# Names that lived here before utils became torch-free.
+_MOVED = {"atomic_torch_save": "data.store", "load_checkpoint": "data.store",
+          "resolve_device": "archs.runtime", "synchronise": "archs.runtime",
+          "seed_everything": "archs.runtime"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

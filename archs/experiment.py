@@ -10,6 +10,8 @@ import torch
 
 from archs import build_model
 from archs.choices import check_registered
+from data.jobs import DEFAULT_SEEDS, TrainingDefaults  # noqa: F401  (DEFAULT_SEEDS re-exported)
+from data.settings import CYCLE_WEIGHTS  # noqa: F401  (--save_cycle_weights, declared torch-free)
 from archs.masks import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
 from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
 from data.datasets import get_spec, load_dataset, make_splits
@@ -19,15 +21,11 @@ from data.paths import (SAVE_DIR, checkpoint_path, cycle_ticket_path, emissions_
                         partial_csv_path, results_path)
 from data.runs import RESULTS_FORMAT_VERSION, RunConfig
 from data.selection import group_labels, read_run_settings
-from utils import (ProcessLock, UserError, atomic_torch_save, ensure_writable_dir, format_table,
-                   get_logger, library_versions, load_checkpoint, remove_stale_temporaries,
-                   replace_durably, resolve_device)
+from archs.runtime import resolve_device
+from data.store import atomic_torch_save, load_checkpoint
+from utils import (ProcessLock, UserError, ensure_writable_dir, format_table, get_logger, library_versions,
+                   remove_stale_temporaries, replace_durably)
 
-# Which weights each cycle's ticket file keeps besides its masks (--save_cycle_weights).
-DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-
-CYCLE_WEIGHTS = {"both": ("best_state_dict", "final_state_dict"), "best": ("best_state_dict",),
-                 "final": ("final_state_dict",), "none": ()}
 
 
 @dataclass
@@ -35,16 +33,16 @@ class TrainingJob:
     """A ``lottery_ticket.py`` invocation: one configuration, several seeds."""
 
     config: RunConfig
-    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
-    data_dir: Path = Path("data")
-    save_dir: Path = SAVE_DIR
-    device: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: list(TrainingDefaults.seeds))
+    data_dir: Path = TrainingDefaults.data_dir
+    save_dir: Path = TrainingDefaults.save_dir
+    device: str = TrainingDefaults.device
     resume: bool = False
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     show_progress: bool = True
-    cycle_weights: str = "both"     # see CYCLE_WEIGHTS
-    print_freq: int = 1
-    checkpoint_every: int = 1
+    cycle_weights: str = TrainingDefaults.cycle_weights     # see CYCLE_WEIGHTS
+    print_freq: int = TrainingDefaults.print_freq
+    checkpoint_every: int = TrainingDefaults.checkpoint_every
     compile_model: bool = False      # torch.compile the forward pass (GPU speed; same results up to rounding)
     deterministic: bool = False      # cuDNN deterministic kernels (bit-reproducible GPU runs, slower)
     # Extra keys for each run's results file, asked for when the run is about to be saved (the

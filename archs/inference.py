@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,40 +21,23 @@ from tqdm import tqdm
 from archs import build_model
 from archs.sparse.timing import KernelTimingCache, default_timing_cache_path
 from archs.masks import is_denormal, masks_from_state, percent_remaining, prunable_names
-from archs.sparse import CONVOLUTION_REASON, KERNEL_MODES, compare_outputs, sparsify
+from archs.sparse import CONVOLUTION_REASON, compare_outputs, sparsify
 from archs.training import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
-from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_provenance
-from data.inference_tables import DEFAULT_STATE, STATES, merge_into_tables, read_rows, summary_table
-from data.paths import (SAVE_DIR, cycle_ticket_path, inference_csv_path, inference_dir,
-                        inference_runs_csv_path, inference_summary_csv_path, partial_csv_path, run_dir)
-from data.runs import RunConfig, training_flags
+from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, describe_provenance
+from data.inference_tables import STATES, merge_into_tables, read_rows, summary_table
+from data.jobs import InferenceJob  # noqa: F401  (declared torch-free for the parser; re-exported)
+from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, inference_runs_csv_path,
+                        inference_summary_csv_path, partial_csv_path, run_dir)
+from data.runs import training_flags
+from data.settings import REPLAY_MODES
 from data.selection import RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs
 from data.statistics import Estimate
-from utils import (UserError, ensure_writable_dir, first_line, format_table, get_logger,
-                   load_checkpoint, replace_durably, resolve_device, synchronise)
+from archs.runtime import resolve_device, synchronise
+from data.store import load_checkpoint
+from utils import UserError, ensure_writable_dir, first_line, format_table, get_logger, replace_durably
 
-MODE_CHOICES = KERNEL_MODES + ("both",)
-
-
-@dataclass
-class InferenceJob:
-    arch: str = RunConfig.arch_type
-    dataset: str = RunConfig.dataset
-    save_dir: Path = SAVE_DIR
-    data_dir: Path | None = None          # None: the folder each run was trained with
-    run_filter: RunFilter = field(default_factory=RunFilter)
-    cycle: int | None = None              # which cycle's ticket; None: each run's last
-    state: str = DEFAULT_STATE
-    passes: int = 10
-    sweeps_per_pass: int = 1              # times each pass classifies the whole test split
-    device: str = "cpu"
-    batch_size: int = 512
-    threads: int | None = None
-    mode: str = "auto"
-    kernel_cache: Path | None = None      # auto's timings (None: the user's cache folder)
-    tracker: TrackerSettings = field(default_factory=TrackerSettings)
-    show_progress: bool = True
+MODE_CHOICES = REPLAY_MODES
 
 
 def modes_for(mode: str) -> list[str]:

@@ -129,3 +129,17 @@ def output_layer_name(model: nn.Module) -> str:
         raise UserError(f"{type(model).__name__} has no nn.Linear layer, so it has no output layer "
                         "to name; end the network with a linear classifier")
     return f"{names[-1]}.weight" if names[-1] else "weight"
+
+
+def _register_builtin_networks() -> None:
+    """Import every module of archs/models, so that its ``@register_model`` lines run."""
+    import importlib
+    import pkgutil
+
+    from archs import models
+
+    for module in sorted(info.name for info in pkgutil.iter_modules(models.__path__)):
+        importlib.import_module(f"{models.__name__}.{module}")
+
+
+_register_builtin_networks()

@@ -37,8 +37,9 @@ from data.datasets import DataSplits, Split, get_spec, iterate_batches
 from data.emissions import PHASES, accumulate, provenance_mismatch, zero_record
 from data.runs import LOG_KEYS, RESULTS_FORMAT_VERSION, RunConfig
 from data.sources import find_referenced_file, parse_reference
-from utils import (TrainingDiverged, UserError, atomic_torch_save, format_table, get_logger,
-                   load_checkpoint, seed_everything)
+from archs.runtime import seed_everything
+from data.store import atomic_torch_save, load_checkpoint
+from utils import TrainingDiverged, UserError, format_table, get_logger
 
 
 @dataclass

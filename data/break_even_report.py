@@ -20,7 +20,7 @@ from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, CONFIDENCE_LEVE
                             describe_break_even, inference_horizon)
 from data.emissions import MIN_POWER_SAMPLES, TrackerSettings
 from data.csv_tables import csv_text
-from data.labels import (config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
+from data.labels import (MODE_PREFERENCE, config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
 from data.selection import find_runs, select_runs
 from data.emissions import summarise_provenance
@@ -34,7 +34,6 @@ from utils import UserError, atomic_write_text, format_table, get_logger
 
 # Kernel modes in the order --mode's default picks them for a ticket: the one chosen per run
 # ("auto") first, then the sparse kernels that make a ticket cheap, then the ordinary ones.
-MODE_PREFERENCE = ("auto", "sparse", "dense")
 BREAK_EVEN_CSV = "break_even.csv"
 
 

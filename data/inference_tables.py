@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 from data.csv_tables import csv_text
-from data.statistics import Estimate
 from utils import FileLock, UserError, atomic_write_text, get_logger
 
 STATES = {"final": "final_state_dict", "best": "best_state_dict"}
@@ -142,6 +141,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     The speed-up of a mode is dense seconds per pass over its own, seed by seed (same ticket),
     both measured under the same conditions. An empty cell (NaN) is left out of its metric.
     """
+    from data.statistics import Estimate   # numpy: not needed by the scripts' parsers
+
     def conditions(row: dict) -> tuple:
         return tuple(row[c] for c in CONDITIONS)
 

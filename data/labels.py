@@ -16,6 +16,8 @@ from data.names import parse_config_name
 from data.settings import TRANSFER_WORDS, expected_percent_remaining, format_number
 
 BASELINE_CONFIG = "pp0x1"
+FORMATS = ("png", "pdf", "svg")                   # --format of the figure scripts
+MODE_PREFERENCE = ("auto", "sparse", "dense")    # the kernel mode read when none is asked for
 
 # The study's three configurations get fixed colours (seaborn's colour-blind palette);
 # the dense baseline is near-black so that it reads as the reference line.

@@ -12,7 +12,10 @@ folders is keyed on :func:`data.runs.run_key`, never on the stem.
 """
 from __future__ import annotations
 
+import argparse
+import ast
 import re
+from pathlib import Path
 from typing import Sequence
 
 from data.settings import format_number
@@ -63,3 +66,55 @@ def settings_suffix(parts: Sequence[str], digest: str) -> str:
             break
         kept += f"_{part}"
     return f"{kept}_h{digest}"
+
+
+# --------------------------------------------------------------------------- networks
+MODELS_DIR = Path(__file__).resolve().parent.parent / "archs" / "models"
+
+
+def declared_networks() -> dict[str, str]:
+    """Every network name and alias declared by ``@register_model("name", aliases=(...))`` in
+    ``archs/models/*.py``, mapped to its canonical name, read from the files' text without
+    importing them (so without torch): what parsers and readers check names against."""
+    names: dict[str, str] = {}
+    for path in sorted(MODELS_DIR.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_model"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                continue
+            name = node.args[0].value
+            names[name] = name
+            for keyword in node.keywords:
+                if keyword.arg == "aliases" and isinstance(keyword.value, (ast.Tuple, ast.List)):
+                    names.update({alias.value: name for alias in keyword.value.elts
+                                  if isinstance(alias, ast.Constant)})
+    return names
+
+
+def network_choices() -> list[str]:
+    """The declared networks, sorted, then their aliases, sorted (as --arch_type offers them)."""
+    declared = declared_networks()
+    return sorted(n for n, c in declared.items() if n == c) + sorted(n for n, c in declared.items() if n != c)
+
+
+def canonical_network(name: str) -> str:
+    """The canonical name ``name`` stands for (an alias such as lenet300_100 -> fc1); a name not
+    declared under archs/models is returned as it is (a network registered elsewhere)."""
+    return declared_networks().get(name, name)
+
+
+def network_argument(text: str) -> str:
+    """argparse type of ``--arch_type`` for the scripts: any declared name or alias, given back
+    canonical, so that every script finds runs trained under an alias."""
+    declared = declared_networks()
+    if text not in declared:
+        canonical = sorted(n for n, c in declared.items() if n == c)
+        aliases = ", ".join(f"{a} = {c}" for a, c in sorted(declared.items()) if a != c)
+        raise argparse.ArgumentTypeError(
+            f"unknown network {text!r}; choose one of {', '.join(canonical)}"
+            + (f" (aliases: {aliases})" if aliases else ""))
+    return declared[text]

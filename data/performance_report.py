@@ -219,4 +219,3 @@ def plot_hyperparameters(options: PlotOptions) -> list[Path]:
 
 
 # --perf_type of lottery_ticket_performance.py: plot_performance, plot_hyperparameters
-PERF_TYPES = ("performance", "hyperparameter")

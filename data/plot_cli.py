@@ -7,17 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 from data.inference_tables import DEFAULT_STATE
-from data.labels import split_label
-from data.plotting import FORMATS
-from data.results import InferenceRun, TrainingRun, group_by, load_inference_runs, load_training_runs
-from data.names import parse_config_name
+from data.labels import FORMATS, split_label
+from data.names import network_argument, parse_config_name
 from data.paths import SAVE_DIR, inference_runs_csv_path, run_dir
 from data.runs import RunConfig
 from data.selection import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
                             select_runs)
 from data.settings import format_number
 from utils import ArgumentParser, UserError, get_logger, setup_logging
+
+if TYPE_CHECKING:   # the readers import numpy and torch: loaded when a figure is drawn, not for --help
+    from data.results import InferenceRun, TrainingRun
+
+PERF_TYPES = ("performance", "hyperparameter")   # lottery_ticket_performance.py --perf_type
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,8 @@ def plot_parser(description: str, *, cycle: bool = False) -> ArgumentParser:
     """An argument parser with the flags all plotting scripts share (``cycle``: the script reads
     the inference replay, whose rows are per cycle)."""
     parser = ArgumentParser(description=description)
-    parser.add_argument("--arch_type", default=PlotOptions.arch_type,
-                        help="network whose runs to plot (any name lottery_ticket.py trained with)")
+    parser.add_argument("--arch_type", default=PlotOptions.arch_type, type=network_argument, metavar="ARCH",
+                        help="network whose runs to plot (any name or alias lottery_ticket.py takes)")
     parser.add_argument("--dataset", default=PlotOptions.dataset,
                         help="dataset of the runs (mnist, digits, cifar10...)")
     parser.add_argument("--save_dir", type=Path, default=PlotOptions.save_dir,
@@ -84,9 +89,9 @@ def training_flags(name: str) -> list[str]:
 def run_plot_script(parser: argparse.ArgumentParser, draw: Callable[[argparse.Namespace, "PlotOptions"], list[Path]],
                     argv: list[str] | None) -> int:
     """What every plotting script does: parse its flags, pick the backend, draw, list the files."""
-    from data.plotting import select_backend
-
     args = parser.parse_args(argv)
+    from data.plotting import select_backend   # matplotlib: after parsing, so --help stays fast
+
     setup_logging()
     select_backend(args.show)
     print_written(draw(args, PlotOptions.from_args(args)))
@@ -110,6 +115,8 @@ def select_training_runs(options: PlotOptions, *, co2: bool, dense_only: bool = 
     get different labels (data.runs.group_labels), so they are never averaged together. A CO2
     run whose tracker recorded nothing is skipped with a warning.
     """
+    from data.results import load_training_runs
+
     def keep(record: RunRecord) -> bool:
         # A --co2_evaluate run has both: accuracies and training energy.
         wanted = record.co2 == co2 or (not co2 and record.config.co2_evaluate)
@@ -160,6 +167,8 @@ def one_condition_per_device(runs: list[InferenceRun]) -> list[InferenceRun]:
     size): times and energies measured under different ones must not be averaged or compared.
     Where there are several, the final weights (the original's) are preferred, then the
     conditions most replays were made under; the log says which were used."""
+    from data.results import group_by
+
     kept = []
     for device, members in sorted(group_by(runs, lambda r: r.device).items()):
         by_conditions = group_by(members, lambda r: r.conditions)
@@ -181,6 +190,8 @@ def replays_of_selected_runs(options: PlotOptions, rows: list[InferenceRun]) -> 
     named by its configuration's label. A replay whose cycle is not its run's last says so in
     its label."""
     import dataclasses
+
+    from data.results import group_by
 
     selected = select_runs(find_runs(options.save_dir, options.arch_type, options.dataset),
                            options.run_filter)
@@ -218,6 +229,8 @@ def select_inference_runs(options: PlotOptions) -> list[InferenceRun]:
     """The rows of inference_runs.csv the options ask for, one set of measuring conditions per
     device; raises UserError naming the folder searched and the command that replays the
     tickets when there is none."""
+    from data.results import load_inference_runs
+
     runs = one_condition_per_device(replays_of_selected_runs(
         options, load_inference_runs(options.save_dir, options.arch_type, options.dataset)))
     if runs:

@@ -20,7 +20,6 @@ from utils import atomic_write, ensure_writable_dir, get_logger
 
 FIGURE_SIZE = (8.0, 5.0)   # inches: readable on a screen and in a two-column paper at 150 dpi
 DPI = 150
-FORMATS = ("png", "pdf", "svg")
 
 
 def select_backend(show: bool) -> None:

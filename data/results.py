@@ -19,7 +19,8 @@ from data.inference_tables import read_rows
 from data.paths import inference_dir, inference_runs_csv_path
 from data.runs import LOG_KEYS, RunConfig
 from data.selection import RunFilter, RunRecord, find_runs, select_runs
-from utils import UserError, get_logger, load_checkpoint
+from data.store import load_checkpoint
+from utils import UserError, get_logger
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)

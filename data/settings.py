@@ -250,6 +250,16 @@ def expected_percent_remaining(prune_percent: float, cycle: int) -> float:
 
 
 
+# --------------------------------------------------------------------------- job options
+# Declared here, torch-free, so that the scripts' parsers offer them without importing archs.
+# Which weights each cycle's ticket file keeps besides its masks (--save_cycle_weights).
+CYCLE_WEIGHTS = {"both": ("best_state_dict", "final_state_dict"), "best": ("best_state_dict",),
+                 "final": ("final_state_dict",), "none": ()}
+# Kernels of the inference replay (--mode; "both" runs dense then sparse).
+KERNEL_MODES = ("dense", "sparse", "auto")
+REPLAY_MODES = KERNEL_MODES + ("both",)
+
+
 # --------------------------------------------------------------------------- flags
 def parse_field(f: Field, text: str) -> Any:
     """The value of field ``f`` from command-line text; ValueError with the reason."""

@@ -242,7 +242,7 @@ def test_mnist_layout_scales_ink_and_centres_an_off_centre_stroke():
 
 def test_digits_splits_and_the_main_job_run_on_real_data_without_files(tmp_path):
     import lottery_ticket
-    from utils import load_checkpoint
+    from data.store import load_checkpoint
 
     dataset = load_dataset("digits", tmp_path / "absent")
     splits = make_splits(dataset, seed=0)

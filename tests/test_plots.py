@@ -30,7 +30,8 @@ from data.results import band_over_seeds, read_codecarbon_csv
 from data.names import parse_config_name
 from data.paths import inference_runs_csv_path, results_path
 from data.runs import RunConfig
-from utils import UserError, load_checkpoint, run_cli
+from data.store import load_checkpoint
+from utils import UserError, run_cli
 
 ARCH, DATASET = "fc1", "mnist"
 

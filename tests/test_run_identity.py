@@ -35,7 +35,8 @@ from data.runs import RunConfig, training_flags
 from data.selection import (RunFilter, config_name_argument, find_runs, read_run_settings, select_runs,
                             where_argument)
 from data.settings import format_value
-from utils import load_checkpoint, run_cli
+from data.store import load_checkpoint
+from utils import run_cli
 
 ARCH, DATASET = "fc1", "mnist"
 # Subprocesses share two cores with the test process: one thread each keeps them from fighting.

@@ -54,7 +54,7 @@ def _gpus(device: str) -> list[str]:
 def run_summary(config: RunConfig, path: Path) -> str:
     """The summary a run prints when it finishes, from its results file."""
     from archs.training import SUMMARY_HEADERS, summary_rows
-    from utils import load_checkpoint
+    from data.store import load_checkpoint
 
     results = load_checkpoint(path)
     shared = results.get("launch", {}).get("concurrent_runs")

@@ -9,7 +9,7 @@ from torch import nn
 
 from archs.masks import is_nonzero
 
-KERNEL_MODES = ("dense", "sparse", "auto")
+from data.settings import KERNEL_MODES  # declared torch-free, for the parsers
 # "torch_csr" runs torch's CSR kernel on every pruned layer, "numba_csr" numba's per-layer
 # kernel, "coo" the original program (COO weight, torch.sparse.mm): all three only for the
 # benchmark's comparison.

@@ -24,7 +24,8 @@ from typing import Callable, Mapping
 
 import torch
 
-from utils import UserError, atomic_write_text, first_line, synchronise
+from archs.runtime import synchronise
+from utils import UserError, atomic_write_text, first_line
 
 # A timer takes named runs (each computes one batch) and returns seconds per run by name.
 Timer = Callable[[Mapping[str, Callable[[], object]]], dict[str, float]]

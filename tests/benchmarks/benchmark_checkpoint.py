@@ -32,7 +32,8 @@ from archs.training import (Checkpointer, LotteryRun, clone_state, state_fingerp
                             train_epoch)
 from data.datasets import DataSplits, Split
 from data.runs import RunConfig
-from utils import atomic_torch_save, cpu_model
+from data.store import atomic_torch_save
+from utils import cpu_model
 
 MODELS = {"fc1": ("mnist", 1, 28), "lenet5": ("mnist", 1, 28), "resnet18": ("cifar10", 3, 32)}
 

@@ -42,7 +42,9 @@ from archs.masks import full_masks
 from archs.training import LotteryRun, train_epoch
 from data.datasets import DATASETS, Split, make_splits
 from data.runs import RunConfig
-from utils import atomic_torch_save, cpu_model, resolve_device, setup_logging, synchronise
+from archs.runtime import resolve_device, synchronise
+from data.store import atomic_torch_save
+from utils import cpu_model, setup_logging
 
 # Images in the real train splits (70% of the merged official sets).
 TRAIN_IMAGES = {"mnist": 49_000, "cifar10": 42_000}

@@ -1,0 +1,36 @@
+"""Runtime of a process that trains or measures: the device, GPU synchronisation, seeding."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from utils import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; "
+                        "use --device cpu or --device auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every generator. cuDNN's deterministic kernels (and no autotuning) only when asked:
+    they make GPU runs bit-reproducible at a cost in speed; the CPU path is deterministic anyway."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
