@@ -107,3 +107,13 @@ def test_a_run_trains_with_a_toy_optimizer_schedule_dataset_and_network(toys, tm
 def test_an_unregistered_name_is_refused_in_one_line_before_training(tmp_path):
     with pytest.raises(UserError, match=r"unknown --optimizer 'toysgd'; choose one of adam, sgd"):
         TrainingJob(config=RunConfig(optimizer="toysgd"), seeds=[0], save_dir=tmp_path)
+
+
+def test_a_study_naming_an_unregistered_schedule_is_refused_before_training(tmp_path):
+    study = tmp_path / "study.json"
+    study.write_text('{"configurations": [{"prune_percent": 50, "prune_iterations": 2, '
+                     '"lr_schedule": "halving"}]}')
+    with pytest.raises(UserError, match=r"unknown --lr_schedule 'halving'; choose one of none, step, cosine"):
+        lottery_ticket.main(["--study", str(study), "--save_dir", str(tmp_path / "saves"),
+                             "--data_dir", str(tmp_path / "data"), "--seeds", "0", "--no_progress"])
+    assert not (tmp_path / "saves").exists() or not any((tmp_path / "saves").rglob("*.pt"))
