@@ -17,7 +17,7 @@ from archs.launch.study import expand_study, read_study, study_seeds
 from archs.launch.tasks import TrainingTask
 from tests.conftest import ROOT
 from data.paths import checkpoint_path, lock_path, results_path
-from data.runs import RunConfig
+from data.runs import RunConfig, run_key
 from utils import UserError
 
 STUDY = {"configurations": [{"prune_percent": 50, "prune_iterations": 3}, {"train_type": "regular"}],
@@ -76,6 +76,27 @@ def test_bad_seeds_and_bad_json_are_refused(tmp_path):
     broken.write_text('{"configurations": [}')
     with pytest.raises(UserError, match=r"study.json is not valid JSON \(line 1, column 21"):
         read_study(broken)
+
+
+def test_a_study_over_networks_and_datasets_keeps_every_run():
+    base = RunConfig(end_iter=2)
+    configs = expand_study(base, {"arch_type": ["fc1", "lenet5", "conv2"]})
+    assert [c.arch_type for c in configs] == ["fc1", "lenet5", "conv2"]
+    assert len({c.stem for c in configs}) == 1 and len({run_key(c) for c in configs}) == 3
+    grid = expand_study(base, {"arch_type": ["fc1", "conv2"], "dataset": ["mnist", "digits"]})
+    assert [(c.arch_type, c.dataset) for c in grid] == [("fc1", "mnist"), ("fc1", "digits"),
+                                                         ("conv2", "mnist"), ("conv2", "digits")]
+
+
+def test_a_binary_study_file_is_refused_in_one_line(tmp_path, capsys):
+    binary = tmp_path / "study.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(UserError) as error:
+        read_study(binary)
+    assert str(error.value) == (f'{binary} is not a text file (byte 0 is not UTF-8); a study file is JSON '
+                                'such as {"configurations": [{"prune_percent": 90}]}')
+    code, out, err = run_main(["--study", str(binary), "--save_dir", str(tmp_path)], capsys)
+    assert code == 1 and err == f"error: {error.value}\n" and out == ""
 
 
 # --------------------------------------------------------------------------- pure settings
@@ -164,6 +185,15 @@ def test_a_dead_jobs_open_entry_is_closed_when_the_next_job_starts(tmp_path):
     assert shared_hardware(tmp_path, "later", now=time.time() + 2)["concurrent_runs"] == []
 
 
+def test_runs_of_one_name_on_two_networks_are_two_runs_in_the_ledger(tmp_path):
+    fc1, conv2 = (run_key(RunConfig(arch_type=arch)) for arch in ("fc1", "conv2"))
+    entries = [open_ledger_entry(tmp_path, run, None) for run in (fc1, conv2)]
+    assert shared_hardware(tmp_path, fc1) == {"concurrent_runs": [conv2], "shared_gpu_with": [], "attempts": 1}
+    for entry in entries:
+        close_ledger_entry(entry)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
 # --------------------------------------------------------------------------- command line
 def run_main(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -190,8 +220,9 @@ echo "Submitted batch job 4242"
 """
 
 
-def test_slurm_submission_writes_the_resources_into_the_sbatch_script(tmp_path, mnist_dir, monkeypatch, capsys):
-    """No cluster here: sbatch and srun are stand-ins that keep the script and answer a job id."""
+def fake_slurm(tmp_path, monkeypatch):
+    """sbatch and srun stand-ins first on PATH: sbatch keeps each script in CAPTURE and answers
+    job 4242; a test adds sacct when it needs one."""
     bin_dir, capture = tmp_path / "bin", tmp_path / "captured"
     bin_dir.mkdir()
     capture.mkdir()
@@ -200,6 +231,18 @@ def test_slurm_submission_writes_the_resources_into_the_sbatch_script(tmp_path, 
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir, capture
+
+
+def fake_sacct(bin_dir, job_ids, state="PENDING"):
+    lines = "".join(f"echo '{job_id}|{state}|'\n" for job_id in job_ids)
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\necho 'JobID|State|NodeList'\n{lines}")
+    (bin_dir / "sacct").chmod(0o755)
+
+
+def test_slurm_submission_writes_the_resources_into_the_sbatch_script(tmp_path, mnist_dir, monkeypatch, capsys):
+    """sbatch and srun are stand-ins that keep the script and answer a job id."""
+    bin_dir, capture = fake_slurm(tmp_path, monkeypatch)
     study = tmp_path / "study.json"
     study.write_text(json.dumps({**STUDY, "co2_tracking_mode": [False, True]}))
     save_dir = tmp_path / "saves"
@@ -222,18 +265,16 @@ def test_slurm_submission_writes_the_resources_into_the_sbatch_script(tmp_path, 
         f"-u -m submitit.core._submit {save_dir.resolve() / 'launch' / 'jobs'}") for line in lines)
     assert "8 run(s): 0 finished (skipped), 0 queued or running (skipped), 8 to launch" in out
     assert "Submitted 8 job(s) to SLURM as array 4242 (at most 3 at once)" in out
-    assert "  4242_7  pp0x1_seed1_co2True_mnist_bs64_ep2" in out
+    assert "  4242_7  fc1/mnist/pp0x1_seed1_co2True_mnist_bs64_ep2" in out
     assert "Not waiting (--no_wait)" in out
     # The same command again, while SLURM still holds the jobs: nothing is submitted twice.
-    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'JobID|State|NodeList'\n"
-                                   "for i in 0 1 2 3 4 5 6 7; do echo \"4242_$i|PENDING|\"; done\n")
-    (bin_dir / "sacct").chmod(0o755)
+    fake_sacct(bin_dir, [f"4242_{i}" for i in range(8)])
     code, out, err = run_main(
         ["--study", str(study), *TINY_FLAGS, "--data_dir", str(mnist_dir), "--save_dir", str(save_dir),
          "--launcher", "slurm", "--no_wait"], capsys)
     assert code == 0, err
     assert "8 run(s): 0 finished (skipped), 8 queued or running (skipped), 0 to launch" in out
-    assert "not submitted again: pp0x1_seed1_co2True_mnist_bs64_ep2 is SLURM job 4242_7" in out
+    assert "not submitted again: fc1/mnist/pp0x1_seed1_co2True_mnist_bs64_ep2 is SLURM job 4242_7" in out
     assert len(list(capture.iterdir())) == 1
     # What each array task will run: its own run, resuming, with the job's launch record.
     from submitit.core.utils import DelayedSubmission
@@ -242,6 +283,58 @@ def test_slurm_submission_writes_the_resources_into_the_sbatch_script(tmp_path, 
     assert isinstance(task, TrainingTask)
     assert task.config.stem == "pp50x3_seed1_co2True_mnist_bs64_ep2"
     assert task.job.resume and task.launcher == "slurm" and task.parallel_jobs == 3
+
+
+def test_a_study_over_networks_is_submitted_and_skipped_run_by_run(tmp_path, mnist_dir, monkeypatch, capsys):
+    bin_dir, capture = fake_slurm(tmp_path, monkeypatch)
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"arch_type": ["fc1", "conv2"], "seeds": [0]}))
+    argv = ["--study", str(study), *TINY_FLAGS, "--data_dir", str(mnist_dir), "--save_dir",
+            str(tmp_path / "saves"), "--launcher", "slurm", "--no_wait"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert "2 run(s): 0 finished (skipped), 0 queued or running (skipped), 2 to launch" in out
+    assert "  4242_0  fc1/mnist/pp90x2_seed0_co2False_mnist_bs64_ep2" in out
+    assert "  4242_1  conv2/mnist/pp90x2_seed0_co2False_mnist_bs64_ep2" in out
+    fake_sacct(bin_dir, ["4242_0", "4242_1"], "RUNNING")
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert "2 run(s): 0 finished (skipped), 2 queued or running (skipped), 0 to launch" in out
+    assert "Job states from sacct" in out
+    assert len(list(capture.iterdir())) == 1
+
+
+def test_a_launched_run_finds_its_pretrained_state_under_its_own_save_dir(tmp_path, mnist_dir, monkeypatch,
+                                                                          capsys):
+    from archs import build_model
+
+    fake_slurm(tmp_path, monkeypatch)
+    save_dir = tmp_path / "elsewhere"
+    (save_dir / "pretrained").mkdir(parents=True)
+    torch.save(build_model("fc1", 1, 28, 10).state_dict(), save_dir / "pretrained" / "fc1.pt")
+    code, out, err = run_main(["--init_from", str(save_dir / "pretrained" / "fc1.pt"), *TINY_FLAGS,
+                               "--seeds", "0", "--data_dir", str(mnist_dir), "--save_dir", str(save_dir),
+                               "--launcher", "slurm", "--no_wait"], capsys)
+    assert code == 0, err
+    assert "1 run(s): 0 finished (skipped), 0 queued or running (skipped), 1 to launch" in out
+
+
+def test_without_accounting_the_queue_is_read_from_squeue(tmp_path, monkeypatch, caplog):
+    from archs.launch.queue import SlurmQueue, has_ended, is_active
+
+    bin_dir, _ = fake_slurm(tmp_path, monkeypatch)
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho '4242_0|RUNNING'\necho '4242_2|COMPLETED'\n")
+    for tool in ("sacct", "squeue"):
+        (bin_dir / tool).chmod(0o755)
+    queue = SlurmQueue()
+    with caplog.at_level("INFO"):
+        states = queue.states(["4242_0", "4242_1", "4242_2"])
+    assert states == {"4242_0": "RUNNING", "4242_1": "GONE", "4242_2": "COMPLETED"}
+    assert queue.source == "squeue"
+    assert "Job states from squeue: sacct gave none (Slurm accounting storage is disabled)" in caplog.text
+    assert [is_active(s) for s in states.values()] == [True, False, False]
+    assert [has_ended(s) for s in ("UNKNOWN", "PENDING", "CANCELLED by 0", "GONE")] == [False, False, True, True]
 
 
 # --------------------------------------------------------------------------- real local jobs
@@ -306,7 +399,7 @@ def test_local_jobs_preempted_killed_and_rerun_end_as_the_in_process_study(tmp_p
     assert err.strip().splitlines()[-1] == (
         "error: 1 of 4 job(s) failed (see above); rerun the same command to resubmit them: finished runs "
         "are skipped and interrupted ones resume from their checkpoint")
-    failure = out[out.index("failed: " + killed.stem):]
+    failure = out[out.index("failed: " + run_key(killed)):]
     assert "it ended without a result (killed by a signal, or out of memory?)" in failure
     assert "  last lines of " in failure and "submitit INFO" in failure
     assert "Finished 3 of 4 run(s)" in out and not results_path(save_dir, killed).exists()
@@ -319,7 +412,7 @@ def test_local_jobs_preempted_killed_and_rerun_end_as_the_in_process_study(tmp_p
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert "4 run(s): 3 finished (skipped), 0 queued or running (skipped), 1 to launch" in rerun.stdout
-    assert rerun.stdout.count(" started: ") == 1 and f"started: {killed.stem}" in rerun.stdout
+    assert rerun.stdout.count(" started: ") == 1 and f"started: {run_key(killed)}" in rerun.stdout
     assert "Finished 4 of 4 run(s)" in rerun.stdout
     for run in runs:
         result = load(results_path(save_dir, run))
@@ -329,7 +422,7 @@ def test_local_jobs_preempted_killed_and_rerun_end_as_the_in_process_study(tmp_p
         record = load(results_path(save_dir, run))["launch"]
         assert record["attempts"] == 2
         other = preempted if run is killed else killed
-        assert other.stem in record["concurrent_runs"]
+        assert run_key(other) in record["concurrent_runs"]
     assert "Seed 0 summary (pp50x3_bs64_ep2, fc1 on mnist):" in rerun.stdout
     assert not list(save_dir.glob("**/*.checkpoint.pt")) and not list(save_dir.glob("**/*.lock"))
 

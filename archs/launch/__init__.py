@@ -26,8 +26,8 @@ Study files (``--study FILE``) list several configurations for one command; see
 :func:`expand_study`.
 
 Modules: :mod:`.study` (study files), :mod:`.settings` (launch settings and flags, torch-free),
-:mod:`.local` and :mod:`.slurm` (the two launchers), :mod:`.ledger` (job intervals),
-:mod:`.tasks` (what runs inside a job), :mod:`.outcome` (reporting jobs) and
+:mod:`.local` and :mod:`.slurm` (the two launchers), :mod:`.queue` (SLURM job states),
+:mod:`.ledger` (job intervals), :mod:`.tasks` (what runs inside a job), :mod:`.outcome` (reporting jobs) and
 :mod:`.orchestration` (training studies and replays through a launcher).
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ _HOMES = {
     "ledger": ("LedgerEntry", "open_ledger_entry", "close_ledger_entry", "shared_hardware"),
     "tasks": ("TrainingTask", "ReplayTask"),
     "outcome": ("Planned", "Outcome"),
-    "slurm": ("slurm_parameters", "submit_slurm", "wait_slurm", "slurm_job_state"),
+    "slurm": ("slurm_parameters", "submit_slurm", "wait_slurm"),
+    "queue": ("SlurmQueue",),
     "orchestration": ("launch", "launch_training", "launch_replay", "run_summary", "run_filter_for"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}

@@ -59,8 +59,8 @@ def open_ledger_entry(folder: Path, run: str, gpu: str | None) -> LedgerEntry:
         if entry.end is None and entry.host == host and not _alive(entry.pid):
             entry.end = now
             atomic_write_text(entry.path, json.dumps(entry.as_dict()))
-    entry = LedgerEntry(folder / f"{run}.{host}.{os.getpid()}.{time.time_ns()}.json", run, host,
-                        os.getpid(), gpu, _process_start(now))
+    name = f"{run.replace('/', '.')}.{host}.{os.getpid()}.{time.time_ns()}.json"
+    entry = LedgerEntry(folder / name, run, host, os.getpid(), gpu, _process_start(now))
     atomic_write_text(entry.path, json.dumps(entry.as_dict()))
     return entry
 

@@ -10,17 +10,20 @@ from typing import Sequence
 from archs.experiment import TrainingJob, check_pruning_schedule, run_job
 from archs.launch.local import run_local, visible_gpus
 from archs.launch.outcome import Outcome, Planned, _failures
-from archs.launch.settings import JOBS_FOLDER, LEDGER_FOLDER, QUEUED_FOLDER, LaunchSettings
-from archs.launch.slurm import _queued_job, submit_slurm, wait_slurm
+from archs.launch.settings import JOBS_FOLDER, LEDGER_FOLDER, LaunchSettings
+from archs.launch.queue import SlurmQueue
+from archs.launch.slurm import queue_marker, queued_job, submit_slurm, wait_slurm
 from archs.launch.tasks import ReplayTask, TrainingTask
-from data.runs import (MEASUREMENT, SEED, RunConfig, RunFilter, lock_path, read_run_settings,
-                       results_path, setting_fields, setting_role)
+from data.paths import lock_path, results_path
+from data.runs import RunConfig, run_key, setting_fields, setting_role
+from data.selection import RunFilter, read_run_settings
+from data.settings import MEASUREMENT, SEED
 from utils import (LockHeld, ProcessLock, UserError, atomic_write_text, ensure_writable_dir,
                    format_table, get_logger)
 
 
 def launch(planned: list[Planned], settings: LaunchSettings, *, job_name: str, on_gpu: bool,
-           gpus: list[str]) -> list[Outcome] | None:
+           gpus: list[str], queue: SlurmQueue | None = None) -> list[Outcome] | None:
     """Run ``planned`` through the chosen launcher; None when not waiting for SLURM jobs."""
     ensure_writable_dir(settings.folder, "launch folder")
     if settings.launcher == "local":
@@ -33,13 +36,13 @@ def launch(planned: list[Planned], settings: LaunchSettings, *, job_name: str, o
                       "\n".join(f"  {job.job_id}  {item.label}" for job, item in zip(jobs, planned)))
     for job, item in zip(jobs, planned):
         if isinstance(item.task, TrainingTask):
-            atomic_write_text(settings.folder / QUEUED_FOLDER / f"{item.label}.json",
+            atomic_write_text(queue_marker(settings, run_key(item.task.config)),
                               json.dumps({"job_id": str(job.job_id)}))
     if not settings.wait:
         get_logger().info("Not waiting (--no_wait). Follow them with squeue; rerun the same command "
                           "to see the summary: finished runs are skipped, missing ones resubmitted.")
         return None
-    return wait_slurm(planned, jobs, settings)
+    return wait_slurm(planned, jobs, settings, queue or SlurmQueue())
 
 
 def _gpus(device: str) -> list[str]:
@@ -65,7 +68,7 @@ def run_summary(config: RunConfig, path: Path) -> str:
             f"{format_table(SUMMARY_HEADERS, summary_rows(results['cycles']))}\nSaved {path}{note}")
 
 
-def _run_state(job: TrainingJob, config: RunConfig, settings: LaunchSettings) -> str:
+def _run_state(job: TrainingJob, config: RunConfig, settings: LaunchSettings, queue: SlurmQueue) -> str:
     """'finished', 'busy' (a live process trains it, or a SLURM job will) or 'todo'."""
     out_path = results_path(job.save_dir, config)
     if out_path.exists():
@@ -73,9 +76,9 @@ def _run_state(job: TrainingJob, config: RunConfig, settings: LaunchSettings) ->
             raise UserError(f"{out_path} holds a run with other settings; use another --save_dir or "
                             "delete it to retrain")
         return "finished"
-    queued = _queued_job(settings, config)
+    queued = queued_job(settings, run_key(config), queue)
     if queued is not None:
-        get_logger().info("not submitted again: %s is SLURM job %s", config.stem, queued)
+        get_logger().info("not submitted again: %s is SLURM job %s", run_key(config), queued)
         return "busy"
     try:
         with ProcessLock(lock_path(job.save_dir, config), f"run {out_path}"):
@@ -95,7 +98,7 @@ def launch_training(template: TrainingJob, configs: Sequence[RunConfig], seeds: 
     """
     log = get_logger()
     for config in configs:   # every configuration checked before any is trained
-        check_pruning_schedule(config)
+        check_pruning_schedule(config, template.save_dir)
         dataclasses.replace(template, config=config, seeds=list(seeds))   # checks the seeds
     if settings.launcher == "none":
         written: list[Path] = []
@@ -108,23 +111,24 @@ def launch_training(template: TrainingJob, configs: Sequence[RunConfig], seeds: 
     base = dataclasses.replace(template, save_dir=save_dir, data_dir=Path(template.data_dir).resolve(),
                                resume=True, show_progress=False)
     runs = [dataclasses.replace(config, seed=seed) for config in configs for seed in seeds]
-    states = {run.stem: _run_state(base, run, settings) for run in runs}
-    todo = [run for run in runs if states[run.stem] == "todo"]
-    finished = [run for run in runs if states[run.stem] == "finished"]
-    busy = [run for run in runs if states[run.stem] == "busy"]
+    queue = SlurmQueue()
+    states = {run_key(run): _run_state(base, run, settings, queue) for run in runs}
+    todo = [run for run in runs if states[run_key(run)] == "todo"]
+    finished = [run for run in runs if states[run_key(run)] == "finished"]
+    busy = [run for run in runs if states[run_key(run)] == "busy"]
     log.info("%d run(s): %d finished (skipped), %d queued or running (skipped), %d to launch with the "
              "%s launcher", len(runs), len(finished), len(busy), len(todo), settings.launcher)
 
     outcomes: list[Outcome] = []
     if todo:
         ledger = settings.folder / LEDGER_FOLDER
-        planned = [Planned(run.stem, TrainingTask(dataclasses.replace(base, config=run, seeds=[run.seed]),
+        planned = [Planned(run_key(run), TrainingTask(dataclasses.replace(base, config=run, seeds=[run.seed]),
                                                   settings.launcher, ledger, None,
                                                   settings.allow_shared_energy),
                            measured=run.co2_tracking_mode) for run in todo]
         on_gpu = template.device != "cpu"
         result = launch(planned, settings, job_name="lottery_ticket", on_gpu=on_gpu,
-                        gpus=_gpus(template.device) if settings.launcher == "local" else [])
+                        gpus=_gpus(template.device) if settings.launcher == "local" else [], queue=queue)
         if result is None:
             return []
         outcomes = result
@@ -154,7 +158,7 @@ def launch_replay(job, settings: LaunchSettings) -> list[dict]:
     """
     from archs.inference import run_inference, select_runs, warn_if_passes_too_short
     from data.inference_tables import read_rows, summarise, summary_table
-    from data.runs import inference_runs_csv_path
+    from data.paths import inference_runs_csv_path
 
     if settings.launcher == "none":
         return run_inference(job)
@@ -164,9 +168,9 @@ def launch_replay(job, settings: LaunchSettings) -> list[dict]:
     base = dataclasses.replace(job, save_dir=save_dir, show_progress=False,
                                data_dir=Path(job.data_dir).resolve() if job.data_dir else None)
     ledger = settings.folder / LEDGER_FOLDER
-    planned = [Planned(f"replay of {run.path.stem}",
+    planned = [Planned(f"replay of {run_key(run.config)}",
                        ReplayTask(dataclasses.replace(base, run_filter=run_filter_for(run.config)),
-                                  run.path.stem, ledger), measured=True) for run in runs]
+                                  run_key(run.config), ledger), measured=True) for run in runs]
     log.info("%d run(s) to replay with the %s launcher", len(planned), settings.launcher)
     outcomes = launch(planned, settings, job_name="inference", on_gpu=job.device != "cpu",
                       gpus=_gpus(job.device) if settings.launcher == "local" else [])

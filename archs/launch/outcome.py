@@ -39,11 +39,14 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
         return []
 
 
-def _outcome(planned: Planned, job, launcher: str) -> Outcome:
+def _outcome(planned: Planned, job, launcher: str, state: str | None = None) -> Outcome:
     outcome = Outcome(planned, str(job.job_id))
-    if launcher == "local" and not job.paths.result_pickle.exists():
-        # A local job that left no result was killed (no Python exception to report).
-        outcome.error = "it ended without a result (killed by a signal, or out of memory?)"
+    if not job.paths.result_pickle.exists():
+        # A job that left no result was killed (no Python exception to report).
+        outcome.error = ("it ended without a result (killed by a signal, or out of memory?)"
+                         if launcher == "local" else
+                         f"it ended without a result (SLURM state {state}: cancelled, killed, out of "
+                         "time or memory?)")
     else:
         try:
             outcome.value = job.result()

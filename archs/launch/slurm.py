@@ -10,14 +10,9 @@ from typing import Any
 from archs.launch.outcome import Outcome, Planned, _outcome, _progress, _report
 from archs.launch.settings import (JOBS_FOLDER, POLL_SECONDS, QUEUED_FOLDER, REPO_ROOT, LaunchSettings,
                                    SlurmSettings)
+from archs.launch.queue import SlurmQueue, has_ended, is_active
 from archs.launch.tasks import TrainingTask
-from data.runs import RunConfig
 from utils import UserError, first_line, get_logger
-
-# sacct states of a SLURM job that will still train its run: a rerun must not submit it again.
-SLURM_ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED",
-                       "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT")
-
 
 def slurm_parameters(settings: SlurmSettings, *, job_name: str, on_gpu: bool) -> dict[str, Any]:
     """SlurmExecutor.update_parameters's arguments for one job per run (one node, one task)."""
@@ -25,8 +20,11 @@ def slurm_parameters(settings: SlurmSettings, *, job_name: str, on_gpu: bool) ->
     parameters: dict[str, Any] = {
         "job_name": job_name, "time": settings.time_min, "nodes": 1, "ntasks_per_node": 1,
         "array_parallelism": settings.array_parallelism,
-        # The jobs import this toolkit from its folder wherever sbatch starts them.
-        "setup": [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        # The jobs import this toolkit from its folder wherever sbatch starts them. The batch
+        # shell outlives a SIGUSR2 sent to the whole job (scancel --signal=USR2 --full): by
+        # default bash would die of it and end the job before the task could requeue it.
+        "setup": [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
+                  "trap : USR2"],
     }
     if settings.partition:
         parameters["partition"] = settings.partition
@@ -68,36 +66,39 @@ def submit_slurm(planned: list[Planned], settings: LaunchSettings, *, job_name: 
     return jobs
 
 
-def wait_slurm(planned: list[Planned], jobs: list, settings: LaunchSettings) -> list[Outcome]:
+def wait_slurm(planned: list[Planned], jobs: list, settings: LaunchSettings,
+               queue: SlurmQueue) -> list[Outcome]:
+    """Wait for every job: done when its result file is there, or when SLURM says it ended
+    (without a result: killed, cancelled, out of time or memory). Polls after 1 s, then twice as
+    long each time up to POLL_SECONDS["slurm"]."""
     pending = dict(zip(jobs, planned))
     outcomes: list[Outcome] = []
+    delay = 1.0
     with _progress(len(jobs), settings) as bar:
         while pending:
-            for job in [j for j in pending if j.done()]:
-                outcomes.append(_report(_outcome(pending.pop(job), job, "slurm"), bar))
+            states = queue.states(str(job.job_id) for job in pending)   # before the result files
+            for job in list(pending):
+                state = states[str(job.job_id)]
+                if job.paths.result_pickle.exists() or has_ended(state):
+                    outcomes.append(_report(_outcome(pending.pop(job), job, "slurm", state), bar))
             if pending:
-                time.sleep(POLL_SECONDS["slurm"])
+                time.sleep(delay)
+                delay = min(2 * delay, POLL_SECONDS["slurm"])
     return outcomes
 
 
-def slurm_job_state(folder: Path, job_id: str) -> str:
-    """sacct's state of a SLURM job ('UNKNOWN' when sacct cannot say)."""
-    import submitit
-
-    try:
-        return submitit.SlurmJob(folder=folder / JOBS_FOLDER, job_id=job_id).watcher.get_state(job_id, mode="force")
-    except Exception:   # no sacct here, or an answer submitit cannot read
-        return "UNKNOWN"
-
-
-def _queued_job(settings: LaunchSettings, config: RunConfig) -> str | None:
-    """The SLURM job that will still train ``config`` (submitted earlier, pending or running)."""
-    marker = settings.folder / QUEUED_FOLDER / f"{config.stem}.json"
+def queued_job(settings: LaunchSettings, key: str, queue: SlurmQueue) -> str | None:
+    """The SLURM job that will still train the run ``key`` (submitted earlier, pending or running)."""
+    marker = queue_marker(settings, key)
     if settings.launcher != "slurm" or not marker.is_file():
         return None
     try:
         job_id = str(json.loads(marker.read_text())["job_id"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    state = slurm_job_state(settings.folder, job_id)
-    return job_id if state.split()[0] in SLURM_ACTIVE_STATES else None
+    return job_id if is_active(queue.states([job_id])[job_id]) else None
+
+
+def queue_marker(settings: LaunchSettings, key: str) -> Path:
+    """Where the SLURM job id a run was last submitted as is kept ({arch}.{dataset}.{stem}.json)."""
+    return settings.folder / QUEUED_FOLDER / f"{key.replace('/', '.')}.json"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.runs import RunConfig, parse_setting, setting_fields, setting_names
+from data.runs import RunConfig, parse_setting, run_key, setting_fields, setting_names
 from utils import UserError
 
 STUDY_KEYS = ("configurations", "seeds")
@@ -20,6 +20,9 @@ def read_study(path: Path | str) -> dict:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"cannot read the study file {path} ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not a text file (byte {exc.start} is not UTF-8); a study file is "
+                        'JSON such as {"configurations": [{"prune_percent": 90}]}') from None
     try:
         study = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -98,7 +101,7 @@ def expand_study(base: RunConfig, study: dict, source: str = "the study") -> lis
                 config.validate()
             except UserError as exc:
                 raise UserError(f"{where}: {exc}") from None
-            configs.setdefault(config.stem, config)
+            configs.setdefault(run_key(config), config)
     return list(configs.values())
 
 

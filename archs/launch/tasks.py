@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from submitit.helpers import Checkpointable
 
 from archs.experiment import TrainingJob, run_job
 from archs.launch.ledger import _ledger, shared_hardware
-from data.runs import RunConfig
+from data.runs import RunConfig, run_key
 from utils import get_logger, setup_logging
 
 
@@ -23,6 +26,37 @@ def _job_id() -> str:
         return str(JobEnvironment().job_id)
     except Exception:   # outside a submitit job (tests call tasks directly)
         return str(os.getpid())
+
+
+def guard_requeue() -> None:
+    """Inside a SLURM job: let a requeue whose ``scontrol requeue`` was ended by the requeue
+    itself end the job as a requeue, not as a failure.
+
+    On preemption or time-out (SIGUSR2) submitit saves the task and runs ``scontrol requeue``.
+    The requeue signals every process of the job, that ``scontrol`` too, which can end it before
+    it returns; submitit then raises CalledProcessError from its signal handler, which prints a
+    traceback into the job's log and writes an error result that the submitting process would
+    report as a failure, although SLURM has requeued the job. This wraps submitit's handler: a
+    ``scontrol requeue`` ended by a signal counts as done, and the job exits as submitit exits
+    after a requeue."""
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    signum = getattr(signal, name, None)
+    previous = signal.getsignal(signum) if signum is not None and "SLURM_JOB_ID" in os.environ else None
+    if not callable(previous) or getattr(previous, "requeue_guard", False):
+        return
+
+    def handler(number: int, frame: Any) -> None:
+        try:
+            previous(number, frame)
+        except subprocess.CalledProcessError as exc:
+            if exc.returncode >= 0 or list(exc.cmd)[:2] != ["scontrol", "requeue"]:
+                raise
+            get_logger().info("Requeued (scontrol requeue was ended by signal %d, sent by the requeue "
+                              "it asked for); exiting until the job starts again", -exc.returncode)
+            sys.exit(-1)   # as submitit exits after a requeue: no result file
+
+    handler.requeue_guard = True   # type: ignore[attr-defined]
+    signal.signal(signum, handler)
 
 
 @dataclass
@@ -43,9 +77,10 @@ class TrainingTask(Checkpointable):
 
     def __call__(self) -> str:
         setup_logging()
+        guard_requeue()
         if self.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu   # before torch first touches CUDA
-        run = self.config.stem
+        run = run_key(self.config)
         with _ledger(self.ledger, run, self.gpu):
             job = dataclasses.replace(self.job, annotate_results=lambda config: {"launch": self.record(run)})
             [path] = run_job(job)
@@ -75,6 +110,7 @@ class ReplayTask(Checkpointable):
         from archs.inference import run_inference
 
         setup_logging()
+        guard_requeue()
         if self.gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu
         with _ledger(self.ledger, f"replay.{self.run}", self.gpu):
