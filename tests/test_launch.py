@@ -443,7 +443,7 @@ def test_replays_as_local_jobs_one_at_a_time(tmp_path, reference, capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "note: measured jobs (CO2 tracking, inference) run one job at a time on the CPU, not 2 at once" in out
-    assert out.count(" started: replay of pp0x1_seed") == 2 and "Summary over seeds" in out
+    assert out.count(" started: replay of fc1/mnist/pp0x1_seed") == 2 and "Summary over seeds" in out
     rows = read_rows(save_dir / "fc1" / "mnist" / "inference" / "inference_runs.csv")
     assert sorted((r["config"], r["seed"], r["mode"]) for r in rows) == [("pp0x1", 0, "dense"),
                                                                          ("pp0x1", 1, "dense")]
