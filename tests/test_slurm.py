@@ -48,7 +48,8 @@ def cluster_missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(cluster_missing() is not None, reason=str(cluster_missing()))
+MISSING = cluster_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
 @pytest.fixture(autouse=True)
