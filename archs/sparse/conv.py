@@ -256,19 +256,27 @@ class SparseConvChain(nn.Module):
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
             raise TypeError("the sparse convolution chain takes float32 NCHW input on the CPU, "
                             f"got {x.dtype} {tuple(x.shape)} on {x.device.type}")
-        kernels = load_conv_kernels()
         threads = torch.get_num_threads()
         images, _, height, width = x.shape
         padding = self.steps[0].padding
         tiles = -(-images // TILE)
         h = to_tiles(x.detach(), padding, threads, _WORKSPACE.take(0, (
             tiles, x.shape[1], height + 2 * padding[0], width + 2 * padding[1], TILE), padding))
+        return from_tiles(self.run_tiles(h, height, width, 1), images, threads)
+
+    def run_tiles(self, h: torch.Tensor, height: int, width: int, buffer: int = 0) -> torch.Tensor:
+        """Every step on ``h`` (tile layout, padded for the first step; ``height`` x ``width``
+        unpadded), the steps' outputs in this thread's workspace buffers from ``buffer`` on,
+        in turn. Returns the last output (no border)."""
+        kernels = load_conv_kernels()
+        threads = torch.get_num_threads()
+        tiles = h.shape[0]
         for index, step in enumerate(self.steps):
             out_h, out_w = step.output_size(height, width)
             margin = self._margin(index)
             shape = (tiles, step.out_channels if isinstance(step, ConvStep) else h.shape[1],
                      out_h + 2 * margin[0], out_w + 2 * margin[1], TILE)
-            out = _WORKSPACE.take((index + 1) % 2, shape, margin)
+            out = _WORKSPACE.take((index + buffer) % 2, shape, margin)
             if isinstance(step, ConvStep):
                 geometry, bases, targets, offsets = step.plan(h.shape[2], h.shape[3], margin)
                 crow, values, bias = numpy_buffers(step, ("crow", "values", "bias"))
@@ -280,4 +288,4 @@ class SparseConvChain(nn.Module):
                 kernels.pool_layer(h.view(-1).numpy(), geometry.numpy(), out.view(-1).numpy(),
                                    tiles, threads)
             h, height, width = out, out_h, out_w
-        return from_tiles(h, images, threads)
+        return h

@@ -10,8 +10,9 @@ sparsity): 10x at 90 %, 33x at 97 %). Not a test (pytest does not collect it); r
         [--batch_sizes 64 512] [--sparsities 90 97] [--threads 2] [--auto]
 
 A layer is timed as the network runs it: the convolution with its BatchNorm and ReLU
-(dense: torch's modules; sparse: one :class:`~archs.sparse.conv.SparseConvChain`, NCHW in
-and out, layout changes included), on random activations of the layer's input shape. A
+(dense: torch's modules; sparse: one :class:`~archs.sparse.conv.SparseConvChain`), on
+random activations of the layer's input shape, sparse both alone (NCHW in and out, layout
+changes included) and as inside a run of layers (the kernel on the tile layout). A
 whole network is timed dense against ``sparsify(model, "sparse")`` (and "auto" with
 ``--auto``, which times its candidates first). Every layer is pruned to the sparsity by
 weight magnitude (random weights: random masks), as layer-wise pruning does. Runs are
@@ -30,7 +31,7 @@ from torch import nn
 from archs import build_model
 from archs.masks import apply_masks, full_masks, prune_by_magnitude
 from archs.sparse import compare_outputs, sparsify
-from archs.sparse.conv import ConvSpec, SparseConvChain
+from archs.sparse.conv import ConvSpec, SparseConvChain, to_tiles
 from archs.sparse.timing import device_description
 from tests.benchmarks.benchmark_inference import time_interleaved
 from utils import format_table, positive_int, run_cli
@@ -99,20 +100,25 @@ def layer_table(args: argparse.Namespace, batch: int) -> None:
                 inputs[key] = torch.randn(batch, *shape)
                 dense = nn.Sequential(*modules)
                 chain = SparseConvChain([spec])
+                tiles = to_tiles(inputs[key], spec.conv.padding, args.threads)
                 runs[key, "dense"] = lambda _, m=dense, k=key: m(inputs[k])
                 runs[key, "sparse"] = lambda _, m=chain, k=key: m(inputs[k])
+                runs[key, "kernel"] = lambda _, m=chain, t=tiles, s=shape: m.run_tiles(t, *s[1:])
     print(f"\nPer layer, batch {batch}, {args.threads} thread(s), median of {args.repeats}; "
           f"load average before: {os.getloadavg()[0]:.2f}")
     seconds = time_interleaved(runs, None, args.repeats, args.warmup)
     rows = []
     for key in sorted(labels, key=lambda k: (k[1], list(labels).index(k))):
         layer, percent = key
-        dense, sparse = seconds[key, "dense"], seconds[key, "sparse"]
+        dense, sparse, kernel = (seconds[key, run] for run in ("dense", "sparse", "kernel"))
         limit = 100 / (100 - percent)
-        rows.append([f"{percent:g}%", labels[key], layer, f"{dense * 1e3:.2f}", f"{sparse * 1e3:.2f}",
-                     f"{dense / sparse:.2f}x", f"{dense / sparse / limit:.0%}"])
-    print(format_table(["sparsity", "first seen in", "layer", "dense ms", "sparse ms", "speed-up",
-                        "of FLOP limit"], rows))
+        rows.append([f"{percent:g}%", labels[key], layer, f"{dense * 1e3:.2f}",
+                     f"{sparse * 1e3:.2f} ({dense / sparse:.2f}x)",
+                     f"{kernel * 1e3:.2f} ({dense / kernel:.2f}x)", f"{dense / kernel / limit:.0%}"])
+    print(format_table(["sparsity", "first seen in", "layer", "dense ms", "alone ms (vs dense)",
+                        "in a chain ms (vs dense)", "in a chain, of FLOP limit"], rows))
+    print("alone: NCHW in and out (layout changes included); in a chain: the kernel on the tile "
+          "layout, as between the layers of a run")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
