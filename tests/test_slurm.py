@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -21,6 +22,7 @@ from archs.launch import settings as launch_settings
 from archs.launch.queue import SlurmQueue, is_active
 from data.paths import checkpoint_path, results_path
 from data.runs import RunConfig
+from tests.conftest import ROOT
 from tests.test_launch import assert_same_run, load
 
 PARTITION = "debug"
@@ -181,8 +183,30 @@ def test_a_failed_job_is_reported_with_the_last_lines_of_its_log(tmp_path, capsy
     [failure] = [line for line in out.splitlines() if line.startswith(f"job {job_id} failed: ")]
     assert "fc1/digits/pp0x1_seed0_co2False_digits_bs64_ep2" in failure
     assert "last lines of " in out and f"{job_id}_0_log" in out
-    assert err.strip() == ("error: 1 of 1 job(s) failed (see above); rerun the same command to resubmit "
-                           "them: finished runs are skipped and interrupted ones resume from their checkpoint")
+    assert err.strip() == ("error: 1 of 1 job(s) failed (see above); rerun the same command to "
+                           "resubmit them: finished runs are skipped and interrupted ones resume from "
+                           "their checkpoint")
+
+
+def test_a_cancelled_job_is_reported_with_its_slurm_state(tmp_path):
+    save_dir = tmp_path / "saves"
+    launcher = subprocess.Popen(
+        [sys.executable, str(ROOT / "lottery_ticket.py"), *FLAGS, "--end_iter", "300", "--train_type",
+         "regular", "--seeds", "0", "--save_dir", str(save_dir), *SLURM_FLAGS],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log_out = save_dir / "launch" / "jobs"
+        wait_for(lambda: any(log_out.glob("*_0_log.out")), "the job to start")
+        [job_log] = log_out.glob("*_0_log.out")
+        job_id = job_log.name.split("_")[0]
+        subprocess.run(["scancel", job_id], check=True)
+        out, err = launcher.communicate(timeout=TIMEOUT_S)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 1
+    assert (f"job {job_id} failed: fc1/digits/pp0x1_seed0_co2False_digits_bs64_ep300: it ended without a "
+            "result (SLURM state CANCELLED") in out
+    assert "CANCELLED AT" in out and err.startswith("error: 1 of 1 job(s) failed")
 
 
 def test_a_preempted_job_is_requeued_and_resumes_bit_identical(tmp_path, monkeypatch, capsys):

@@ -45,8 +45,8 @@ def _outcome(planned: Planned, job, launcher: str, state: str | None = None) -> 
         # A job that left no result was killed (no Python exception to report).
         outcome.error = ("it ended without a result (killed by a signal, or out of memory?)"
                          if launcher == "local" else
-                         f"it ended without a result (SLURM state {state}: cancelled, killed, out of "
-                         "time or memory?)")
+                         f"it ended without a result ({_slurm_state(state)}: cancelled, killed, out "
+                         "of time or memory?)")
     else:
         try:
             outcome.value = job.result()
@@ -59,6 +59,10 @@ def _outcome(planned: Planned, job, launcher: str, state: str | None = None) -> 
             outcome.log_tail, outcome.log_path = lines, path
             break
     return outcome
+
+
+def _slurm_state(state: str | None) -> str:
+    return "no longer in the queue" if state in (None, "GONE") else f"SLURM state {state}"
 
 
 def _last_error_line(text: str) -> str:

@@ -1,8 +1,9 @@
 """What SLURM says of its jobs: ``sacct`` where accounting is on, ``squeue`` where it is off.
 
 A cluster without an accounting database (``AccountingStorageType=accounting_storage/none``)
-answers ``sacct`` with an error; ``squeue`` still lists the jobs that are queued or running, and
-finished ones for a few minutes (``MinJobAge``). A job that squeue no longer lists has ended.
+answers ``sacct`` with an error; ``squeue -t all`` still lists the jobs that are queued or
+running, and ended ones with their state for a few minutes (``MinJobAge``). A job that squeue no
+longer lists has ended (GONE).
 The launcher asks :class:`SlurmQueue` and says once which command answered.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ def parse_sacct(text: str) -> dict[str, str]:
 
 
 def parse_squeue(text: str) -> dict[str, str]:
-    """``squeue -h -r -o %i|%T`` (one line per array element) as {job id: state}."""
+    """``squeue -h -r -t all -o %i|%T`` (one line per array element) as {job id: state}."""
     states = {}
     for line in text.splitlines():
         job_id, sep, state = line.strip().partition("|")
@@ -81,7 +82,7 @@ class SlurmQueue:
             why = (err.strip().splitlines() or [f"exit status {code}"])[0]
         else:
             why = ""
-        code, out, err = _run(["squeue", "-h", "-r", "-o", "%i|%T"])
+        code, out, err = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T"])
         if code == 0:
             self._say("squeue", why)
             answer = parse_squeue(out)
@@ -95,5 +96,5 @@ class SlurmQueue:
         if source == "sacct":
             get_logger().info("Job states from sacct (SLURM accounting)")
         else:
-            get_logger().info("Job states from squeue: sacct gave none (%s); squeue lists queued and "
-                              "running jobs, and a job it no longer lists has ended", why)
+            get_logger().info("Job states from squeue: sacct gave none (%s); squeue lists queued, running "
+                              "and recently ended jobs", why)
