@@ -25,6 +25,7 @@ from archs.sparse import CONVOLUTION_REASON, compare_outputs, sparsify
 from archs.training import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, describe_provenance
+from data.energy.process import others_share
 from data.inference_tables import STATES, merge_into_tables, read_rows, summary_table
 from data.jobs import InferenceJob  # noqa: F401  (declared torch-free for the parser; re-exported)
 from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, inference_runs_csv_path,
@@ -123,7 +124,7 @@ def replay(model, split: Split, job: InferenceJob, device: torch.device, csv_pat
     partial.unlink(missing_ok=True)
     evaluate(model, split, job.batch_size)  # warm-up: first-call allocations stay out of the figures
     recorder = EmissionsRecorder(partial, job.tracker, project_name=csv_path.stem)
-    provenance = describe_provenance({**recorder.provenance(), "device": str(device)})
+    provenance = {**recorder.provenance(), "device": str(device)}
     seconds, losses, accuracies, record = [], [], [], {}
     try:
         for index in range(job.passes):
@@ -144,8 +145,10 @@ def replay(model, split: Split, job: InferenceJob, device: torch.device, csv_pat
     replace_durably(partial, csv_path)
     return {"seconds": Estimate.from_samples(seconds), "loss": Estimate.from_samples(losses).mean,
             "accuracy": Estimate.from_samples(accuracies).mean,
-            "provenance": provenance, "energy_kwh": record.get("energy_consumed", math.nan),
-            "co2_kg": record.get("emissions", math.nan)}
+            "provenance": describe_provenance(provenance), "energy_kwh": record.get("energy_consumed", math.nan),
+            "co2_kg": record.get("emissions", math.nan), "cpu_seconds": record.get("cpu_seconds", math.nan),
+            "sample_seconds": provenance.get("sample_seconds") or job.tracker.measure_power_secs,
+            "others_cpu_share": others_share(record, provenance["cpus"])}
 
 
 def count_denormal(model: torch.nn.Module) -> int:
@@ -318,5 +321,7 @@ def run_row(job: InferenceJob, run: RunRecord, cycle: int, device_kind: str, mod
         "images_per_second": images / seconds.mean,
         "energy_kwh_per_pass": measured["energy_kwh"] / job.passes,
         "co2_kg_per_pass": measured["co2_kg"] / job.passes, "emissions_csv": csv_path.name,
-        "energy_provenance": measured["provenance"],
+        "energy_provenance": measured["provenance"], "sample_seconds": measured["sample_seconds"],
+        "cpu_seconds_per_pass": measured["cpu_seconds"] / job.passes,
+        "others_cpu_share": measured["others_cpu_share"],
     }

@@ -19,6 +19,7 @@ from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, CONFIDENCE_LEVE
                             WELCH_LEVEL, CostLine, Measurements, break_even_rows, cost_lines,
                             describe_break_even, inference_horizon)
 from data.emissions import MIN_POWER_SAMPLES, TrackerSettings
+from data.energy.process import CONTAMINATION_SHARE
 from data.csv_tables import csv_text
 from data.labels import (MODE_PREFERENCE, config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
@@ -60,36 +61,66 @@ def shortest_of(seconds: list[float]) -> float:
 def measurements_by_config(names: list[str], training: dict[str, list[float]],
                            training_seconds: dict[str, float], inference: dict[str, list[float]],
                            inference_seconds: dict[str, float],
-                           tracker: TrackerSettings) -> dict[str, Measurements]:
+                           tracker: TrackerSettings,
+                           others_shares: dict[str, list[float]] | None = None) -> dict[str, Measurements]:
     """Each configuration's per-run CO2 with its shortest measurement and whether that is too
-    short for ``tracker``'s power sampling."""
+    short for ``tracker``'s power sampling, and the largest share of the machine other
+    processes took while any of its runs was measured (``others_shares``; flagged above
+    CONTAMINATION_SHARE)."""
     measurements = {}
     for name in names:
         shortest = shortest_of([training_seconds[name], inference_seconds[name]])
+        others = largest_of((others_shares or {}).get(name, []))
         measurements[name] = Measurements(training[name], inference[name], shortest,
-                                          tracker.too_short_to_measure(shortest))
+                                          tracker.too_short_to_measure(shortest), others,
+                                          others > CONTAMINATION_SHARE)
     return measurements
 
 
+def largest_of(values: list[float]) -> float:
+    known = [value for value in values if not math.isnan(value)]
+    return max(known) if known else math.nan
+
+
+def recorded_sample_seconds(training_provenance: dict[str, dict | None], inference_runs: list,
+                            fallback: float) -> float:
+    """The longest power-sampling interval the runs recorded (``fallback`` for files of earlier
+    versions, which did not record it)."""
+    recorded = [p.get("sample_seconds") or p.get("measure_power_secs") for p in training_provenance.values() if p]
+    recorded += [run.sample_seconds for run in inference_runs]
+    longest = largest_of([float(x) for x in recorded if x is not None and float(x) > 0])
+    return fallback if math.isnan(longest) else longest
+
+
+def training_others_share(run) -> float:
+    final, cpus = run.final_emissions, (run.provenance or {}).get("cpus")
+    if not cpus or "others_cpu_seconds" not in final or not final["duration"] > 0:
+        return math.nan
+    return final["others_cpu_seconds"] / (final["duration"] * cpus)
+
+
 def training_co2_by_config(options: PlotOptions
-                           ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, dict | None]]:
+                           ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, dict | None],
+                                      dict[str, list[float]]]:
     """kg CO2eq of each CO2-tracking training run (all its cycles), by configuration, the
-    shortest tracked duration (s) among each configuration's runs, and how each run's energy was
-    measured (by results file name)."""
+    shortest tracked duration (s) among each configuration's runs, how each run's energy was
+    measured (by results file name), and the share of the machine others took during each run."""
     runs = select_training_runs(options, co2=True)
     by_config = group_by(runs, lambda r: r.config_name)
     return ({name: [run.final_emissions["emissions"] for run in members]
              for name, members in by_config.items()},
             {name: shortest_of([run.final_emissions["duration"] for run in members])
              for name, members in by_config.items()},
-            {run.path.name: run.provenance for run in runs})
+            {run.path.name: run.provenance for run in runs},
+            {name: [training_others_share(run) for run in members] for name, members in by_config.items()})
 
 
 def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None, baseline: str
-                            ) -> tuple[dict[str, list[float]], dict[str, str], dict[str, float], set[str]]:
+                            ) -> tuple[dict[str, list[float]], dict[str, str], dict[str, float], set[str],
+                                       dict[str, list]]:
     """kg CO2eq per inference of each replayed run on ``device``, by configuration, the kernel
-    mode chosen for each configuration, its shortest measured pass (s; NaN: not recorded), and
-    how the energy of the replays used was measured (in words)."""
+    mode chosen for each configuration, its shortest measured pass (s; NaN: not recorded), how
+    the energy of the replays used was measured (in words), and the replays used."""
     log = get_logger()
     runs = select_inference_runs(options)
     on_device = [run for run in runs if run.device == device]
@@ -103,6 +134,7 @@ def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None,
     modes: dict[str, str] = {}
     shortest: dict[str, float] = {}
     provenance: set[str] = set()
+    used: dict[str, list] = {}
     for name, members in group_by(on_device, lambda r: r.config_name).items():
         chosen = choose_mode({r.mode for r in members}, mode, baseline=name == baseline)
         if chosen is None:
@@ -112,9 +144,10 @@ def inference_co2_by_config(options: PlotOptions, device: str, mode: str | None,
         modes[name] = chosen
         chosen_runs = [r for r in members if r.mode == chosen]
         per_inference[name] = [r.co2_kg_per_inference for r in chosen_runs]
+        used[name] = chosen_runs
         shortest[name] = shortest_of([r.seconds_per_pass for r in chosen_runs])
         provenance.update(r.provenance for r in chosen_runs if r.provenance)
-    return per_inference, modes, shortest, provenance
+    return per_inference, modes, shortest, provenance, used
 
 
 def resolve_baseline(options: PlotOptions, baseline: str) -> tuple[str, set[str]]:
@@ -187,7 +220,8 @@ def plus_minus(mean: float, std: float) -> str:
 def describe_measurement(row: dict) -> str:
     seconds = row["shortest_measurement_s"]
     text = "?" if math.isnan(seconds) else f"{seconds:.3g} s"
-    return f"{text} TOO SHORT" if row["too_short"] else text
+    text = f"{text} TOO SHORT" if row["too_short"] else text
+    return f"{text} CONTAMINATED" if row.get("contaminated") else text
 
 
 def break_even_table(rows: list[dict]) -> str:
@@ -242,6 +276,21 @@ def table_notes(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def verdict_lines(rows: list[dict]) -> str:
+    """Each ticket's verdict with its reason, one wrapped line each, for under the axes."""
+    import textwrap
+
+    lines = []
+    for row in rows:
+        if row["outcome"] == BASELINE:
+            continue
+        described = describe_break_even(row)
+        said = row["reason"] and row["reason"].split(": ", 1)[-1] in described
+        reason = f": {row['reason']}" if row["reason"] and not said else ""
+        lines.append(textwrap.fill(f"{row['config']}: {described}{reason}", 95))
+    return "\n".join(lines)
+
+
 def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: float, title: str,
                       caveat: str = ""):
     """Total CO2 against inferences served, one line and seed-to-seed band per configuration;
@@ -261,7 +310,8 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
         if row["outcome"] == BASELINE:
             label += " (baseline)"
         elif row["outcome"] != AFTER:   # "after" is written beside its marker
-            label += f": {row['outcome']}" + (", too short" if row["too_short"] else "")
+            label += (f": {row['outcome']}" + (", too short" if row["too_short"] else "")
+                      + (", contaminated" if row.get("contaminated") else ""))
         ax.plot(n, mean, color=colour, linestyle=config_linestyle(name), linewidth=1.8,
                 zorder=3 if is_baseline(name) else 2, label=label)
         if not np.all(np.isnan(std)):
@@ -279,9 +329,10 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
     ax.set_xlim(0, horizon)
     ax.set_ylim(bottom=0)
     ax.ticklabel_format(style="sci", scilimits=(-3, 4))
-    ax.set_xlabel("Inferences served (images classified)\n"
-                  f"bands: ± 1 SD over seeds; bars: {CONFIDENCE_LEVEL:.0%} CI of the break-even "
-                  "point (Fieller, over seeds)", fontsize="small")
+    bars = (f"; bars: {CONFIDENCE_LEVEL:.0%} CI of the break-even point (Fieller, over seeds)"
+            if any(row["outcome"] == AFTER for row in rows) else "")
+    ax.set_xlabel(f"Inferences served (images classified)\nbands: ± 1 SD over seeds{bars}\n"
+                  + verdict_lines(rows), fontsize="small")
     ax.set_ylabel("Total CO2-equivalent emissions (kg CO2eq)\ntraining + inference")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
@@ -299,19 +350,23 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
                       measure_power_secs: float = TrackerSettings.measure_power_secs) -> list[Path]:
     """Print the break-even table, write break_even.csv and the figure; returns the files.
 
-    ``measure_power_secs``: the CodeCarbon sampling interval the runs were measured with, which
-    decides which measurements were too short to trust (the runs do not record it)."""
+    Which measurements were too short to trust is decided by the power-sampling interval the
+    runs recorded (``measure_power_secs`` only for files of earlier versions, which did not)."""
     log = get_logger()
-    training, training_seconds, training_provenance = training_co2_by_config(options)
+    training, training_seconds, training_provenance, training_others = training_co2_by_config(options)
     baseline, others = resolve_baseline(options, baseline)
-    inference, modes, inference_seconds, inference_ways = inference_co2_by_config(options, device, mode,
-                                                                                  baseline)
+    inference, modes, inference_seconds, inference_ways, replays = inference_co2_by_config(
+        options, device, mode, baseline)
+    others_shares = {name: training_others.get(name, []) + [r.others_cpu_share for r in replays.get(name, [])]
+                     for name in set(training_others) | set(replays)}
+    measure_power_secs = recorded_sample_seconds(
+        training_provenance, [r for runs in replays.values() for r in runs], measure_power_secs)
     training = {name: values for name, values in training.items() if name not in others}
     inference = {name: values for name, values in inference.items() if name not in others}
     names = comparable_configs(training, inference, baseline, options)
     tracker = TrackerSettings(measure_power_secs=measure_power_secs)
     measurements = measurements_by_config(names, training, training_seconds, inference,
-                                          inference_seconds, tracker)
+                                          inference_seconds, tracker, others_shares)
     lines = cost_lines(measurements)
     rows = break_even_rows(measurements, baseline)
     for row in rows:

@@ -78,6 +78,10 @@ class Measurements:
     # inference pass), and whether it spans too few of CodeCarbon's power samples to trust.
     shortest_measurement_s: float = math.nan
     too_short: bool = False
+    # The largest share of the machine other processes used during any of those measurements,
+    # and whether it is over data.energy.process.CONTAMINATION_SHARE.
+    others_cpu_share: float = math.nan
+    contaminated: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "training", tuple(float(x) for x in self.training))
@@ -159,6 +163,19 @@ def too_short_verdict(as_measured: Verdict) -> Verdict:
                                  f"CodeCarbon's power samples); as measured: {said}")
 
 
+def contaminated_verdict(verdict: Verdict, as_measured: Verdict) -> Verdict:
+    """Undetermined: other processes used more than CONTAMINATION_SHARE of the machine while it
+    was measured (counters then include their energy, and contention inflates CPU time)."""
+    from data.energy.process import CONTAMINATION_SHARE
+
+    said = as_measured.outcome if as_measured.outcome != UNDETERMINED else "undetermined anyway"
+    reason = (f"measured while other processes used over {CONTAMINATION_SHARE:.0%} of the machine; "
+              f"as measured: {said}")
+    if verdict.reason.startswith("measurements too short"):
+        reason = verdict.reason.split("; as measured")[0] + "; " + reason
+    return Verdict(UNDETERMINED, reason)
+
+
 @dataclass(frozen=True)
 class BreakEven:
     outcome: str
@@ -170,6 +187,7 @@ class BreakEven:
     saving_per_inference: MeanDifference   # kg CO2eq: baseline minus ticket
     too_short: bool
     df: float = math.nan   # degrees of freedom of every interval above (common_df)
+    contaminated: bool = False
 
 
 def break_even(ticket: Measurements, baseline: Measurements) -> BreakEven:
@@ -187,6 +205,7 @@ def break_even(ticket: Measurements, baseline: Measurements) -> BreakEven:
     extra, saving = at_df(extra, df), at_df(saving, df)
     ratio = fieller_interval(extra, saving)
     too_short = ticket.too_short or baseline.too_short
+    contaminated = ticket.contaminated or baseline.contaminated
     statistical = break_even_verdict(extra.low, extra.high, saving.low, saving.high)
     if statistical.outcome == NEVER and extra.estimate < 0 and saving.estimate < 0:
         crossing = format_count(extra.estimate / saving.estimate)
@@ -194,8 +213,10 @@ def break_even(ticket: Measurements, baseline: Measurements) -> BreakEven:
                                      f"about {crossing} inferences, behind after")
     low, high = _break_even_interval(statistical.outcome, ratio)
     verdict = too_short_verdict(statistical) if too_short else statistical
+    if contaminated:
+        verdict = contaminated_verdict(verdict, statistical)
     return BreakEven(verdict.outcome, verdict.reason, break_even_point(extra.estimate, saving.estimate),
-                     low, high, extra, saving, too_short, df)
+                     low, high, extra, saving, too_short, df, contaminated)
 
 
 def _break_even_interval(outcome: str, ratio: RatioInterval) -> tuple[float, float]:
@@ -225,7 +246,7 @@ BREAK_EVEN_COLUMNS = (
     "co2_kg_saved_per_inference_ci_high",
     "outcome", "reason", "break_even_inferences", "break_even_low", "break_even_high",
     "confidence_level", "break_even_df", "welch_t", "welch_p", "welch_df", "welch_level",
-    "shortest_measurement_s", "too_short",
+    "shortest_measurement_s", "too_short", "others_cpu_share_max", "contaminated",
 )
 
 # What only a comparison with the baseline has (NaN, an empty cell, in the baseline's row).
@@ -253,10 +274,12 @@ def break_even_rows(measurements: dict[str, Measurements], baseline: str) -> lis
                "co2_kg_per_inference_mean": line.per_inference.mean,
                "co2_kg_per_inference_std": line.per_inference.std,
                "confidence_level": CONFIDENCE_LEVEL, "welch_level": WELCH_LEVEL,
-               "shortest_measurement_s": measured.shortest_measurement_s}
+               "shortest_measurement_s": measured.shortest_measurement_s,
+               "others_cpu_share_max": measured.others_cpu_share}
         if name == baseline:
             row.update({column: math.nan for column in COMPARISON_COLUMNS})
-            row.update(outcome=BASELINE, reason="", too_short=measured.too_short)
+            row.update(outcome=BASELINE, reason="", too_short=measured.too_short,
+                       contaminated=measured.contaminated)
         else:
             result = break_even(measured, base)
             test = welch_t_test(measured.per_inference, base.per_inference)
@@ -270,7 +293,7 @@ def break_even_rows(measurements: dict[str, Measurements], baseline: str) -> lis
                        outcome=result.outcome, reason=result.reason,
                        break_even_inferences=result.inferences, break_even_low=result.low,
                        break_even_high=result.high, break_even_df=result.df, welch_t=test.t, welch_p=test.p,
-                       welch_df=test.df, too_short=result.too_short)
+                       welch_df=test.df, too_short=result.too_short, contaminated=result.contaminated)
         rows.append(row)
     return sorted(rows, key=lambda r: r["config"] != baseline)
 

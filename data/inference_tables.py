@@ -24,7 +24,8 @@ RUN_COLUMNS = ("arch", "dataset", "config", "configuration", "run", "cycle", "pr
                "prune_iterations", "seed", "device", "mode", "state", "threads", "batch_size", "passes",
                "images_per_pass", "percent_remaining", "test_loss", "test_accuracy", "seconds_per_pass",
                "seconds_per_pass_std", "images_per_second", "energy_kwh_per_pass", "co2_kg_per_pass",
-               "emissions_csv", "energy_provenance")
+               "emissions_csv", "energy_provenance", "sample_seconds", "cpu_seconds_per_pass",
+               "others_cpu_share")
 # A later replay replaces the row with the same values of these; any other difference (other
 # weights, cycle, threads or batch size) is another measurement and gets its own row.
 ROW_KEY = ("run", "device", "mode", "state", "cycle", "threads", "batch_size")

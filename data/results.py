@@ -143,6 +143,8 @@ class InferenceRun:
     emissions_csv: Path
     seconds_per_pass: float = math.nan   # how long one measured pass lasted (NaN: not recorded)
     provenance: str = ""                 # how its energy was measured, in words ("": not recorded)
+    sample_seconds: float = math.nan     # CodeCarbon's power sampling interval (NaN: not recorded)
+    others_cpu_share: float = math.nan   # other processes' share of the machine meanwhile
 
     @property
     def conditions(self) -> tuple[str, int | None, int | None]:
@@ -171,7 +173,9 @@ def inference_run_from(parsed: dict, folder: Path) -> InferenceRun:
         passes=parsed["passes"], images_per_pass=parsed["images_per_pass"],
         co2_kg_per_pass=parsed["co2_kg_per_pass"], emissions_csv=folder / parsed["emissions_csv"],
         seconds_per_pass=parsed.get("seconds_per_pass", math.nan),
-        provenance=parsed.get("energy_provenance", ""))
+        provenance=parsed.get("energy_provenance", ""),
+        sample_seconds=parsed.get("sample_seconds", math.nan),
+        others_cpu_share=parsed.get("others_cpu_share", math.nan))
 
 
 def load_inference_runs(save_dir: Path | str, arch: str, dataset: str) -> list[InferenceRun]:

@@ -369,6 +369,47 @@ def test_table_csv_and_figure_say_when_measurements_were_too_short():
     assert not too_short_caveat(report_rows(), tracker) and not figure_caveat(report_rows(), tracker)
 
 
+def test_contaminated_measurements_make_the_verdict_undetermined_and_say_why():
+    crowded = Measurements(TICKET.training, TICKET.per_inference, 60.0, False, 0.6, True)
+    result = break_even(crowded, DENSE)
+    assert result.outcome == UNDETERMINED and result.contaminated
+    assert result.reason == "measured while other processes used over 25% of the machine; as measured: after"
+    assert result.low * result.high == pytest.approx(1000.0 ** 2)   # the interval as measured
+    rows = break_even_rows({"pp0x1": DENSE, "pp90x2": crowded}, "pp0x1")
+    assert rows[1]["contaminated"] and rows[1]["others_cpu_share_max"] == 0.6
+    assert not rows[0]["contaminated"]
+    for row in rows:
+        row.update(mode="dense", description="", device="cpu")
+    assert "CONTAMINATED" in break_even_table(rows).splitlines()[-1]
+    both = break_even(Measurements(TICKET.training, TICKET.per_inference, 0.4, True, 0.6, True), DENSE)
+    assert both.reason.startswith("measurements too short") and "other processes" in both.reason
+
+
+def test_others_share_above_the_threshold_flags_a_configuration():
+    tracker = TrackerSettings(measure_power_secs=1.0)
+    result = measurements_by_config(["a", "b"], {"a": [1.0], "b": [2.0]}, {"a": 100.0, "b": 100.0},
+                                    {"a": [0.1], "b": [0.2]}, {"a": 30.0, "b": 30.0}, tracker,
+                                    {"a": [0.1, 0.3], "b": [0.2, math.nan]})
+    assert result["a"].contaminated and result["a"].others_cpu_share == 0.3
+    assert not result["b"].contaminated and result["b"].others_cpu_share == 0.2
+
+
+def test_figure_draws_each_verdict_with_its_reason_and_promises_bars_only_when_drawn():
+    rows = report_rows()
+    fig = break_even_figure(rows, cost_lines(known_measurements()), 2000.0, "t")
+    label = fig.axes[0].get_xlabel()
+    assert "bars: 95% CI of the break-even point" in label
+    assert "pp90x2: after 1,000 (95% CI" in label and "pp80x2: never" in label
+    ticket, dense = saving_welch_df_2_35()
+    undetermined = break_even_rows({"pp0x1": dense, "pp90x2": ticket}, "pp0x1")
+    for row in undetermined:
+        row.update(mode="dense", description="", device="cpu")
+    fig = break_even_figure(undetermined, cost_lines({"pp0x1": dense, "pp90x2": ticket}), 2000.0, "t")
+    label = fig.axes[0].get_xlabel().replace("\n", " ")
+    assert "bars:" not in label
+    assert "pp90x2: undetermined" in label and "saved per inference includes 0" in label
+
+
 def test_measurements_take_the_shortest_of_training_and_inference():
     tracker = TrackerSettings(measure_power_secs=1.0)
     result = measurements_by_config(["a", "b"], {"a": [1.0], "b": [2.0]}, {"a": 100.0, "b": 100.0},
@@ -423,3 +464,15 @@ def test_csv_cells_keep_full_precision_never_and_blank_not_applicable():
 ])
 def test_kernel_mode_choice(available, requested, baseline, chosen):
     assert choose_mode(available, requested, baseline) == chosen
+
+
+def test_too_short_uses_the_sampling_interval_the_runs_recorded():
+    from types import SimpleNamespace
+
+    from data.break_even_report import recorded_sample_seconds
+
+    replays = [SimpleNamespace(sample_seconds=math.nan), SimpleNamespace(sample_seconds=2.0)]
+    assert recorded_sample_seconds({"a.pt": {"sample_seconds": 15.0}}, replays, 1.0) == 15.0
+    assert recorded_sample_seconds({"a.pt": None}, replays, 1.0) == 2.0
+    # nothing recorded (files of earlier versions, or an empty cell): the caller's figure
+    assert recorded_sample_seconds({}, [SimpleNamespace(sample_seconds=0.0)], 3.0) == 3.0

@@ -34,7 +34,7 @@ class FakeMachine:
         self.idle_ticks += round(max(2 * wall - own - others, 0) * TICKS)
 
     def clock(self):
-        return ProcessClock(wall=lambda: self.wall, own_cpu=lambda: self.own,
+        return ProcessClock(wall=lambda: self.wall, own_cpu=lambda: {0: self.own},
                             proc_stat=lambda: proc_stat(self.busy_ticks, 0, self.idle_ticks),
                             ticks_per_second=TICKS)
 

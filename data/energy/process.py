@@ -2,8 +2,9 @@
 
 Without hardware counters, CodeCarbon multiplies a power figure by elapsed time, so a busy
 neighbour that slows a run down makes it "cost" more. Here every measured interval also
-records the process's own CPU-seconds (``getrusage``: every thread, and children once reaped)
-and the CPU-seconds the rest of the machine used meanwhile (``/proc/stat``'s busy time minus
+records the process's own CPU-seconds (each of its threads', from /proc/self/task, and its
+children's once reaped; CodeCarbon's own sampling threads left out, since their cost grows
+with elapsed time) and the CPU-seconds the rest of the machine used meanwhile (``/proc/stat``'s busy time minus
 the process's own). Where power comes from a model rather than a counter, the energy is::
 
     component watts x own CPU-seconds / logical CPUs
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -36,10 +38,38 @@ RAM_ENERGY_CHOICES = ("include", "exclude")
 PROCESS_FIELDS = ("cpu_seconds", "others_cpu_seconds")
 
 
-def own_cpu_seconds() -> float:
-    """User + system CPU-seconds of this process (all threads) and its reaped children."""
-    mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
+def meter_threads() -> set[int]:
+    """Native ids of CodeCarbon's live sampling threads (threading.Timer of its scheduler)."""
+    ids = set()
+    for thread in threading.enumerate():
+        owner = getattr(getattr(thread, "function", None), "__self__", None)
+        if owner is not None and type(owner).__module__.startswith("codecarbon"):
+            ids.add(thread.native_id)
+    return ids
+
+
+def own_cpu_seconds(ticks_per_second: float | None = None) -> dict[int, float]:
+    """User + system CPU-seconds by thread id (-1: reaped children), CodeCarbon's sampling
+    threads left out. Where /proc/self/task cannot be read: the whole process, under id 0."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = {-1: children.ru_utime + children.ru_stime}
+    ticks = ticks_per_second or float(os.sysconf("SC_CLK_TCK"))
+    skip = meter_threads()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        mine = resource.getrusage(resource.RUSAGE_SELF)
+        return {**result, 0: mine.ru_utime + mine.ru_stime}
+    for tid in tasks:
+        if int(tid) in skip:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue   # the thread ended meanwhile
+        result[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks   # utime, stime
+    return result
 
 
 def read_proc_stat() -> str | None:
@@ -67,7 +97,7 @@ def machine_busy_seconds(stat_text: str | None, ticks_per_second: float) -> floa
 @dataclass(frozen=True)
 class Snapshot:
     wall: float
-    own_cpu: float
+    own_cpu: dict[int, float]   # CPU-seconds by thread (or any key the clock uses)
     machine_busy: float
 
 
@@ -76,7 +106,7 @@ class ProcessClock:
     """Reads the three clocks; each reader can be replaced (tests use fakes)."""
 
     wall: Callable[[], float] = time.perf_counter
-    own_cpu: Callable[[], float] = own_cpu_seconds
+    own_cpu: Callable[[], dict[int, float]] = own_cpu_seconds
     proc_stat: Callable[[], str | None] = read_proc_stat
     ticks_per_second: float = field(default_factory=lambda: float(os.sysconf("SC_CLK_TCK")))
 
@@ -95,7 +125,8 @@ class Usage:
 
     @classmethod
     def between(cls, start: Snapshot, end: Snapshot) -> "Usage":
-        own = max(end.own_cpu - start.own_cpu, 0.0)
+        # threads alive at the end, from their value at the start (0 if started meanwhile)
+        own = max(sum(seconds - start.own_cpu.get(key, 0.0) for key, seconds in end.own_cpu.items()), 0.0)
         # /proc/stat counts in clock ticks (10 ms): a difference below zero is rounding
         others = max(end.machine_busy - start.machine_busy - own, 0.0)
         return cls(max(end.wall - start.wall, 0.0), own, others)
@@ -104,6 +135,14 @@ class Usage:
         """Others' CPU time as a share of the machine's capacity over the interval."""
         capacity = self.wall_seconds * cpus
         return self.others_cpu_seconds / capacity if capacity > 0 else math.nan
+
+
+def others_share(record: dict[str, float], cpus: int) -> float:
+    """Others' CPU-seconds in a record as a share of the machine's capacity over its duration
+    (NaN when not recorded)."""
+    capacity = record.get("duration", 0.0) * cpus
+    others = record.get("others_cpu_seconds", math.nan)
+    return others / capacity if capacity > 0 else math.nan
 
 
 def contaminated(cpu_seconds_of_others: float, wall_seconds: float, cpus: int) -> bool:
