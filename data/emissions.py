@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from data.energy.process import (PROCESS_FIELDS, RAM_ENERGY_CHOICES, PowerModel, ProcessClock, Usage,
-                                 process_record)
+                                 describe_shares, process_record)
 from data.energy.provenance import (PROVENANCE_IDENTITY, describe_provenance, format_seconds,  # noqa: F401
                                     hardware_provenance, provenance_mismatch, summarise_provenance)
 from utils import UserError, atomic_write_text, first_line
@@ -143,7 +143,7 @@ def describe_phases(energy_by_phase: dict[str, dict[str, float]],
         if record["duration"] == 0 and not missing.get("tasks"):
             continue   # a phase that never ran (evaluation in plain CO2 tracking mode)
         line = (f"  {phase:<10s} {record['energy_consumed']:.3e} kWh  {record['emissions']:.3e} kg CO2eq  "
-                f"{record['duration']:8.1f} s")
+                f"{record['duration']:8.1f} s  {describe_shares(record)}")
         if missing.get("tasks"):
             line += f"  (+{missing['seconds']:.1f} s in {missing['tasks']} task(s) CodeCarbon did not measure)"
         lines.append(line)

@@ -129,3 +129,13 @@ def test_a_busy_neighbour_does_not_change_the_estimate():
     # and contention making the same work take slightly more CPU time)
     assert crowded == pytest.approx(alone, rel=0.2)
     assert usage.others_cpu_seconds > 0.5 * usage.wall_seconds    # the neighbours were seen
+
+
+def test_each_components_share_is_said_and_ram_left_out_of_totals_is_said():
+    from data.energy.process import describe_shares
+
+    usage = Usage(10.0, 4.0, 0.0)
+    included = process_record(CODECARBON, usage, MODEL, 0.05)
+    excluded = process_record(CODECARBON, usage, PowerModel(8.0, 10.0, 2, include_ram=False), 0.05)
+    assert describe_shares(included) == "CPU 44%, RAM 56%"          # 8 W : 10 W
+    assert describe_shares(excluded) == "CPU 44%, RAM 56% (RAM not in totals)"

@@ -187,6 +187,19 @@ def process_record(codecarbon: dict[str, float], usage: Usage, model: PowerModel
     return record
 
 
+def describe_shares(record: dict[str, float]) -> str:
+    """'CPU 45%, RAM 55%' of the energy components measured (GPU only when it drew any); RAM
+    counted whether or not the totals include it (they do when energy_consumed has it)."""
+    parts = {"CPU": record.get("cpu_energy", 0.0), "GPU": record.get("gpu_energy", 0.0),
+             "RAM": record.get("ram_energy", 0.0)}
+    total = sum(parts.values())
+    if not total > 0:
+        return ""
+    ram_out = record.get("energy_consumed", total) < total * (1 - 1e-9) and parts["RAM"] > 0
+    words = [f"{name} {value / total:.0%}" for name, value in parts.items() if value > 0 or name != "GPU"]
+    return ", ".join(words) + (" (RAM not in totals)" if ram_out else "")
+
+
 def shares(record: dict[str, float], include_ram: bool = True) -> dict[str, float]:
     """Each component's share of the energy (RAM's only when it counts)."""
     parts = {"cpu": record.get("cpu_energy", 0.0), "gpu": record.get("gpu_energy", 0.0),
