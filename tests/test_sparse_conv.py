@@ -3,15 +3,21 @@ keeps the network's function, "auto" keeps dense where the sparse chain is timed
 every network of the zoo replays sparse with its dense predictions."""
 from __future__ import annotations
 
+import copy
+import csv
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import post_training_inference
 from archs import architecture_names, build_model
+from archs.experiment import TrainingJob, run_job
 from archs.sparse import CONVOLUTION_REASON, compare_outputs, sparsify
 from archs.sparse.conv import ConvSpec, PoolSpec, SparseConvChain, fold_batchnorm
 from archs.sparse.common import relative_error
+from data.runs import RunConfig, inference_runs_csv_path
 from tests.test_sparse import fake_timer
 
 # float32 kernels against a float64 reference: rounding only
@@ -38,7 +44,6 @@ def reference(modules, x):
 
 
 def _double(module):
-    import copy
     return copy.deepcopy(module).double().eval()
 
 
@@ -201,3 +206,20 @@ def test_the_chain_runs_inside_and_outside_inference_mode_in_turn():
     assert torch.equal(inside, outside)
     assert relative_error(outside, F.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
                                             padding=1)) < TOLERANCE
+
+
+def test_a_convolutional_ticket_replays_sparse_through_the_script(tmp_path, mnist_dir, capsys):
+    config = RunConfig(arch_type="lenet5", prune_percent=90, prune_iterations=2, end_iter=1,
+                       batch_size=64)
+    run_job(TrainingJob(config=config, seeds=[0], data_dir=mnist_dir, save_dir=tmp_path,
+                        device="cpu", show_progress=False))
+    post_training_inference.main(["--save_dir", str(tmp_path), "--arch_type", "lenet5",
+                                  "--mode", "sparse", "--passes", "1", "--batch_size", "32",
+                                  "--no_progress", "--country_iso_code", "FRA"])
+    out = capsys.readouterr()
+    table = out.out + out.err
+    table = table[table.index("Kernels in sparse mode"):].splitlines()[3:8]
+    assert [line.split()[2] for line in table] == ["numba_conv"] * 2 + ["numba_tiled"] * 3
+    with open(inference_runs_csv_path(tmp_path, "lenet5", "mnist"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["mode"] for row in rows] == ["sparse"]
