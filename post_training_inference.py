@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights to replay: the end of the cycle, or its best validation state")
     parser.add_argument("--mode", default=InferenceJob.mode, choices=list(REPLAY_MODES),
                         help="kernels: dense (ordinary forward), sparse (the project's CSR kernel for "
-                             "the linear layers from the first pruned one on), auto (dense or "
+                             "the linear layers from the first pruned one on, its sparse "
+                             "convolution for pruned convolutions), auto (dense or "
                              "sparse, whichever was timed faster on this machine; never kept unless "
                              "1.2x faster than dense), both (dense then sparse, for the speed-up). "
                              "Denormal floats are always flushed to zero (see the README)")
