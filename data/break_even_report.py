@@ -19,7 +19,7 @@ from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, CONFIDENCE_LEVE
                             WELCH_LEVEL, CostLine, Measurements, break_even_rows, cost_lines,
                             describe_break_even, inference_horizon)
 from data.emissions import MIN_POWER_SAMPLES, TrackerSettings
-from data.energy.process import CONTAMINATION_SHARE
+from data.energy.process import CONTAMINATION_SHARE, describe_shares
 from data.csv_tables import csv_text
 from data.labels import (MODE_PREFERENCE, config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
@@ -92,6 +92,13 @@ def recorded_sample_seconds(training_provenance: dict[str, dict | None], inferen
     return fallback if math.isnan(longest) else longest
 
 
+def summed_components(provenance_by_run: dict[str, dict | None]) -> dict[str, float]:
+    """The CPU, GPU and RAM energy of the training runs together, and their total."""
+    names = ("cpu_energy", "gpu_energy", "ram_energy", "energy_consumed")
+    records = [p["energy"] for p in provenance_by_run.values() if p and "energy" in p]
+    return {name: sum(record.get(name, 0.0) for record in records) for name in names}
+
+
 def training_others_share(run) -> float:
     final, cpus = run.final_emissions, (run.provenance or {}).get("cpus")
     if not cpus or "others_cpu_seconds" not in final or not final["duration"] > 0:
@@ -111,7 +118,8 @@ def training_co2_by_config(options: PlotOptions
              for name, members in by_config.items()},
             {name: shortest_of([run.final_emissions["duration"] for run in members])
              for name, members in by_config.items()},
-            {run.path.name: run.provenance for run in runs},
+            {run.path.name: {**run.provenance, "energy": run.final_emissions} if run.provenance else None
+             for run in runs},
             {name: [training_others_share(run) for run in members] for name, members in by_config.items()})
 
 
@@ -386,7 +394,9 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
                                 f"inference on {device.upper()}",
                                 caveat=figure_caveat(rows, tracker))
         training_way = summarise_provenance(list(training_provenance.values()))
-        add_caption(fig, f"Training {training_way[0].lower()}{training_way[1:]}. "
+        shares = describe_shares(summed_components(training_provenance))
+        add_caption(fig, f"Training {training_way[0].lower()}{training_way[1:]}"
+                         f"{f' (energy: {shares})' if shares else ''}. "
                          f"Inference energy: {' | '.join(sorted(inference_ways)) or 'not recorded'}.")
         writer.save(fig, f"break_even_total_co2_vs_inferences_{device}")
     return [csv_path] + writer.finish()
