@@ -151,20 +151,23 @@ def _pool_job(job, x, geometry, out):
     columns = out_width + 2 * margin_w
     source = job * height * width
     target = job * rows * columns
+    # the running maximum in a local array: not aliasing x or out, its loops vectorise
+    best = np.empty(TILE, np.float32)
     for oy in range(out_height):
         for ox in range(out_width):
             first = (source + oy * stride_h * width + ox * stride_w) * TILE
-            start = (target + (oy + margin_h) * columns + ox + margin_w) * TILE
             for j in range(TILE):
-                out[start + j] = x[first + j]
+                best[j] = x[first + j]
             for ky in range(kernel_h):
                 for kx in range(kernel_w):
                     at = first + (ky * width + kx) * TILE
                     for j in range(TILE):
                         value = x[at + j]
                         # NaN propagates, as in torch's max-pool
-                        if value > out[start + j] or value != value:
-                            out[start + j] = value
+                        best[j] = value if value > best[j] or value != value else best[j]
+            start = (target + (oy + margin_h) * columns + ox + margin_w) * TILE
+            for j in range(TILE):
+                out[start + j] = best[j]
 
 
 def _pool_serial(x, geometry, out, planes):
