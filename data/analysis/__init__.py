@@ -1,0 +1,1 @@
+"""Statistics and break-even analysis."""
