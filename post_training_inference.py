@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only print each selected ticket's fraction of pruned weights (per layer "
                              "and overall) and its test accuracy on the run's own test split; no "
                              "timing, no CodeCarbon, no tables written")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another replay of these runs' folder is measuring on this "
+                             "device, wait for it to end (default: refuse, in one line)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_tracker_arguments(parser)
     add_launcher_arguments(parser)
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         run_filter=RunFilter.from_args(args), cycle=args.cycle, state=args.state, passes=args.passes,
         sweeps_per_pass=args.sweeps_per_pass, device=args.device, batch_size=args.batch_size,
         threads=args.threads, mode=args.mode, kernel_cache=args.kernel_cache,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, wait=args.wait,
         tracker=tracker_settings_from_args(args))
     if args.evaluate_only:
         evaluate_tickets(job)

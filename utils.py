@@ -341,13 +341,6 @@ def positive_finite_float(text: str) -> float:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    value = _number(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
-
-
 def _number(text: str) -> float:
     try:
         return float(text)

@@ -18,11 +18,12 @@ from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
 from data.paths import (SAVE_DIR, checkpoint_path, cycle_ticket_path, emissions_csv_path, lock_path,
-                        partial_csv_path, results_path)
+                        partial_csv_path, results_path, run_dir)
 from data.runs import RESULTS_FORMAT_VERSION, RunConfig
 from data.selection import group_labels, read_run_settings
 from archs.runtime import resolve_device
-from data.store import atomic_torch_save, load_checkpoint
+from data.store import (atomic_torch_save, check_free_space, load_checkpoint,
+                        new_folders_removed_on_failure)
 from utils import (ProcessLock, UserError, ensure_writable_dir, format_table, get_logger, library_versions,
                    remove_stale_temporaries, replace_durably)
 
@@ -91,14 +92,21 @@ def check_pruning_schedule(config: RunConfig, source_root: Path | str = SAVE_DIR
 
 
 def run_job(job: TrainingJob) -> list[Path]:
-    """Train every seed of ``job``; returns the results files written (or found, on resume)."""
-    log = get_logger()
+    """Train every seed of ``job``; returns the results files written (or found, on resume).
+    A failure leaves no empty folder it made (save folder, dataset folder)."""
     # Before anything runs in parallel: torch's worker threads copy the flush-to-zero mode of
     # the thread that creates them, and setting it later reaches only the calling thread.
     torch.set_flush_denormal(job.config.flush_denormal)
     check_pruning_schedule(job.config, job.save_dir)
-    ensure_writable_dir(job.save_dir, "save directory")
     device = resolve_device(job.device)
+    with new_folders_removed_on_failure(job.data_dir, run_dir(job.save_dir, job.config.arch_type,
+                                                              job.config.dataset)):
+        ensure_writable_dir(job.save_dir, "save directory")
+        return _run_seeds(job, device)
+
+
+def _run_seeds(job: TrainingJob, device: torch.device) -> list[Path]:
+    log = get_logger()
     written: list[Path] = []
     dataset = None
     for seed in job.seeds:
@@ -121,6 +129,16 @@ def run_job(job: TrainingJob) -> list[Path]:
             written.append(train_seed(config, splits, device, job))
     log.info("\nFinished %d seed(s); results:\n%s", len(written), "\n".join(f"  {p}" for p in written))
     return written
+
+
+def expected_bytes(model: torch.nn.Module, config: RunConfig, job: TrainingJob) -> int:
+    """About how much disk one run writes, from its parameter count P (4 bytes each): results
+    (best and final weights, masks: 3P), the checkpoint (weights, two optimiser moments, best
+    weights, masks: 5P) and its temporary copy while it is replaced (5P), and each cycle's
+    ticket (masks plus the weights kept: up to 3P)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    per_ticket = 1 + len(CYCLE_WEIGHTS[job.cycle_weights])
+    return params * (3 + 5 + 5 + per_ticket * config.prune_iterations)
 
 
 def refuse_another_run_at(out_path: Path, config: RunConfig) -> None:
@@ -147,8 +165,12 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     def start_recorder():
         return EmissionsRecorder(running_csv, job.tracker, project_name=config.stem, per_task=True)
 
-    for path in (out_path, ckpt_path):
+    # Temporaries of writes a kill interrupted (this process holds the run's lock, so none is
+    # another's): results, checkpoint, CodeCarbon CSV and every cycle's ticket.
+    for path in (out_path, ckpt_path, final_csv, running_csv,
+                 *(cycle_ticket_path(out_path, cycle) for cycle in range(config.prune_iterations))):
         remove_stale_temporaries(path)
+
     def save_cycle_ticket(ticket: dict) -> None:
         kept = {key: value for key, value in ticket.items()
                 if not key.endswith("_state_dict") or key in CYCLE_WEIGHTS[job.cycle_weights]}
@@ -159,6 +181,8 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
                      on_cycle_end=save_cycle_ticket, print_freq=job.print_freq, source_root=job.save_dir,
                      compile_model=job.compile_model, deterministic=job.deterministic)
     checkpointer = Checkpointer(ckpt_path)
+    check_free_space(out_path.parent, expected_bytes(run.model, config, job),
+                     f"training {out_path.name} (results, checkpoint and every cycle's ticket)")
     if job.resume and ckpt_path.exists():
         run.load_state_dict(checkpointer.load())
         # Rows CodeCarbon wrote after the checkpoint (a flush, the stop at the interruption)

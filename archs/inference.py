@@ -30,13 +30,13 @@ from data.inference_tables import STATES, merge_into_tables, read_rows, summary_
 from data.jobs import InferenceJob  # noqa: F401  (declared torch-free for the parser; re-exported)
 from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, inference_runs_csv_path,
                         inference_summary_csv_path, partial_csv_path, run_dir)
-from data.runs import training_flags
 from data.settings import REPLAY_MODES
-from data.selection import RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs
+from data.selection import (RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs,
+                            training_flags)
 from data.statistics import Estimate
 from archs.runtime import resolve_device, synchronise
 from data.store import load_checkpoint
-from utils import UserError, ensure_writable_dir, first_line, format_table, get_logger, replace_durably
+from utils import LockHeld, ProcessLock, UserError, ensure_writable_dir, first_line, format_table, get_logger, replace_durably
 
 MODE_CHOICES = REPLAY_MODES
 
@@ -63,16 +63,47 @@ def select_runs(job: InferenceJob) -> list[RunRecord]:
         raise UserError(f"no saved run in {folder} matches {job.run_filter.describe()}; found: "
                         f"{describe_groups(filter_runs(on_disk, RunFilter()))}")
     if job.cycle is not None:
+        if job.cycle < 0:
+            raise UserError(f"--cycle {job.cycle} is below 0: cycles count from 0 (the dense network)")
         has_cycle = [run for run in selected
                      if run.config.is_dense_baseline or job.cycle < run.config.prune_iterations]
+        # The dense baselines (cycle 0 only) come along; a cycle no pruned run has is an error,
+        # not a replay of the baselines alone.
+        if not any(not run.config.is_dense_baseline for run in has_cycle) and (
+                job.cycle > 0 or not has_cycle):
+            longest = max((run.config.prune_iterations for run in selected), default=1)
+            raise UserError(f"no selected run has a cycle {job.cycle} (cycles count from 0, the "
+                            f"dense network; the selected runs have up to {longest}); choose "
+                            f"--cycle {longest - 1} or less")
         if len(has_cycle) < len(selected):
             log.info("Skipping %d run(s) with fewer than %d cycles (--cycle %d)",
                      len(selected) - len(has_cycle), job.cycle + 1, job.cycle)
-        if not has_cycle:
-            raise UserError(f"no selected run has a cycle {job.cycle} (cycles count from 0, the "
-                            "dense network); choose a smaller --cycle")
         selected = has_cycle
     return selected
+
+
+def replay_lock(job: InferenceJob, device_kind: str) -> ProcessLock:
+    """The lock (acquired) held while a replay measures: one replay per device at a time in a folder, since a second
+    one would measure its energy while the first runs, and its rows would replace the first's
+    (same run, same conditions). GPU replays on different GPUs (CUDA_VISIBLE_DEVICES) do not
+    share a lock. Refused in one line, or waited for with ``job.wait``."""
+    import os
+
+    where = device_kind + os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(",", "_") \
+        if device_kind == "gpu" else device_kind
+    lock = ProcessLock(inference_dir(job.save_dir, job.arch, job.dataset) / f"replay_{where}.lock",
+                       f"the {device_kind.upper()} inference replay of {job.arch} on {job.dataset}")
+    said = False
+    while True:
+        try:
+            return lock.acquire()
+        except LockHeld as exc:
+            if not job.wait:
+                raise LockHeld(f"{exc}; or pass --wait to start when it ends") from None
+            if not said:
+                get_logger().info("Waiting for another replay to end (%s)", lock.path)
+                said = True
+            time.sleep(1.0)
 
 
 def cycle_for(run: RunRecord, cycle: int | None) -> int:
@@ -163,7 +194,6 @@ def run_inference(job: InferenceJob) -> list[dict]:
     interruption or a later failure keeps every replay already done. A results file that cannot
     be read is skipped with a warning, as the plotting scripts do.
     """
-    log = get_logger()
     # Denormal floats (below 1.2e-38) cost x86 CPUs tens of cycles per operation: a dense fc1
     # trained 120 epochs on digits held 2,802 denormal weights, and its first layer ran 30x
     # slower than with them read as zero. Pruning removes the smallest weights first, so
@@ -176,6 +206,15 @@ def run_inference(job: InferenceJob) -> list[dict]:
     device_kind = "gpu" if device.type == "cuda" else "cpu"
     runs = select_runs(job)
     ensure_writable_dir(inference_dir(job.save_dir, job.arch, job.dataset), "inference folder")
+    lock = replay_lock(job, device_kind)
+    try:
+        return _replay_runs(job, runs, device, device_kind)
+    finally:
+        lock.release()
+
+
+def _replay_runs(job: InferenceJob, runs: list[RunRecord], device: torch.device, device_kind: str) -> list[dict]:
+    log = get_logger()
     runs_csv = inference_runs_csv_path(job.save_dir, job.arch, job.dataset)
     summary_csv = inference_summary_csv_path(job.save_dir, job.arch, job.dataset)
     read_rows(runs_csv)   # a table the merge could not read is refused before any replay is spent

@@ -92,9 +92,24 @@ def read_rows(path: Path) -> list[dict]:
     if "\0" in text:
         raise UserError(f"{path} is a binary file, not a CSV table; move it away and replay the "
                         "tickets again to rebuild it")
+    if not text.strip():
+        return []
+    rebuild = "move it away (or restore it) and replay the tickets again to rebuild it"
+    if not text.endswith("\n"):   # every table written here ends its last row with a newline
+        raise UserError(f"{path} does not end with a whole row: the table is damaged (cut short?); "
+                        f"{rebuild}")
     reader = csv.DictReader(text.splitlines())
     try:
+        header = reader.fieldnames or []
+        lacking = [column for column in REQUIRED_COLUMNS if column not in header]
+        if lacking:
+            raise UserError(f"{path} is not an inference table (its first line lacks the columns "
+                            f"{', '.join(lacking)}); {rebuild}")
         for line, row in enumerate(reader, start=2):
+            if None in row or None in row.values():   # more or fewer cells than the header
+                cells = len(header) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+                raise UserError(f"line {line} of {path} has {cells} cells where its header has "
+                                f"{len(header)}: the table is damaged (cut short?); {rebuild}")
             try:
                 rows.append(parse_run_row(row))
             except ValueError as exc:

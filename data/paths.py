@@ -82,7 +82,13 @@ def inference_summary_csv_path(save_dir: Path | str, arch: str, dataset: str) ->
     return inference_dir(save_dir, arch, dataset) / "inference_summary.csv"
 
 
+CHECKPOINT_MARK = ".checkpoint."   # in the name of a checkpoint and of each of its side files
+
+
 def is_results_file(path: Path) -> bool:
+    """A run's results file, not one of the files beside it while it trains: the checkpoint
+    (``STEM.checkpoint.pt``), its side files (``STEM.checkpoint.PART-TAG.pt``) or a temporary
+    (``.NAME.PID.HEX.tmp``). Readers skip those without a word."""
     return (path.suffix == ".pt" and not path.name.startswith(".")
-            and not path.name.endswith(".checkpoint.pt"))
+            and CHECKPOINT_MARK not in path.name)
 

@@ -106,7 +106,8 @@ class RunConfig:
                                     "original); global: all prunable weights ranked together")
     output_prune_percent: float | None = setting(
         None, token="opp", role=PRUNING, parse=_optional_percent, metavar="P",
-        words=lambda v: f"output layer {format_number(v)}% per round",
+        words=lambda v: "output layer at the same rate" if v is None
+        else f"output layer {format_number(v)}% per round",
         help="per-round rate of the output layer (default: PRUNE_PERCENT; Frankle & Carbin prune "
              "LeNet-300-100's at half the rate)")
     prune_ignore: tuple = setting((), token="ign", role=PRUNING, parse=_layer_names, nargs="+",
@@ -115,7 +116,7 @@ class RunConfig:
                                        "a run prints, without .weight)")
     target_sparsity: float | None = setting(
         None, token="ts", role=PRUNING, parse=_target_sparsity, metavar="S",
-        words=lambda v: f"target {format_number(v)}% pruned",
+        words=lambda v: "no target sparsity" if v is None else f"target {format_number(v)}% pruned",
         help="percent of weights removed after the last cycle; sets the per-round rate to "
              "1-(1-S)^(1/(N-1)) with N = PRUNE_ITERATIONS (instead of --prune_percent)")
     prune_criterion: str = setting("magnitude", token="crit", role=PRUNING, choices=("magnitude", "snip"),
@@ -324,9 +325,31 @@ def add_setting_arguments(parser: argparse.ArgumentParser, *, choices: dict[str,
     add_field_arguments(parser, fields(RunConfig), choices=choices, skip=skip)
 
 
+# A dense baseline forces these two (documented with --train_type); every other way of pruning
+# given with it would be dropped without a word.
+FORCED_BY_REGULAR = ("prune_percent", "prune_iterations")
+
+
+def ineffective_settings(values: dict[str, Any]) -> list[str]:
+    """The settings in ``values`` (a flag's value, or a study's) that would have no effect: ways of
+    pruning given to a dense baseline (``--train_type regular``), which prunes nothing."""
+    if values.get("train_type") != "regular":
+        return []
+    return [f.name for f in fields(RunConfig)
+            if f.metadata["role"] == PRUNING and f.name not in ("train_type", *FORCED_BY_REGULAR)
+            and f.name in values and values[f.name] != f.default]
+
+
 def config_from_args(args: argparse.Namespace, **overrides) -> RunConfig:
+    """The run the command line asks for; UserError (one line) for a setting it would drop."""
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     values.update(overrides)
+    dropped = ineffective_settings(values)
+    if dropped:
+        given = " ".join(f"--{name} {format_value(values[name])}" for name in dropped)
+        raise UserError(f"{given}: no effect with --train_type regular (the dense baseline prunes "
+                        "nothing, so no way of pruning applies); drop "
+                        f"{'it' if len(dropped) == 1 else 'them'}, or train a ticket with --train_type lt")
     return RunConfig(**values)
 
 
@@ -335,27 +358,6 @@ def run_key(config: RunConfig) -> str:
     network (it is the folder's name); key every collection of runs that may span networks or
     datasets (a study, a job ledger, a queue) on this, never on the stem."""
     return f"{config.arch_type}/{config.dataset}/{config.stem}"
-
-
-def training_flags(config: RunConfig) -> list[str]:
-    """lottery_ticket.py's flags that make ``config``'s runs (defaults left out)."""
-    if config.is_dense_baseline:
-        words = ["--train_type", "regular"]
-    else:
-        words = ["--prune_percent", format_number(config.prune_percent),
-                 "--prune_iterations", str(config.prune_iterations)]
-    # Every setting, not only those in the name's suffix: the network, the dataset and the CO2
-    # mode make other runs too. The seed is given with --seeds by the caller.
-    for f in fields(config):
-        name, value = f.name, getattr(config, f.name)
-        if name in ("train_type", "prune_percent", "prune_iterations", "seed") or value == f.default:
-            continue
-        if isinstance(value, bool):   # a store_true flag
-            words += [f"--{name}"] if value else []
-            continue
-        words += [f"--{name}", *([format_value(v) for v in value] if isinstance(value, tuple)
-                                 else [format_value(value)])]
-    return words
 
 
 # Names that lived here before the split into settings, names, paths and selection.
@@ -368,7 +370,7 @@ _MOVED = {"data.settings": ("format_number", "format_value", "parse_bool", "pars
                          "partial_csv_path", "tickets_dir", "cycle_ticket_path", "inference_dir",
                          "inference_csv_path", "inference_runs_csv_path", "inference_summary_csv_path",
                          "is_results_file"),
-          "data.selection": ("RunRecord", "read_run_settings", "find_runs", "RunFilter", "where_argument",
+          "data.selection": ("training_flags", "RunRecord", "read_run_settings", "find_runs", "RunFilter", "where_argument",
                              "config_name_argument", "seed_argument", "add_selection_arguments",
                              "select_runs", "group_labels", "describe_groups")}
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 from data.names import config_name, parse_config_name
 from data.paths import is_results_file, run_dir
 from data.runs import READABLE_FORMAT_VERSIONS, RunConfig, parse_setting
-from data.settings import PRUNING, TRAINING, _seed, format_value
+from data.settings import PRUNING, TRAINING, _seed, format_number, format_value
 from utils import UserError, get_logger
 
 
@@ -155,6 +155,17 @@ def seed_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def cycle_argument(text: str) -> int:
+    """argparse type of ``--cycle``: 0 (the dense network) or a later cycle."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0: cycles count from 0 (the dense network)")
+    return value
+
+
 def add_selection_arguments(parser: argparse.ArgumentParser, *, cycle: bool = True) -> None:
     """The flags every reading script selects runs with (documented once, in the README)."""
     group = parser.add_argument_group("selecting runs (the same in every script)")
@@ -167,7 +178,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser, *, cycle: bool = Tr
                             "its dashes, e.g. lr, batch_size, end_iter) equals VALUE; several "
                             "conditions must all hold")
     if cycle:
-        group.add_argument("--cycle", type=int, default=None, metavar="K",
+        group.add_argument("--cycle", type=cycle_argument, default=None, metavar="K",
                            help="which cycle's ticket: 0 is the dense network, 1 the first pruned "
                                 "one... (default: each run's last cycle)")
 
@@ -219,3 +230,23 @@ def describe_groups(runs: Sequence[RunRecord]) -> str:
         parts.append(f"{name} seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}")
     return "; ".join(parts)
 
+
+def training_flags(config: RunConfig) -> list[str]:
+    """lottery_ticket.py's flags that make ``config``'s runs (defaults left out)."""
+    if config.is_dense_baseline:
+        words = ["--train_type", "regular"]
+    else:
+        words = ["--prune_percent", format_number(config.prune_percent),
+                 "--prune_iterations", str(config.prune_iterations)]
+    # Every setting, not only those in the name's suffix: the network, the dataset and the CO2
+    # mode make other runs too. The seed is given with --seeds by the caller.
+    for f in fields(config):
+        name, value = f.name, getattr(config, f.name)
+        if name in ("train_type", "prune_percent", "prune_iterations", "seed") or value == f.default:
+            continue
+        if isinstance(value, bool):   # a store_true flag
+            words += [f"--{name}"] if value else []
+            continue
+        words += [f"--{name}", *([format_value(v) for v in value] if isinstance(value, tuple)
+                                 else [format_value(value)])]
+    return words

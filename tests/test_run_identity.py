@@ -31,8 +31,8 @@ from data.datasets import load_dataset, make_splits, make_test_split
 from data.plot_cli import PlotOptions, select_training_runs
 from data.names import MAX_READABLE_SUFFIX, parse_config_name, parse_stem
 from data.paths import inference_runs_csv_path, lock_path, results_path
-from data.runs import RunConfig, training_flags
-from data.selection import (RunFilter, config_name_argument, find_runs, read_run_settings, select_runs,
+from data.runs import RunConfig
+from data.selection import (RunFilter, config_name_argument, find_runs, read_run_settings, select_runs, training_flags,
                             where_argument)
 from data.settings import format_value
 from data.store import load_checkpoint
