@@ -30,7 +30,7 @@ from data.emissions import summarise_provenance
 from data.plotting import add_caption
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
                            training_flags)
-from data.plotting import FIGURE_SIZE, FigureWriter, figure_style
+from data.plotting import FIGURE_SIZE, FigureWriter, figure_style, place_legend, set_title
 from data.results import group_by
 from data.paths import inference_runs_csv_path
 from utils import UserError, atomic_write_text, format_table, get_logger
@@ -319,8 +319,8 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
     ax.set_xlabel(f"Inferences served (images classified)\nbands: ± 1 SD over seeds{bars}\n"
                   + verdict_lines(rows), fontsize="small")
     ax.set_ylabel("Total CO2-equivalent emissions (kg CO2eq)\ntraining + inference")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="small")
+    set_title(ax, title)
+    place_legend(fig, ax)
     if caveat:
         import textwrap
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.labels import (EMISSION_METRICS, X_IMAGES, X_INFERENCES, X_TRACKED_TIME, config_colour,
+from data.labels import (mode_colour, EMISSION_METRICS, X_IMAGES, X_INFERENCES, X_TRACKED_TIME, config_colour,
                          config_sort_key, describe_config, describe_mode, mode_linestyle)
 from data.plot_cli import PlotOptions, select_inference_runs, select_training_runs
 from data.emissions import summarise_provenance
@@ -39,7 +39,7 @@ def plot_training_emissions(options: PlotOptions) -> list[Path]:
         metric_figures(writer, groups, record_values, EMISSION_METRICS,
                        [(X_IMAGES, None), (X_TRACKED_TIME, tracked_duration)], config_series,
                        "training",
-                       f"Training, {options.arch_type} on {options.dataset}: mean ± std across seeds",
+                       f"Training, {options.arch_type} on {options.dataset}: mean ± 1 SD over seeds (band)",
                        caption=summarise_provenance([run.provenance for run in runs]))
     return writer.finish()
 
@@ -74,8 +74,8 @@ def plot_inference_emissions(options: PlotOptions) -> list[Path]:
 
     def series_for(key, band):
         name, mode = key
-        return Series(band, f"{describe_config(name)}, {describe_mode(mode)}", config_colour(name),
-                      mode_linestyle(mode))
+        return Series(band, f"{describe_config(name)}, {describe_mode(mode)}",
+                      mode_colour(config_colour(name), mode), mode_linestyle(mode))
 
     with figure_style():
         for device, members in sorted(group_by(loaded, lambda item: item[0].device).items()):
@@ -86,7 +86,7 @@ def plot_inference_emissions(options: PlotOptions) -> list[Path]:
                            [(X_INFERENCES, None), (X_TRACKED_TIME, tracked_duration)], series_for,
                            f"inference_{device}",
                            f"Inference on {device.upper()}, {options.arch_type} on "
-                           f"{options.dataset}: mean ± std across seeds",
+                           f"{options.dataset}: mean ± 1 SD over seeds (band)",
                            caption=inference_caption([run for run, _ in members]))
     return writer.finish()
 

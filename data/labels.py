@@ -26,9 +26,9 @@ FIXED_COLOURS = {
     "pp90x2": "#0173b2",
     "pp68x3": "#de8f05",
 }
-# The rest of that palette, less its grey (too close to the baseline) and yellow (unreadable
-# on white).
-OTHER_COLOURS = ("#029e73", "#d55e00", "#cc78bc", "#ca9161", "#56b4e9", "#fbafe4")
+# The rest of that palette, less its grey (too close to the baseline), yellow (unreadable on
+# white) and its two palest (sky blue, pale pink), which made a winning ticket the faintest line.
+OTHER_COLOURS = ("#029e73", "#d55e00", "#cc78bc", "#ca9161")
 
 MODE_LINESTYLES = {"dense": "-", "sparse": "--", "auto": ":"}
 MODE_WORDS = {"dense": "dense kernels", "sparse": "sparse kernels", "auto": "auto kernels"}
@@ -105,6 +105,18 @@ def describe_config(name: str) -> str:
     return ", ".join([text, *others])
 
 
+def describe_schedule(name: str) -> str:
+    """A line across a configuration's cycles (the Lottery-Ticket figures): its rate and cycles,
+    not one level of weights left. 'pp50x3' -> '50% pruned per round, 3 cycles'."""
+    head, cycle, others = split_label(name)
+    parsed = parse_config_name(head)
+    if parsed is None or is_baseline(name) or is_transferred(name) or cycle is not None:
+        return describe_config(name)
+    prune_percent, prune_iterations = parsed
+    return ", ".join([f"{format_number(prune_percent)}% pruned per round, {prune_iterations} cycles",
+                      *others])
+
+
 def describe_hyperparameters(lr: float, decay: float) -> str:
     return f"lr {format_number(lr)}, weight decay {format_number(decay)}"
 
@@ -154,6 +166,19 @@ def config_linestyle(name: str) -> str:
 
 def mode_linestyle(mode: str | None) -> str:
     return MODE_LINESTYLES.get(mode or "", "-.")
+
+
+MODE_SHADES = {"dense": 0.0, "sparse": 0.45, "auto": -0.35}   # toward white (+) or black (-)
+
+
+def mode_colour(colour: str, mode: str | None) -> str:
+    """A configuration's colour shaded by kernel mode, so that one ticket's dense and sparse
+    lines differ in colour as well as in dashes: dense as it is, sparse lighter, auto darker."""
+    shade = MODE_SHADES.get(mode or "", 0.0)
+    rgb = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+    target = 255 if shade > 0 else 0
+    mixed = [round(c + (target - c) * abs(shade)) for c in rgb]
+    return "#" + "".join(f"{c:02x}" for c in mixed)
 
 
 @dataclass(frozen=True)

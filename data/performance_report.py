@@ -15,12 +15,12 @@ from typing import Callable
 import numpy as np
 
 from data.labels import (TRAINING_METRICS, is_baseline, X_IMAGES, X_TRAINING_TIME,
-                         config_colour, config_linestyle, config_sort_key, describe_config,
-                         describe_hyperparameters)
+                         config_colour, config_linestyle, config_sort_key, describe_hyperparameters,
+                         describe_schedule)
 from data.plot_cli import PlotOptions, select_training_runs
 from data.plotting import (FIGURE_SIZE, FigureWriter, Series, config_series, figure_style,
-                           metric_figures, percent_tick_label, place_legend, sparse_log_ticks,
-                           with_seed_count)
+                           metric_figures, percent_tick_label, place_legend, set_title, shared_seed_count,
+                           sparse_log_ticks, with_seed_count)
 from data.results import SeedBand, TrainingRun, band_over_seeds, group_by
 
 
@@ -56,13 +56,15 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
+    bands = {name: cycle_band(runs, field) for name, runs in groups.items()}
+    title, shared = shared_seed_count(f"{title}: mean ± 1 SD over seeds (bars, band)",
+                                      [band.n for band in bands.values() if len(band.x)])
     ticks = {100.0}   # the dense network, where every ticket starts and the baseline stays
-    for name, runs in groups.items():
-        band = cycle_band(runs, field)
+    for name, band in bands.items():
         if not len(band.x):
             continue
         colour = config_colour(name)
-        label = with_seed_count(describe_config(name), band.n)
+        label = describe_schedule(name) if shared else with_seed_count(describe_schedule(name), band.n)
         if is_baseline(name):
             mean, std = float(band.mean[-1]), float(band.std[-1])
             ax.axhline(mean, color=colour, linestyle="--", linewidth=1.5, label=label)
@@ -80,7 +82,7 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     ax.set_xlim(max(ticks) * 1.25, min(ticks) / 1.25)  # reversed: sparser to the right
     ax.set_xlabel("Weights left (% of prunable weights, log scale)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    set_title(ax, title)
     place_legend(fig, ax)
     return fig
 
@@ -149,7 +151,7 @@ def plot_performance(options: PlotOptions) -> list[Path]:
     runs = select_training_runs(options, co2=False)
     groups = dict(sorted(group_by(runs, lambda r: r.config_name).items(),
                          key=lambda item: config_sort_key(item[0])))
-    title = f"{options.arch_type} on {options.dataset}: mean ± std across seeds"
+    title = f"{options.arch_type} on {options.dataset}: mean ± 1 SD over seeds (band)"
     writer = FigureWriter(options.output_dir, options.file_format, options.show)
     with figure_style():
         metric_figures(writer, groups, log_values, TRAINING_METRICS, CURVE_AXES, config_series,
@@ -206,7 +208,7 @@ def plot_hyperparameters(options: PlotOptions) -> list[Path]:
     runs = select_training_runs(options, co2=False, dense_only=True,
                                 make_flags=("--train_type", "regular", "--lr", "0.001", "--decay", "0"))
     groups = dict(sorted(group_by(runs, lambda r: (r.config.lr, r.config.decay)).items()))
-    title = f"Dense {options.arch_type} on {options.dataset}: mean ± std across seeds"
+    title = f"Dense {options.arch_type} on {options.dataset}: mean ± 1 SD over seeds (band)"
     writer = FigureWriter(options.output_dir, options.file_format, options.show)
     with figure_style():
         curves = tuple(m for m in TRAINING_METRICS if m.key != "non_zeros_weights")  # always 100%

@@ -63,7 +63,7 @@ def with_seed_count(label: str, n: int) -> str:
     return f"{label} (n={n})" if n != 1 else f"{label} (1 run)"
 
 
-def draw_band(ax, series: Series, marker: str | None = None) -> None:
+def draw_band(ax, series: Series, marker: str | None = None, seed_count: bool = True) -> None:
     """The mean as a line and mean +/- one standard deviation as a shaded band.
 
     Energy, CO2, losses and accuracies are never negative, so for such a curve the band is
@@ -71,7 +71,8 @@ def draw_band(ax, series: Series, marker: str | None = None) -> None:
     """
     band = series.band
     ax.plot(band.x, band.mean, color=series.colour, linestyle=series.linestyle, marker=marker,
-            markersize=4, linewidth=1.8, label=with_seed_count(series.label, band.n),
+            markersize=4, linewidth=1.8,
+            label=with_seed_count(series.label, band.n) if seed_count else series.label,
             zorder=3 if series.on_top else 2)
     if band.n > 1:
         lower = band.mean - band.std
@@ -81,21 +82,39 @@ def draw_band(ax, series: Series, marker: str | None = None) -> None:
                         linewidth=0)
 
 
+def shared_seed_count(title: str, counts: Sequence[int]) -> tuple[str, bool]:
+    """The title with the seed count said once when every line has the same one (legend entries
+    then leave it out); whether it was."""
+    if len(set(counts)) != 1:
+        return title, False
+    n = counts[0]
+    return f"{title}; {n} seed{'s' if n != 1 else ''} each", True
+
+
 def line_figure(series: Sequence[Series], xlabel: str, ylabel: str, title: str, *,
                 marker_below: int = 30):
-    """One figure, one band per series; markers when there are few points (short runs)."""
+    """One figure, one band per series; markers when there are few points (short runs).
+    The seed count shared by every line is said in the title, not in each legend entry."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
+    title, shared = shared_seed_count(title, [item.band.n for item in series])
     for item in series:
         marker = "o" if len(item.band.x) < marker_below else None
-        draw_band(ax, item, marker)
+        draw_band(ax, item, marker, seed_count=not shared)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    set_title(ax, title)
     scientific_when_tiny_or_huge(ax)
     place_legend(fig, ax)
     return fig
+
+
+def set_title(ax, title: str) -> None:
+    """The title, raised clear of the axis' offset text ("1e-6" above the y axis)."""
+    import textwrap
+
+    ax.set_title(textwrap.fill(title, 70), pad=16)
 
 
 def add_caption(fig, caption: str) -> None:
@@ -142,12 +161,69 @@ def metric_figures(writer: "FigureWriter", groups: dict, values: Callable[[objec
                           ", ".join(all_zero))
 
 
+def plotted_points(ax) -> np.ndarray:
+    """Every plotted point of ``ax`` (line vertices, error-bar ends, band corners) in display
+    coordinates, as an N x 2 array."""
+    points = [line.get_transform().transform(np.column_stack(line.get_data()))
+              for line in ax.get_lines() if len(line.get_xdata())]
+    for collection in ax.collections:
+        for path in collection.get_paths():
+            points.append(collection.get_transform().transform(path.vertices))
+    points = [p for p in points if len(p)]
+    return np.concatenate(points) if points else np.empty((0, 2))
+
+
+def covers_data(ax, legend) -> bool:
+    """Whether ``legend`` lies over any plotted point of ``ax`` (a horizontal line counts at
+    the ends of its visible span, which is where its points are)."""
+    renderer = ax.figure.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    points = plotted_points(ax)
+    axes_box = ax.get_window_extent(renderer)
+    inside = points[(points[:, 0] >= axes_box.x0) & (points[:, 0] <= axes_box.x1)
+                    & (points[:, 1] >= axes_box.y0) & (points[:, 1] <= axes_box.y1)] if len(points) else points
+    return bool(len(inside) and np.any((inside[:, 0] >= box.x0) & (inside[:, 0] <= box.x1)
+                                       & (inside[:, 1] >= box.y0) & (inside[:, 1] <= box.y1)))
+
+
 def place_legend(fig, ax, inside_up_to: int = 3) -> None:
-    """Inside the axes for a few lines; below them for more, where it cannot hide a curve."""
-    if len(ax.get_legend_handles_labels()[0]) <= inside_up_to:
-        ax.legend(loc="best", fontsize="small")
-    else:
-        fig.legend(loc="outside lower center", fontsize="small", ncols=1)
+    """Inside the axes for a few lines when a corner is free of data; otherwise to the right of
+    the axes, where it can neither hide a curve nor run into the caption below."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if len(handles) <= inside_up_to:
+        fig.canvas.draw()   # lay out first, so that extents are final
+        legend = ax.legend(loc="best", fontsize="small")
+        fig.canvas.draw()
+        if not covers_data(ax, legend):
+            return
+        legend.remove()
+    legend_outside(fig, ax, handles, labels)
+
+
+def legend_outside(fig, ax, handles, labels) -> None:
+    """The legend to the right of the axes, its entries wrapped; the title then spans the
+    figure (unless the figure has a title of its own)."""
+    import textwrap
+
+    fig.legend(handles, [textwrap.fill(label, 30) for label in labels], loc="outside right center",
+               fontsize="small", ncols=1)
+    if ax.get_title() and not fig.get_suptitle():
+        fig.suptitle(ax.get_title(), fontsize=ax.title.get_fontsize())
+        ax.set_title("")
+
+
+def settle_legends(fig) -> None:
+    """Once a figure is complete (captions change the layout): a legend inside axes that now
+    lies over data moves outside them."""
+    fig.canvas.draw()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None and covers_data(ax, legend):
+            handles, labels = ax.get_legend_handles_labels()
+            legend.remove()
+            legend_outside(fig, ax, handles, labels)
 
 
 def scientific_when_tiny_or_huge(ax) -> None:
@@ -174,6 +250,7 @@ class FigureWriter:
         import matplotlib.pyplot as plt
 
         path = self.folder / f"{name}.{self.file_format}"
+        settle_legends(fig)
         atomic_write(path, lambda tmp: fig.savefig(tmp, format=self.file_format, dpi=DPI))
         if not self.show:
             plt.close(fig)
