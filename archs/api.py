@@ -9,9 +9,10 @@ history. :func:`compare_controls` trains, at every pruning level, the two contro
 Frankle & Carbin (2019) beside the winning ticket and reports ticket minus control.
 
 One implementation of a pruning round serves both this API and ``lottery_ticket.py``:
-:func:`next_ticket` (scores -> masks -> control -> start state) is what
-:class:`archs.training.LotteryRun` calls between cycles. Ticket transfer (a ticket found on
-one dataset trained on another, Morcos et al. 2019) likewise goes through :func:`transfer`.
+:func:`next_ticket` (scores -> masks -> control -> start state, in ``archs/pruning/round.py``)
+is what :class:`archs.train.LotteryRun` calls between cycles. Ticket transfer (a ticket found
+on one dataset trained on another, Morcos et al. 2019) likewise goes through :func:`transfer`.
+This module is the facade: it re-exports those and nothing inside ``archs`` imports it.
 
 Example (runnable; more in the README)::
 
@@ -25,152 +26,20 @@ Example (runnable; more in the README)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archs.masks import (Masks, PruningPlan, apply_masks, derived_generator, full_masks,
-                         magnitude_scores, per_round_percent, percent_remaining, random_masks,
-                         reinitialise_survivors, rewind, snip_scores)
-from archs.registry import output_layer_name
-from utils import UserError, format_table, get_logger
+from archs.pruning import (CRITERIA, PRUNE_TYPES, Masks, PruningPlan, State, control_ticket,  # noqa: F401
+                           cycle_start_state, derived_generator, fit_state, full_masks, keep_pruned,
+                           next_ticket, per_round_percent, percent_remaining, pretrained_state, rewind,
+                           source_ticket, transfer)
+from utils import format_table, get_logger
 
-PRUNE_TYPES = ("lt", "reinit", "random")
-CRITERIA = ("magnitude", "snip")
-
-State = dict[str, torch.Tensor]
 TrainFn = Callable[[nn.Module, Masks, int], Any]
 EvalFn = Callable[[nn.Module], float]
-
-
-# --------------------------------------------------------------------------- one pruning round
-@torch.no_grad()
-def keep_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the pruned weights of ``model`` again. Call it after every ``optimizer.step()`` of
-    your training loop: momentum, Adam's moments and weight decay would otherwise revive them."""
-    apply_masks(model, masks)
-
-
-def cycle_start_state(prune_type: str, masks: Mapping[str, torch.Tensor], rewind_state: Mapping[str, torch.Tensor],
-                      seed: int, cycle: int) -> State:
-    """The values a cycle starts from before its masks apply: the rewind state, or for the
-    ``reinit`` control the survivors re-drawn from the initial distribution (reproducibly: the
-    draw depends only on ``seed`` and ``cycle``)."""
-    if prune_type == "reinit" and cycle > 0:
-        return reinitialise_survivors(rewind_state, masks, derived_generator(seed, "reinit", cycle))
-    return dict(rewind_state)
-
-
-def control_ticket(prune_type: str, masks: Mapping[str, torch.Tensor], previous_masks: Mapping[str, torch.Tensor],
-                   rewind_state: Mapping[str, torch.Tensor], *, seed: int, cycle: int) -> tuple[Masks, State]:
-    """(masks, start state) of ``cycle`` given the magnitude (or SNIP) masks of this round:
-    ``lt`` keeps them and rewinds; ``random`` keeps as many weights per layer, drawn at random
-    among the survivors of ``previous_masks``, and rewinds; ``reinit`` keeps the masks and
-    re-draws the survivors."""
-    if prune_type not in PRUNE_TYPES:
-        raise ValueError(f"prune_type must be one of {', '.join(PRUNE_TYPES)}, got {prune_type!r}")
-    masks = dict(masks)
-    if prune_type == "random":
-        masks = random_masks(masks, previous_masks, derived_generator(seed, "random_mask", cycle))
-    return masks, cycle_start_state(prune_type, masks, rewind_state, seed, cycle)
-
-
-def next_ticket(model: nn.Module, masks: Mapping[str, torch.Tensor], rewind_state: Mapping[str, torch.Tensor],
-                plan: PruningPlan, *, prune_type: str = "lt", criterion: str = "magnitude", seed: int = 0,
-                cycle: int, snip_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                loss_fn: Callable = F.cross_entropy) -> tuple[Masks, State]:
-    """One pruning round: the masks of ``cycle`` (1 for the first pruned cycle) and the state it
-    starts from (apply with ``archs.masks.rewind(model, state, masks)``).
-
-    ``model`` holds the trained weights of the cycle before and ``masks`` its masks. The
-    magnitude criterion ranks survivors by |w|; ``snip`` rewinds ``model`` to ``rewind_state``
-    and ranks them by |g*w| over ``snip_batches`` (inputs, targets) with ``loss_fn``. ``plan``
-    sets the rate, scope, output-layer rate and ignored layers; the control (``prune_type``)
-    is then applied by :func:`control_ticket`.
-    """
-    if criterion == "snip":
-        if snip_batches is None:
-            raise ValueError("the snip criterion needs snip_batches: a list of (inputs, targets)")
-        rewind(model, rewind_state, masks)
-        scores = snip_scores(model, snip_batches, loss_fn, list(masks))
-    elif criterion == "magnitude":
-        scores = magnitude_scores(dict(model.named_parameters()), masks)
-    else:
-        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    new_masks = plan.prune(scores, masks, cycle)
-    return control_ticket(prune_type, new_masks, masks, rewind_state, seed=seed, cycle=cycle)
-
-
-# --------------------------------------------------------------------------- transfer
-def fit_state(start_state: Mapping[str, torch.Tensor], target: nn.Module) -> tuple[State, list[str]]:
-    """``start_state`` fitted to ``target``, a network of the same layout for another dataset,
-    and the names of the tensors that could not be taken: every tensor comes from
-    ``start_state`` except the output layer's weight and bias when the class count differs,
-    which keep ``target``'s own initial values. Any other difference is a UserError."""
-    target_state = target.state_dict()
-    output = output_layer_name(target)
-    output_bias = output.removesuffix("weight") + "bias"
-    state: State = {}
-    replaced = []
-    for name, value in target_state.items():
-        source = start_state.get(name)
-        if source is None:
-            raise UserError(f"the saved state has no tensor {name}: it was made with another network")
-        if source.shape != value.shape:
-            if name in (output, output_bias):
-                state[name] = value.detach().clone()
-                replaced.append(name)
-                continue
-            raise UserError(f"the saved {name} has shape {tuple(source.shape)} but this network needs "
-                            f"{tuple(value.shape)}: only the output layer may differ (the datasets "
-                            "must share image size and channels)")
-        state[name] = source.detach().to(value.device, value.dtype).clone()
-    return state, replaced
-
-
-def transfer(masks: Mapping[str, torch.Tensor], start_state: Mapping[str, torch.Tensor],
-             target: nn.Module) -> tuple[Masks, State]:
-    """A ticket (masks and start state) fitted to ``target`` (see :func:`fit_state`); a
-    re-initialised output layer is dense. The state returned has the masks applied."""
-    state, replaced = fit_state(start_state, target)
-    new_masks: Masks = {}
-    for name in full_masks(target):
-        if name in replaced:
-            new_masks[name] = torch.ones_like(state[name], dtype=torch.bool)
-        elif name in masks:
-            new_masks[name] = masks[name].to(state[name].device, torch.bool).clone()
-        else:
-            raise UserError(f"the ticket has no mask for {name}: it was found on another network")
-    for name, mask in new_masks.items():
-        state[name] = state[name] * mask.to(state[name].dtype)
-    return new_masks, state
-
-
-def source_ticket(results: Mapping[str, Any], cycle: int) -> tuple[Masks, State]:
-    """Masks and start state of ``cycle`` of a saved run (its results file's contents): the
-    state its survivors were rewound (or, for a reinit run, re-drawn) to before that cycle."""
-    history = results["masks"]
-    if not 0 <= cycle < len(history):
-        raise UserError(f"the source run has cycles 0 to {len(history) - 1}, not {cycle}")
-    masks = {name: mask.bool() for name, mask in history[cycle].items()}
-    rewind_state = results.get("rewind_state_dict") or results["initial_state_dict"]
-    if cycle == 0:
-        rewind_state = results["initial_state_dict"]
-    args = results.get("args", {})
-    start = cycle_start_state(args.get("prune_type", "lt"), masks, rewind_state, int(args.get("seed", 0)), cycle)
-    return masks, start
-
-
-def pretrained_state(saved: Mapping[str, Any], target: nn.Module) -> State:
-    """A pretrained state fitted to ``target``: ``saved`` is a state dict, or a results file of
-    this toolkit (its best weights). The output layer keeps ``target``'s values when the class
-    count differs."""
-    state = saved.get("best_state_dict", saved)
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError("the pretrained file holds no state dict (save it with torch.save(model.state_dict(), path))")
-    return fit_state(state, target)[0]
 
 
 # --------------------------------------------------------------------------- the finder

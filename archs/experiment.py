@@ -12,8 +12,8 @@ from archs import build_model
 from archs.choices import check_registered
 from data.jobs import DEFAULT_SEEDS, TrainingDefaults  # noqa: F401  (DEFAULT_SEEDS re-exported)
 from data.settings import CYCLE_WEIGHTS  # noqa: F401  (--save_cycle_weights, declared torch-free)
-from archs.masks import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
-from archs.training import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
+from archs.pruning import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
+from archs.train import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
 from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
@@ -212,7 +212,7 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
     checkpointer.remove()
     log.info("\nSeed %d summary (%s, %s on %s):\n%s", config.seed, config.config_name,
              config.arch_type, config.dataset,
-             format_table(SUMMARY_HEADERS, summary_rows(run.results_cycles())))
+             format_table(SUMMARY_HEADERS, summary_rows([dataclasses.asdict(c) for c in run.cycles])))
     if run.emissions:
         total = run.emissions[max(run.emissions)]
         log.info("Energy tracked by CodeCarbon, each phase apart (the training figure is training "

@@ -5,7 +5,7 @@ its results file, converted to the requested kernels (:mod:`archs.sparse`), chec
 against the dense forward, run once untimed (a warm-up), then replayed ``passes`` times over
 the run's own test split under a CodeCarbon tracker flushed after each pass (one CSV row per
 pass, as the study did). Each pass is the forward, the loss and the argmax of every batch,
-exactly what :func:`archs.training.evaluate` computes. One row per replayed run goes to
+exactly what :func:`archs.train.loop.evaluate` computes. One row per replayed run goes to
 ``inference_runs.csv``; the mean and standard deviation over seeds, per configuration, kernel
 mode and measuring conditions (weights, threads, batch size), to ``inference_summary.csv``.
 """
@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from archs import build_model
 from archs.sparse.timing import KernelTimingCache, default_timing_cache_path
-from archs.masks import is_denormal, masks_from_state, percent_remaining, prunable_names
+from archs.pruning import is_denormal, masks_from_state, percent_remaining, prunable_names
 from archs.sparse import CONVOLUTION_REASON, compare_outputs, sparsify
-from archs.training import evaluate
+from archs.train.loop import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
 from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, describe_provenance
 from data.energy.process import others_share

@@ -25,7 +25,7 @@ from utils import UserError, get_logger
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
-# What a training results file must hold for the figures (see archs.training.LotteryRun.results).
+# What a training results file must hold for the figures (see archs.train.summary.run_results).
 REQUIRED_TRAINING_KEYS = ("args", "cycles", "emissions", *LOG_KEYS)
 
 

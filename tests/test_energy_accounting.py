@@ -13,9 +13,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import archs.training as training
+import archs.train.checkpoint as checkpoint_module
+import archs.train.cycles as training
+import archs.train.steps as steps
 from archs.experiment import TrainingJob, run_job
-from archs.training import Checkpointer, LotteryRun
+from archs.train import Checkpointer, LotteryRun
 from data.datasets import load_dataset, make_splits
 from data.emissions import (EMISSION_FIELDS, PROVENANCE_IDENTITY, EmissionsRecorder, TrackerSettings,
                             accumulate, describe_provenance, hardware_provenance, is_usable, zero_record)
@@ -86,7 +88,7 @@ def splits(mnist_dir):
 def watched(monkeypatch):
     """Patches training's work so that each call notes the phase open while it ran."""
     meter = Meter()
-    real_train, real_evaluate = training.train_epoch, training.evaluate
+    real_train, real_evaluate = training.train_epoch, steps.evaluate
 
     def train_epoch(*args, **kwargs):
         meter.seen.append(("train_epoch", meter.open_phase))
@@ -97,7 +99,7 @@ def watched(monkeypatch):
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_epoch", train_epoch)
-    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(steps, "evaluate", evaluate)
     return meter
 
 
@@ -469,13 +471,13 @@ def test_cli_co2_evaluate_gives_accuracies_and_training_energy(tmp_path, mnist_d
 # --------------------------------------------------------------------------- cheap checkpoints
 def test_checkpoints_rewrite_masks_and_best_weights_only_when_they_change(splits, tmp_path, monkeypatch):
     writes = []
-    real_save = training.atomic_torch_save
+    real_save = checkpoint_module.atomic_torch_save
 
     def counting_save(obj, path):
         writes.append(path.name)
         real_save(obj, path)
 
-    monkeypatch.setattr(training, "atomic_torch_save", counting_save)
+    monkeypatch.setattr(checkpoint_module, "atomic_torch_save", counting_save)
     config = RunConfig(end_iter=4, batch_size=128, prune_iterations=2, prune_percent=50.0, lr=1e-2)
     run = LotteryRun(config, splits, torch.device("cpu"))
     checkpointer = Checkpointer(tmp_path / "c.checkpoint.pt")
@@ -511,7 +513,7 @@ def test_a_kill_between_side_file_and_main_file_leaves_a_loadable_checkpoint(spl
 
     with pytest.raises(Interrupted):
         run.run(checkpoint=checkpoint, show_progress=False)
-    real_save = training.atomic_torch_save
+    real_save = checkpoint_module.atomic_torch_save
 
     def dying_save(obj, path):
         if path.name == "c.checkpoint.pt":
@@ -521,10 +523,10 @@ def test_a_kill_between_side_file_and_main_file_leaves_a_loadable_checkpoint(spl
     run.epoch = 0
     run.masks = {k: torch.zeros_like(v) for k, v in run.masks.items()}   # new masks -> new side file
     run.cycle = 5
-    monkeypatch.setattr(training, "atomic_torch_save", dying_save)
+    monkeypatch.setattr(checkpoint_module, "atomic_torch_save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         checkpointer(run)
-    monkeypatch.setattr(training, "atomic_torch_save", real_save)
+    monkeypatch.setattr(checkpoint_module, "atomic_torch_save", real_save)
     loaded = Checkpointer(tmp_path / "c.checkpoint.pt").load()
     assert loaded["cycle"] == 1
     assert all(torch.equal(loaded["parts"]["masks"]["value"]["masks"][k], saved["state"]["parts"]["masks"]["value"]["masks"][k])

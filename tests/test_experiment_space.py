@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-import archs.training as training
+import archs.train.cycles as training
+import archs.train.loop as loop
 from archs.experiment import TrainingJob, run_job
-from archs.masks import prunable_names
+from archs.pruning import prunable_names
 from data.paths import checkpoint_path, results_path
 from data.runs import RunConfig
 from utils import UserError
@@ -146,13 +147,13 @@ def test_snip_prunes_by_sensitivity_not_magnitude(winning, tmp_path, small_mnist
 
 def test_sgd_schedule_and_warmup_set_the_learning_rate_of_every_step(tmp_path, small_mnist_dir, monkeypatch):
     seen = []
-    real = training.set_learning_rate
+    real = loop.set_learning_rate
 
     def record(optimizer, lr):
         seen.append(lr)
         real(optimizer, lr)
 
-    monkeypatch.setattr(training, "set_learning_rate", record)
+    monkeypatch.setattr(loop, "set_learning_rate", record)
     results = train(tmp_path, small_mnist_dir, optimizer="sgd", momentum=0.9, lr=0.05, lr_schedule="step",
                     warmup="2it", prune_iterations=2, end_iter=4)
     ipe = math.ceil(N_TRAIN / 64)
@@ -172,7 +173,7 @@ def test_momentum_with_adam_is_refused(tmp_path, small_mnist_dir):
 def test_augmentation_crops_and_flips_on_the_device():
     images = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
     generator = torch.Generator().manual_seed(0)
-    out = training.augment_batch(images, generator, padding=1)
+    out = loop.augment_batch(images, generator, padding=1)
     assert out.shape == images.shape
     # Each output is the input shifted by at most one pixel (zeros brought in) and maybe mirrored.
     for original, moved in zip(images, out):

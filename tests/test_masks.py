@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from archs import build_model
-from archs.masks import (apply_masks, count_alive, expected_percent_remaining, full_masks,
+from archs.pruning import (apply_masks, count_alive, expected_percent_remaining, full_masks,
                          is_denormal, is_nonzero, masks_from_state, percent_remaining, prunable_names, prune_by_magnitude,
                          rewind)
-from archs.training import train_epoch
+from archs.train import train_epoch
 from data.datasets import Split
 
 
@@ -133,7 +133,7 @@ import math  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from archs.masks import (LayerCollapse, PruningPlan, RewindPoint, derived_generator,  # noqa: E402
+from archs.pruning import (LayerCollapse, PruningPlan, RewindPoint, derived_generator,  # noqa: E402
                          first_collapse, layer_sizes, magnitude_scores, parse_rewind_point,
                          per_round_percent, planned_survivors, prune_global, prune_layerwise,
                          random_masks, reinitialise_survivors, snip_scores, xavier_normal_std)

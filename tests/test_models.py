@@ -9,7 +9,7 @@ from torch import nn
 
 from archs import (ALIASES, ARCHITECTURES, architecture_names, build_model, canonical_arch,
                    output_layer_name, register_model)
-from archs.masks import prunable_names
+from archs.pruning import prunable_names
 from utils import UserError
 
 INPUTS = {"mnist": (1, 28), "cifar10": (3, 32)}

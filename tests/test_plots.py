@@ -21,7 +21,7 @@ import lottery_ticket_performance
 import post_training_inference_emissions
 from data.inference_tables import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
 from archs.inference import InferenceJob, run_inference
-from archs.training import LOG_KEYS
+from data.runs import LOG_KEYS
 from tests.conftest import ROOT
 from data.emissions import EMISSION_FIELDS, TrackerSettings
 from data.labels import config_colour, config_sort_key, describe_config

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-import archs.training as training
+import archs.train.cycles as training
 from archs.experiment import TrainingJob, run_job
-from archs.masks import masks_from_state
+from archs.pruning import masks_from_state
 from data.emissions import EMISSION_FIELDS, TrackerSettings
 from data.paths import checkpoint_path, emissions_csv_path, results_path
 from data.runs import RunConfig

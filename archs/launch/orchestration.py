@@ -56,7 +56,7 @@ def _gpus(device: str) -> list[str]:
 # --------------------------------------------------------------------------- training studies
 def run_summary(config: RunConfig, path: Path) -> str:
     """The summary a run prints when it finishes, from its results file."""
-    from archs.training import SUMMARY_HEADERS, summary_rows
+    from archs.train.summary import SUMMARY_HEADERS, summary_rows
     from data.store import load_checkpoint
 
     results = load_checkpoint(path)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from archs.masks import is_nonzero
+from archs.pruning import is_nonzero
 
 from data.settings import KERNEL_MODES  # declared torch-free, for the parsers
 # "torch_csr" runs torch's CSR kernel on every pruned layer, "numba_csr" numba's per-layer

@@ -10,7 +10,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from archs.masks import PRUNABLE_LAYERS
+from archs.pruning import PRUNABLE_LAYERS
 from archs.sparse.chains import (Affine, NumbaTiledChain, TransposedChain, build_layer,
                                  compact_chain)
 from archs.sparse.choice import (PER_LAYER_CHAIN, TILED_CHAIN, Settings, Timing, choose_kernel,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from archs.training import (Checkpointer, LotteryRun, clone_state, state_fingerprint,
+from archs.train import (Checkpointer, LotteryRun, clone_state, state_fingerprint,
                             train_epoch)
 from data.datasets import DataSplits, Split
 from data.runs import RunConfig

@@ -36,7 +36,7 @@ from typing import Callable, Hashable
 import torch
 
 from archs import build_model
-from archs.masks import apply_masks, full_masks, prune_by_magnitude
+from archs.pruning import apply_masks, full_masks, prune_by_magnitude
 from archs.sparse.timing import KernelTimingCache, device_description
 from archs.sparse import (DenseTransposedLinear, NumbaCsrLinear, SparseLinear,
                           compare_outputs, contiguous, sparsify)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 
 from archs import build_model
-from archs.masks import (PruningPlan, count_alive, full_masks, magnitude_scores,
+from archs.pruning import (PruningPlan, count_alive, full_masks, magnitude_scores,
                          random_masks, reinitialise_survivors, snip_scores)
 from utils import format_table
 

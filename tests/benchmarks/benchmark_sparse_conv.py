@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from archs import build_model
-from archs.masks import apply_masks, full_masks, prune_by_magnitude
+from archs.pruning import apply_masks, full_masks, prune_by_magnitude
 from archs.sparse import compare_outputs, sparsify
 from archs.sparse.conv import ConvSpec, SparseConvChain, to_tiles
 from archs.sparse.timing import device_description

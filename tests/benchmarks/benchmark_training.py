@@ -10,7 +10,7 @@ preloaded training images. Floor and project are measured in alternating rounds;
 and the medians.
 
 --networks [NAME ...]: every network (or those named), on both input shapes: the project's
-training epoch (archs.training.train_epoch: masked Adam steps) over a fixed number of synthetic
+training epoch (archs.train.loop.train_epoch: masked Adam steps) over a fixed number of synthetic
 images after one untimed warm-up batch, as wall-clock and process CPU seconds for those images,
 images per second, and the training part of an epoch of the real train splits (49,000 MNIST,
 42,000 CIFAR-10 images) projected from that rate; evaluation and checkpointing are not included.
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from archs import architecture_names, build_model
-from archs.masks import full_masks
-from archs.training import LotteryRun, train_epoch
+from archs.pruning import full_masks
+from archs.train import LotteryRun, train_epoch
 from data.datasets import DATASETS, Split, make_splits
 from data.runs import RunConfig
 from archs.runtime import resolve_device, synchronise

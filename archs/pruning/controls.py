@@ -1,0 +1,95 @@
+"""The controls of a ticket, as pure functions: random masks with the ticket's per-layer counts,
+survivors re-drawn from the initial distribution, and the generators that make them
+reproducible (one per seed, purpose and cycle)."""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from archs.pruning.masks import Masks
+from archs.pruning.plan import _keep_best
+
+PRUNE_TYPES = ("lt", "reinit", "random")
+State = dict[str, torch.Tensor]
+
+
+def derived_generator(seed: int, stream: str, cycle: int = 0) -> torch.Generator:
+    """A CPU generator for one purpose ("random_mask", "reinit", "snip"...) of one cycle of one
+    seed, independent of the training generator and rebuilt identically on resume."""
+    digest = hashlib.sha256(f"{stream}/{seed}/{cycle}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def random_masks(reference: Mapping[str, torch.Tensor], within: Mapping[str, torch.Tensor],
+                 generator: torch.Generator) -> Masks:
+    """Masks keeping, in every layer, as many weights as ``reference`` keeps, drawn uniformly
+    among the survivors of ``within`` (the random-pruning control: pass the magnitude masks of
+    this round and the masks of the cycle before, so pruned weights stay pruned)."""
+    new_masks: Masks = {}
+    for name, ref in reference.items():
+        keep = int(ref.sum())
+        base = within[name]
+        if keep > int(base.sum()):
+            raise ValueError(f"{name}: cannot keep {keep} weights among {int(base.sum())} survivors")
+        draws = torch.rand(base.numel(), generator=generator, dtype=torch.float64)
+        new_masks[name] = _keep_best(draws, base.cpu(), keep).to(base.device)
+    return new_masks
+
+
+def xavier_normal_std(shape: torch.Size | tuple[int, ...]) -> float:
+    """The standard deviation of ``nn.init.xavier_normal_`` (gain 1) for a weight of ``shape``."""
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+@torch.no_grad()
+def reinitialise_survivors(model_or_state: nn.Module | Mapping[str, torch.Tensor],
+                           masks: Mapping[str, torch.Tensor], generator: torch.Generator,
+                           redraw_biases: bool = True) -> dict[str, torch.Tensor]:
+    """A copy of the state whose masked weights are redrawn from the original initialisation's
+    distribution (Xavier-normal, see ``archs.initialise``) with ``generator`` and multiplied by
+    their mask: the random-reinitialisation control. The biases of those layers are redrawn
+    too (N(0, 1)), so no part of the original draw of a pruned layer survives; everything
+    else (BatchNorm, running statistics) is copied. Draws are made on the CPU in ``masks``
+    order (weight, then bias), so a seeded generator gives the same state on any device."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    new_state = {name: tensor.detach().clone() for name, tensor in state.items()}
+    for name, mask in masks.items():
+        weight = state[name]
+        draw = torch.randn(weight.shape, generator=generator) * xavier_normal_std(weight.shape)
+        new_state[name] = draw.to(weight.device, weight.dtype) * mask.to(weight.device)
+        bias_name = name.removesuffix("weight") + "bias"
+        if redraw_biases and name.endswith("weight") and bias_name in state:
+            bias = state[bias_name]
+            new_state[bias_name] = torch.randn(bias.shape, generator=generator).to(bias.device, bias.dtype)
+    return new_state
+
+
+
+def cycle_start_state(prune_type: str, masks: Mapping[str, torch.Tensor], rewind_state: Mapping[str, torch.Tensor],
+                      seed: int, cycle: int) -> State:
+    """The values a cycle starts from before its masks apply: the rewind state, or for the
+    ``reinit`` control the survivors re-drawn from the initial distribution (reproducibly: the
+    draw depends only on ``seed`` and ``cycle``)."""
+    if prune_type == "reinit" and cycle > 0:
+        return reinitialise_survivors(rewind_state, masks, derived_generator(seed, "reinit", cycle))
+    return dict(rewind_state)
+
+
+def control_ticket(prune_type: str, masks: Mapping[str, torch.Tensor], previous_masks: Mapping[str, torch.Tensor],
+                   rewind_state: Mapping[str, torch.Tensor], *, seed: int, cycle: int) -> tuple[Masks, State]:
+    """(masks, start state) of ``cycle`` given the magnitude (or SNIP) masks of this round:
+    ``lt`` keeps them and rewinds; ``random`` keeps as many weights per layer, drawn at random
+    among the survivors of ``previous_masks``, and rewinds; ``reinit`` keeps the masks and
+    re-draws the survivors."""
+    if prune_type not in PRUNE_TYPES:
+        raise ValueError(f"prune_type must be one of {', '.join(PRUNE_TYPES)}, got {prune_type!r}")
+    masks = dict(masks)
+    if prune_type == "random":
+        masks = random_masks(masks, previous_masks, derived_generator(seed, "random_mask", cycle))
+    return masks, cycle_start_state(prune_type, masks, rewind_state, seed, cycle)
