@@ -36,6 +36,7 @@ from archs.pruning import (CRITERIA, PRUNE_TYPES, Masks, PruningPlan, State, con
                            cycle_start_state, derived_generator, fit_state, full_masks, keep_pruned,
                            next_ticket, per_round_percent, percent_remaining, pretrained_state, rewind,
                            source_ticket, transfer)
+from archs.pruning.branches import BRANCHES, LevelStart, ParentTicket
 from utils import format_table, get_logger
 
 TrainFn = Callable[[nn.Module, Masks, int], Any]
@@ -61,6 +62,12 @@ class TicketSearch:
     model_fn: Callable[[], nn.Module] = field(repr=False)
     prune_type: str = "lt"
     seed: int = 0
+
+    def as_parent(self) -> ParentTicket:
+        """This search as the parent of branches (biases re-drawn as N(0, 1), the toolkit's
+        default initialisation)."""
+        return ParentTicket(masks=self.masks, initial_state=self.rewind_state, rewind_state=self.rewind_state,
+                            seed=self.seed, bias_init="normal", final_state=lambda level: {})
 
     def start_state(self, cycle: int) -> State:
         """The values ``cycle`` started from, before its masks (reinit: re-drawn)."""
@@ -204,11 +211,13 @@ def compare_controls(search: TicketSearch, train_fn: TrainFn, eval_fn: EvalFn,
       values.
 
     Both controls are trained with ``train_fn`` and scored with ``eval_fn``; ``cycles``
-    (default: every pruned one) picks the levels."""
+    (default: every pruned one) picks the levels. The controls are built by the branches of
+    the same names (``lottery_ticket.py --branch reinit|random_mask``): one implementation,
+    the same masks and values for the same seed and level."""
     if search.prune_type != "lt":
         raise ValueError("compare_controls needs a search of winning tickets (prune_type 'lt')")
     cycles = list(range(1, len(search.masks))) if cycles is None else list(cycles)
-    dense = {n: torch.ones_like(m) for n, m in search.masks[0].items()}
+    parent = search.as_parent()
     rows = []
     for cycle in cycles:
         record = search.history[cycle]
@@ -217,15 +226,19 @@ def compare_controls(search: TicketSearch, train_fn: TrainFn, eval_fn: EvalFn,
             ticket_score = float(eval_fn(_trained(search, search.masks[cycle], search.start_state(cycle),
                                                   cycle, train_fn)))
         scores = {"winning_ticket": ticket_score}
-        for condition, prune_type in (("random_reinit", "reinit"), ("random_mask", "random")):
-            masks, start = control_ticket(prune_type, search.masks[cycle], dense, search.rewind_state,
-                                          seed=search.seed, cycle=cycle)
-            model = _trained(search, masks, start, cycle, train_fn)
+        for condition, branch in (("random_reinit", "reinit"), ("random_mask", "random_mask")):
+            start = control_start(parent, branch, cycle)
+            model = _trained(search, start.masks, start.state, cycle, train_fn)
             scores[condition] = float(eval_fn(model))
         rows.append({"cycle": cycle, "percent_left": record.percent_left, **scores,
                      "ticket_minus_reinit": scores["winning_ticket"] - scores["random_reinit"],
                      "ticket_minus_random_mask": scores["winning_ticket"] - scores["random_mask"]})
     return ControlComparison(rows)
+
+
+def control_start(parent: ParentTicket, branch: str, level: int) -> LevelStart:
+    """The start (masks, values) of the control ``branch`` (reinit or random_mask) at ``level``."""
+    return BRANCHES[branch].start(parent, level, {}, 0)
 
 
 def _trained(search: TicketSearch, masks: Masks, start: State, cycle: int, train_fn: TrainFn) -> nn.Module:

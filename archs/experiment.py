@@ -14,6 +14,7 @@ from data.jobs import DEFAULT_SEEDS, TrainingDefaults  # noqa: F401  (DEFAULT_SE
 from data.settings import CYCLE_WEIGHTS  # noqa: F401  (--save_cycle_weights, declared torch-free)
 from archs.pruning import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
 from archs.train import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
+from archs.train.branch import BranchRun, parent_epochs, parent_ticket
 from data.datasets import get_spec, load_dataset, make_splits
 from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
@@ -112,6 +113,9 @@ def _run_seeds(job: TrainingJob, device: torch.device) -> list[Path]:
     for seed in job.seeds:
         config = dataclasses.replace(job.config, seed=seed)
         out_path = results_path(job.save_dir, config)
+        if config.branch:
+            check_parent(job.save_dir, config)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
         # One writer per run: a second process on the same run stops here, naming the first.
         with ProcessLock(lock_path(job.save_dir, config), f"run {out_path}"):
             refuse_another_run_at(out_path, config)
@@ -139,6 +143,16 @@ def expected_bytes(model: torch.nn.Module, config: RunConfig, job: TrainingJob) 
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     per_ticket = 1 + len(CYCLE_WEIGHTS[job.cycle_weights])
     return params * (3 + 5 + 5 + per_ticket * config.prune_iterations)
+
+
+def check_parent(save_dir: Path, config: RunConfig) -> None:
+    """A branch needs its parent run finished, with the settings its flags name."""
+    parent = results_path(save_dir, config.parent)
+    if not parent.exists():
+        raise UserError(f"the branch {config.branch} grows from {parent}, which does not exist: train "
+                        "that run first (the same flags without --branch)")
+    if read_run_settings(parent).identity() != config.parent.identity():
+        raise UserError(f"{parent} holds a run with other settings; retrain it")
 
 
 def refuse_another_run_at(out_path: Path, config: RunConfig) -> None:
@@ -177,9 +191,15 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
         atomic_torch_save({"format_version": RESULTS_FORMAT_VERSION, "args": config.identity(), **kept},
                           cycle_ticket_path(out_path, ticket["cycle"]))
 
-    run = LotteryRun(config, splits, device, recorder_factory=start_recorder,
-                     on_cycle_end=save_cycle_ticket, print_freq=job.print_freq, source_root=job.save_dir,
-                     compile_model=job.compile_model, deterministic=job.deterministic)
+    options = dict(recorder_factory=start_recorder, print_freq=job.print_freq, source_root=job.save_dir,
+                   compile_model=job.compile_model, deterministic=job.deterministic)
+    if config.branch:
+        parent_path = results_path(job.save_dir, config.parent)
+        parent = load_checkpoint(parent_path)
+        run = BranchRun(config, splits, device, parent_ticket(parent, parent_path), parent_epochs(parent),
+                        **options)
+    else:
+        run = LotteryRun(config, splits, device, on_cycle_end=save_cycle_ticket, **options)
     checkpointer = Checkpointer(ckpt_path)
     check_free_space(out_path.parent, expected_bytes(run.model, config, job),
                      f"training {out_path.name} (results, checkpoint and every cycle's ticket)")

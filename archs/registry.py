@@ -89,19 +89,32 @@ def canonical_arch(name: str) -> str:
                     + (f" (aliases: {aliases})" if aliases else ""))
 
 
-def initialise(model: nn.Module) -> nn.Module:
+BIAS_INITS = ("normal", "zeros", "default")
+
+
+def initialise(model: nn.Module, bias_init: str = "normal") -> nn.Module:
     """The original program's initialisation, for every network.
 
     Convolution and linear layers: Xavier-normal weights, standard-normal biases.
     BatchNorm: weight ~ N(1, 0.02), bias 0. Nothing is zero-initialised (torchvision's
     ResNets do not zero the last BatchNorm of each block by default either).
-    Uses torch's global generator, so seed first.
+    ``bias_init`` "zeros" zeroes the biases and "default" keeps PyTorch's (uniform
+    +-1/sqrt(fan_in), drawn when the layer was built); the normal draws are made either way,
+    so the weights are the same whichever is chosen. Uses torch's global generator, so seed first.
     """
+    if bias_init not in BIAS_INITS:
+        raise ValueError(f"bias_init must be one of {', '.join(BIAS_INITS)}, got {bias_init!r}")
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            built = None if module.bias is None else module.bias.detach().clone()
             nn.init.xavier_normal_(module.weight)
             if module.bias is not None:
                 nn.init.normal_(module.bias)
+                with torch.no_grad():
+                    if bias_init == "zeros":
+                        module.bias.zero_()
+                    elif bias_init == "default":
+                        module.bias.copy_(built)
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             nn.init.normal_(module.weight, mean=1.0, std=0.02)
             nn.init.zeros_(module.bias)
@@ -109,13 +122,14 @@ def initialise(model: nn.Module) -> nn.Module:
 
 
 def build_model(arch: str, in_channels: int, image_size: int, num_classes: int,
-                device: torch.device | str = "cpu") -> nn.Module:
-    """Build the network ``arch`` (a name or an alias) with the original's initialisation."""
+                device: torch.device | str = "cpu", bias_init: str = "normal") -> nn.Module:
+    """Build the network ``arch`` (a name or an alias) with the original's initialisation
+    (``bias_init``: see :func:`initialise`)."""
     name = canonical_arch(arch)
     model = ARCHITECTURES[name](in_channels, image_size, num_classes)
     if not isinstance(model, nn.Module):
         raise TypeError(f"the builder of {name!r} returned {type(model).__name__}, not an nn.Module")
-    return initialise(model).to(device)
+    return initialise(model, bias_init).to(device)
 
 
 def output_layer_name(model: nn.Module) -> str:

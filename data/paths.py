@@ -22,20 +22,34 @@ def run_dir(save_dir: Path | str, arch: str, dataset: str) -> Path:
     return Path(save_dir) / arch / dataset
 
 
+def _file_base(save_dir: Path | str, config: RunConfig) -> Path:
+    """A run's files without extension: ``ARCH/DATASET/STEM``, or for a branch
+    ``ARCH/DATASET/branches/PARENT_STEM/BRANCH_NAME``."""
+    folder = run_dir(save_dir, config.arch_type, config.dataset)
+    if config.branch:
+        return folder / "branches" / config.parent.stem / config.branch_name
+    return folder / config.stem
+
+
+def _file(save_dir: Path | str, config: RunConfig, extension: str) -> Path:
+    base = _file_base(save_dir, config)
+    return base.with_name(base.name + extension)   # not with_suffix: names hold dots (lr0.0012)
+
+
 def results_path(save_dir: Path | str, config: RunConfig) -> Path:
-    return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.pt"
+    return _file(save_dir, config, ".pt")
 
 
 def checkpoint_path(save_dir: Path | str, config: RunConfig) -> Path:
-    return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.checkpoint.pt"
+    return _file(save_dir, config, ".checkpoint.pt")
 
 
 def lock_path(save_dir: Path | str, config: RunConfig) -> Path:
-    return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.lock"
+    return _file(save_dir, config, ".lock")
 
 
 def emissions_csv_path(save_dir: Path | str, config: RunConfig) -> Path:
-    return run_dir(save_dir, config.arch_type, config.dataset) / f"{config.stem}.csv"
+    return _file(save_dir, config, ".csv")
 
 
 def partial_csv_path(final_csv: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 from data.names import config_name, parse_config_name
 from data.paths import is_results_file, run_dir
 from data.runs import READABLE_FORMAT_VERSIONS, RunConfig, parse_setting
-from data.settings import PRUNING, TRAINING, _seed, format_number, format_value
+from data.settings import BRANCH_SETTINGS, PRUNING, TRAINING, _seed, format_number, format_value
 from utils import UserError, get_logger
 
 
@@ -66,7 +66,8 @@ def find_runs(save_dir: Path | str, arch: str, dataset: str) -> list[RunRecord]:
         return []
     log = get_logger()
     runs = []
-    for path in sorted(p for p in folder.glob("*.pt") if is_results_file(p)):
+    paths = [*folder.glob("*.pt"), *folder.glob("branches/*/*.pt")]   # runs, then branches
+    for path in sorted(p for p in paths if is_results_file(p)):
         try:
             config = read_run_settings(path)
         except UserError as exc:
@@ -202,7 +203,7 @@ def group_labels(configs: Sequence[RunConfig]) -> dict[str, str]:
     for config in by_id.values():
         by_name.setdefault(config.config_name, []).append(config)
     varying = [f for f in fields(RunConfig) if f.metadata["role"] in (TRAINING, PRUNING)
-               and f.metadata["token"] is not None
+               and (f.metadata["token"] is not None or f.name in BRANCH_SETTINGS)
                and len({format_value(getattr(c, f.name)) for c in by_id.values()}) > 1]
     labels = {}
     for name, members in by_name.items():
@@ -215,7 +216,7 @@ def group_labels(configs: Sequence[RunConfig]) -> dict[str, str]:
                 continue
             words = [(f.metadata["words"] or (lambda v, _n=f.name: f"{_n} {format_value(v)}"))(
                 getattr(config, f.name)) for f in shown]
-            labels[config.configuration_id] = ", ".join([name, *words])
+            labels[config.configuration_id] = ", ".join([name, *filter(None, words)])
     return labels
 
 

@@ -225,6 +225,32 @@ def _source_words(value: str) -> str:
     return f"{TRANSFER_WORDS} {reference_stem(value)} cycle {cycle}"
 
 
+BRANCH_SETTINGS = ("branch", "branch_args", "branch_levels")
+
+
+def _branch_name(text: str) -> str:
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return ""
+    if not re.match(r"^[a-z][a-z0-9_]*$", text):
+        raise ValueError(f"{text!r} is not a branch name (lower-case letters, digits, _)")
+    return text
+
+
+def _branch_args(text: str) -> str:
+    """``key=value,key=value`` in a canonical order (sorted by key), so equal settings name alike."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return ""
+    pairs = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[a-z_]+$", key.strip()) or not re.match(r"^[A-Za-z0-9.+-]+$", value.strip()):
+            raise ValueError(f"{item!r} is not KEY=VALUE (e.g. lr=0.01)")
+        pairs[key.strip()] = value.strip()
+    return ",".join(f"{k}={pairs[k]}" for k in sorted(pairs))
+
+
 def _seed(text: str) -> int:
     value = parse_whole(text)
     if not 0 <= value <= MAX_SEED:

@@ -47,14 +47,25 @@ def xavier_normal_std(shape: torch.Size | tuple[int, ...]) -> float:
     return math.sqrt(2.0 / (fan_in + fan_out))
 
 
+def initial_bias(shape, weight_shape, bias_init: str, generator: torch.Generator) -> torch.Tensor:
+    """A fresh draw of a bias as ``archs.registry.initialise`` makes it: N(0, 1) (normal), zeros,
+    or PyTorch's default uniform +-1/sqrt(fan_in)."""
+    if bias_init == "zeros":
+        return torch.zeros(shape)
+    if bias_init == "default":
+        bound = 1 / math.sqrt(math.prod(weight_shape[1:]))
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).float() * bound
+    return torch.randn(shape, generator=generator)
+
+
 @torch.no_grad()
 def reinitialise_survivors(model_or_state: nn.Module | Mapping[str, torch.Tensor],
                            masks: Mapping[str, torch.Tensor], generator: torch.Generator,
-                           redraw_biases: bool = True) -> dict[str, torch.Tensor]:
+                           redraw_biases: bool = True, bias_init: str = "normal") -> dict[str, torch.Tensor]:
     """A copy of the state whose masked weights are redrawn from the original initialisation's
     distribution (Xavier-normal, see ``archs.initialise``) with ``generator`` and multiplied by
     their mask: the random-reinitialisation control. The biases of those layers are redrawn
-    too (N(0, 1)), so no part of the original draw of a pruned layer survives; everything
+    too (from ``bias_init``'s distribution: see :func:`initial_bias`), so no part of the original draw of a pruned layer survives; everything
     else (BatchNorm, running statistics) is copied. Draws are made on the CPU in ``masks``
     order (weight, then bias), so a seeded generator gives the same state on any device."""
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
@@ -66,7 +77,8 @@ def reinitialise_survivors(model_or_state: nn.Module | Mapping[str, torch.Tensor
         bias_name = name.removesuffix("weight") + "bias"
         if redraw_biases and name.endswith("weight") and bias_name in state:
             bias = state[bias_name]
-            new_state[bias_name] = torch.randn(bias.shape, generator=generator).to(bias.device, bias.dtype)
+            new_state[bias_name] = initial_bias(bias.shape, weight.shape, bias_init, generator).to(
+                bias.device, bias.dtype)
     return new_state
 
 

@@ -93,7 +93,7 @@ def run_state(run: LotteryRun) -> dict:
     late = run.late_rewind_state()
     return {
         "format_version": RESULTS_FORMAT_VERSION,
-        "settings": run.config.training_settings(),
+        "settings": run.identity.training_settings(),
         "cycle": run.cycle, "epoch": run.epoch, "images_seen": run.images_seen,
         "elapsed": run.elapsed(), "cycle_elapsed": run.cycle_elapsed(),
         "model": cpu_state(run.model.state_dict()),
@@ -117,12 +117,13 @@ def run_state(run: LotteryRun) -> dict:
         },
         "early_bird": None if run.early_bird is None else {
             "detector": run.early_bird.state_dict(), "epoch": run.early_bird_epoch},
+        **({"extra": run.extra_state()} if run.extra_state() else {}),
     }
 
 
 def restore_run(run: LotteryRun, state: dict) -> None:
     """Put ``run`` back in the state :func:`run_state` saved (after checking it is this run's)."""
-    if state.get("settings") != run.config.training_settings():
+    if state.get("settings") != run.identity.training_settings():
         raise UserError("the checkpoint was made with other settings "
                         f"({state.get('settings')}); rerun without --resume to start over")
     if "parts" not in state or "energy" not in state:
@@ -155,3 +156,4 @@ def restore_run(run: LotteryRun, state: dict) -> None:
     if run.early_bird is not None and state.get("early_bird"):
         run.early_bird.load_state_dict(state["early_bird"]["detector"])
         run.early_bird_epoch = state["early_bird"]["epoch"]
+    run.load_extra_state(state.get("extra", {}))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -29,8 +28,8 @@ from archs.train.energy import EnergyPhases
 from archs.train.loop import clone_state, cpu_state, state_fingerprint, train_epoch
 from archs.train.runtime import checked_schedule, iterations_per_epoch, prepare_runtime
 from archs.train.start import starting_point
-from archs.train.steps import epoch_hooks, evaluate_splits, progress_text, pruning_round, update_early_bird
-from archs.train.summary import CycleSummary, log_layer_table, run_results
+from archs.train.steps import epoch_hooks, progress_text, pruning_round, record_epoch, update_early_bird
+from archs.train.summary import CycleSummary, cycle_ticket, log_layer_table, run_results
 from data.datasets import DataSplits, get_spec
 from data.runs import LOG_KEYS, RunConfig
 from archs.runtime import seed_everything
@@ -62,7 +61,8 @@ class LotteryRun:
 
         seed_everything(config.seed, deterministic)
         spec = get_spec(config.dataset)
-        model = build_model(config.arch_type, spec.in_channels, spec.image_size, spec.num_classes, device)
+        model = build_model(config.arch_type, spec.in_channels, spec.image_size, spec.num_classes, device,
+                            config.bias_init)
         self.model, self.runtime = prepare_runtime(config, model, device, compile_model)
         # A transferred ticket or a pretrained state replaces the seed's initial values (the
         # seed's draw stays the same, so nothing else of the run changes).
@@ -100,6 +100,7 @@ class LotteryRun:
         self.meter = EnergyPhases()
         # Names this run's checkpoint side files, so that a fresh run never mistakes a stale one.
         self.lineage = secrets.token_hex(4)
+        self.identity = config   # the settings the results and checkpoints are made under
         self.cycles: list[CycleSummary] = []
         self.best: dict | None = None
 
@@ -192,7 +193,7 @@ class LotteryRun:
                                                  config.batch_size, self.generator, masked,
                                                  autocast_dtype=self.runtime.autocast_dtype,
                                                  memory_format=self.runtime.memory_format,
-                                                 forward=self.runtime.forward, **epoch_hooks(self))
+                                                 forward=self.runtime.forward, **self.epoch_hooks())
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"the training loss became {loss} in cycle {self.cycle + 1}, epoch "
@@ -206,7 +207,7 @@ class LotteryRun:
                             bar.total = self.epoch
                 cycle_ends = self.epoch == self.cycle_length
                 if self.epoch % config.valid_freq == 0 or cycle_ends:
-                    self._record(loss, accuracy, remaining)
+                    record_epoch(self, loss, accuracy, remaining)
                 if self.epoch % self.print_freq == 0 or cycle_ends:
                     bar.set_postfix_str(progress_text(self, loss))
                 bar.update(1)
@@ -225,29 +226,6 @@ class LotteryRun:
                 if self.epoch == 0:   # a new cycle started: leave this bar
                     break
 
-    def _record(self, loss, accuracy, remaining) -> None:
-        key = self.images_seen
-        self.logs["time"][key] = self.elapsed()
-        self.logs["non_zeros_weights"][key] = remaining
-        self.logs["train_loss"][key] = loss
-        self.logs["train_accuracy"][key] = accuracy
-        if self.evaluates:
-            with self.meter.measured("evaluation"):
-                val_loss, val_accuracy, test_loss, test_accuracy = evaluate_splits(self)
-            self.logs["val_loss"][key], self.logs["val_accuracy"][key] = val_loss, val_accuracy
-            self.logs["test_loss"][key], self.logs["test_accuracy"][key] = test_loss, test_accuracy
-            if self.best is None or val_accuracy > self.best["val_accuracy"]:
-                self.best = {"state": clone_state(self.model), "val_accuracy": val_accuracy,
-                             "test_accuracy": test_accuracy, "epoch": self.epoch, "images_seen": key}
-        recorder = self.meter.recorder
-        if recorder is not None:
-            training = self.energy["training"]
-            self.emissions[key] = dict(training)
-            self.logs["co2"][key] = training["emissions"]
-            if self.evaluates:
-                self.evaluation_emissions[key] = dict(self.energy["evaluation"])
-            recorder.append_row(self.meter.csv_row(key, self.cycle + 1, self.epoch))
-
     def _finish_cycle(self) -> None:
         if self.best is None:  # CO2 tracking mode: nothing evaluated, the ticket is the final state
             self.best = {"state": clone_state(self.model), "val_accuracy": math.nan,
@@ -256,18 +234,25 @@ class LotteryRun:
             cycle=self.cycle, percent_remaining=percent_remaining(self.masks),
             best_val_accuracy=self.best["val_accuracy"], test_accuracy_at_best=self.best["test_accuracy"],
             best_epoch=self.best["epoch"], best_images_seen=self.best["images_seen"],
-            seconds=self.cycle_elapsed()))
+            seconds=self.cycle_elapsed(),
+            final_test_accuracy=self.logs["test_accuracy"].get(self.images_seen, math.nan)))
         self.mask_history.append(cpu_state(self.masks))
         if self.on_cycle_end is not None:
             with self.meter.measured("checkpoint"):   # writing files is never training energy
-                self.on_cycle_end(self.cycle_ticket())
+                self.on_cycle_end(cycle_ticket(self))
 
-    def cycle_ticket(self) -> dict:
-        """The current cycle's ticket: its masks, its best and final weights, its summary."""
-        return {"cycle": self.cycle, "masks": cpu_state(self.masks),
-                "best_state_dict": cpu_state(self.best["state"]),
-                "final_state_dict": cpu_state(self.model.state_dict()),
-                "summary": asdict(self.cycles[-1])}
+    def epoch_hooks(self) -> dict:
+        return epoch_hooks(self)
+
+    # What a subclass keeps besides the run's state (checkpointed) and adds to the results.
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def extra_results(self) -> dict:
+        return {}
 
     def _start_next_cycle(self) -> None:
         """Prune, then set the survivors' starting values and a fresh optimiser."""
@@ -275,6 +260,9 @@ class LotteryRun:
         self.masks = {name: mask.to(self.device) for name, mask in new_masks.items()}
         rewind(self.model, start, self.masks)
         self.optimizer = self.new_optimizer()
+        self.next_cycle()
+
+    def next_cycle(self) -> None:
         self.cycle += 1
         self.epoch = 0
         self.cycle_elapsed_before = 0.0

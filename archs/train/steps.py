@@ -59,6 +59,32 @@ def evaluate_splits(run: LotteryRun) -> tuple[float, float, float, float]:
     return val_loss, val_accuracy, test_loss, test_accuracy
 
 
+def record_epoch(run: LotteryRun, loss: float, accuracy: float, remaining: float) -> None:
+    """Log the epoch just trained (evaluating it unless in plain CO2 mode) and keep the best
+    validation state: the first epoch of a tie (only a strictly higher accuracy replaces it)."""
+    key = run.images_seen
+    run.logs["time"][key] = run.elapsed()
+    run.logs["non_zeros_weights"][key] = remaining
+    run.logs["train_loss"][key] = loss
+    run.logs["train_accuracy"][key] = accuracy
+    if run.evaluates:
+        with run.meter.measured("evaluation"):
+            val_loss, val_accuracy, test_loss, test_accuracy = evaluate_splits(run)
+        run.logs["val_loss"][key], run.logs["val_accuracy"][key] = val_loss, val_accuracy
+        run.logs["test_loss"][key], run.logs["test_accuracy"][key] = test_loss, test_accuracy
+        if run.best is None or val_accuracy > run.best["val_accuracy"]:
+            run.best = {"state": clone_state(run.model), "val_accuracy": val_accuracy,
+                        "test_accuracy": test_accuracy, "epoch": run.epoch, "images_seen": key}
+    recorder = run.meter.recorder
+    if recorder is not None:
+        training = run.energy["training"]
+        run.emissions[key] = dict(training)
+        run.logs["co2"][key] = training["emissions"]
+        if run.evaluates:
+            run.evaluation_emissions[key] = dict(run.energy["evaluation"])
+        recorder.append_row(run.meter.csv_row(key, run.cycle + 1, run.epoch))
+
+
 def progress_text(run: LotteryRun, loss: float) -> str:
     if run.config.co2_tracking_mode:
         co2 = run.logs["co2"]

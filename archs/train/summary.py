@@ -23,6 +23,7 @@ class CycleSummary:
     best_epoch: int               # 1-based epoch of the cycle; the last one when not evaluated
     best_images_seen: int
     seconds: float
+    final_test_accuracy: float = math.nan   # at the cycle's last epoch (NaN when not evaluated)
 
 
 def run_results(run: LotteryRun, versions: dict[str, str]) -> dict:
@@ -44,7 +45,7 @@ def run_results(run: LotteryRun, versions: dict[str, str]) -> dict:
         "masks": run.mask_history,
         "prunable": list(run.prunable),
         "cycles": [asdict(c) for c in run.cycles],
-        "args": run.config.as_dict(),
+        "args": run.identity.as_dict(),
         "split_sizes": {"train": len(run.splits.train), "val": len(run.splits.val),
                         "test": len(run.splits.test)},
         "device": str(run.device),
@@ -56,7 +57,16 @@ def run_results(run: LotteryRun, versions: dict[str, str]) -> dict:
             "epochs_saved": (run.config.end_iter - run.early_bird_epoch
                              if run.early_bird_epoch is not None else 0),
             "mask_distances": list(run.early_bird.distances)},
+        **run.extra_results(),
     }
+
+
+def cycle_ticket(run: LotteryRun) -> dict:
+    """The run's current cycle's ticket: its masks, its best and final weights, its summary."""
+    return {"cycle": run.cycle, "masks": cpu_state(run.masks),
+            "best_state_dict": cpu_state(run.best["state"]),
+            "final_state_dict": cpu_state(run.model.state_dict()),
+            "summary": asdict(run.cycles[-1])}
 
 
 def log_layer_table(log, masks, seed: int, cycle: int, cycles: int) -> None:
