@@ -27,8 +27,8 @@ from data.results import SeedBand, TrainingRun, band_over_seeds, group_by
 def cycle_band(runs: list[TrainingRun], field: str) -> SeedBand:
     """A per-cycle summary (e.g. test accuracy at best validation) across seeds, at the mean
     percent of weights remaining in each cycle."""
-    return band_over_seeds([{c["cycle"]: c[field] for c in run.cycles} for run in runs],
-                           [{c["cycle"]: c["percent_remaining"] for c in run.cycles} for run in runs])
+    return band_over_seeds([{k: c[field] for k, c in by_level(run).items()} for run in runs],
+                           [{k: c["percent_remaining"] for k, c in by_level(run).items()} for run in runs])
 
 
 def hyperparameter_series(keys: list[tuple[float, float]]) -> Callable[..., Series]:
@@ -87,41 +87,51 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     return fig
 
 
-CONTROLS = ("reinit", "random")
+CONTROLS = {"reinit": "random reinit", "random_mask": "random mask"}   # branch -> how tables name it
 CONTROL_COLUMNS = ("configuration", "cycle", "percent_remaining", "control", "seeds",
                    "ticket_test_accuracy_mean", "control_test_accuracy_mean", "difference_mean",
                    "difference_ci_low", "difference_ci_high", "confidence_level")
 
 
+def by_level(run: TrainingRun) -> dict[int, dict]:
+    """A run's (or branch's) cycle summaries by level: a branch's ``cycle`` is the level it grew
+    from (lmc trains two copies per level: the first, trained in the ticket's batch order, is kept)."""
+    levels: dict[int, dict] = {}
+    for summary in run.cycles:
+        levels.setdefault(summary["cycle"], summary)
+    return levels
+
+
 def control_comparison_rows(runs: list[TrainingRun], level: float = 0.95) -> list[dict]:
     """Per pruning level, the winning ticket's test accuracy (at best validation) minus each
-    control's, paired by seed (ticket and control of one seed share its initialisation, data
-    split and batch order), with a Student-t ``level`` interval over the seeds.
+    control's, paired by seed (a control branch grows from the ticket run of its seed and
+    replays that level's initialisation draw and batch order), with a Student-t ``level``
+    interval over the seeds.
 
-    A ticket and its controls are the runs whose settings differ only in --prune_type.
+    The controls are the branches ``reinit`` and ``random_mask`` of the ticket runs
+    (``lottery_ticket.py ... --branch reinit``); iterative ``--prune_type`` runs are not controls.
     """
     from data.statistics import paired_difference
 
     families = group_by(runs, lambda r: dataclasses.replace(
-        r.config, prune_type="lt", seed=0, co2_tracking_mode=False, co2_evaluate=False).configuration_id)
+        r.config, seed=0, co2_tracking_mode=False, co2_evaluate=False).parent.configuration_id)
     rows = []
     for family, members in sorted(families.items()):
-        by_type = group_by(members, lambda r: r.config.prune_type)
-        tickets = {run.config.seed: run for run in by_type.get("lt", [])}
-        for control in CONTROLS:
-            controls = {run.config.seed: run for run in by_type.get(control, [])}
+        tickets = {r.config.seed: by_level(r) for r in members
+                   if not r.config.branch and r.config.prune_type == "lt"}
+        for control, name in CONTROLS.items():
+            controls = {r.config.seed: by_level(r) for r in members
+                        if r.config.branch == control and not r.config.branch_args}
             seeds = sorted(set(tickets) & set(controls))
-            if not seeds:
-                continue
-            for cycle in range(1, min(len(tickets[s].cycles) for s in seeds)):
-                ticket_acc = [tickets[s].cycles[cycle]["test_accuracy_at_best"] for s in seeds]
-                control_acc = [controls[s].cycles[cycle]["test_accuracy_at_best"] for s in seeds]
+            levels = sorted(set.intersection(*(set(tickets[s]) & set(controls[s]) for s in seeds))) if seeds else []
+            for cycle in (k for k in levels if k > 0):
+                ticket_acc = [tickets[s][cycle]["test_accuracy_at_best"] for s in seeds]
+                control_acc = [controls[s][cycle]["test_accuracy_at_best"] for s in seeds]
                 difference = paired_difference(ticket_acc, control_acc, level)
                 rows.append({
                     "configuration": family, "cycle": cycle,
-                    "percent_remaining": float(np.mean([tickets[s].cycles[cycle]["percent_remaining"]
-                                                        for s in seeds])),
-                    "control": control, "seeds": len(seeds),
+                    "percent_remaining": float(np.mean([tickets[s][cycle]["percent_remaining"] for s in seeds])),
+                    "control": name, "seeds": len(seeds),
                     "ticket_test_accuracy_mean": float(np.mean(ticket_acc)),
                     "control_test_accuracy_mean": float(np.mean(control_acc)),
                     "difference_mean": difference.mean, "difference_ci_low": difference.low,
@@ -141,9 +151,38 @@ def control_comparison_table(rows: list[dict]) -> str:
     return format_table(
         ["% weights left", "control", "seeds", "ticket acc %", "control acc %",
          "ticket - control (95% CI, paired by seed)"],
-        [(f"{r['percent_remaining']:.3g}", {"reinit": "random reinit", "random": "random mask"}[r["control"]],
+        [(f"{r['percent_remaining']:.3g}", r["control"],
           r["seeds"], f"{r['ticket_test_accuracy_mean']:.2f}", f"{r['control_test_accuracy_mean']:.2f}",
           interval(r)) for r in rows])
+
+
+def instability_figure(runs: list[TrainingRun], title: str):
+    """LMC instability (test-error barrier) against weights left, one line per rewind point,
+    mean ± std over seeds; None when no lmc branch is selected."""
+    import matplotlib.pyplot as plt
+
+    lmc = [r for r in runs if r.config.branch == "lmc" and r.branch_levels]
+    if not lmc:
+        return None
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE, layout="constrained")
+    ticks = set()
+    for rewind, members in sorted(group_by(lmc, lambda r: r.config.rewind_to).items()):
+        band = band_over_seeds([{e["level"]: e["instability"] for e in r.branch_levels} for r in members],
+                               [{e["level"]: e["percent_remaining"] for e in r.branch_levels} for r in members])
+        label = with_seed_count(f"rewound to {rewind}", band.n)
+        ax.errorbar(band.x, band.mean, yerr=None if band.n < 2 else band.std, marker="o", markersize=5,
+                    capsize=4, linewidth=1.8, label=label)
+        ticks.update(float(x) for x in band.x)
+    ax.set_xscale("log")
+    shown = sparse_log_ticks(ticks)
+    ax.set_xticks(shown, [percent_tick_label(x) for x in shown])
+    ax.set_xticks([], minor=True)
+    ax.set_xlim(max(ticks) * 1.25, min(ticks) / 1.25)
+    ax.set_xlabel("Weights left (% of prunable weights, log scale)")
+    ax.set_ylabel("Instability: test-error barrier (percentage points)")
+    ax.set_title(title)
+    place_legend(fig, ax)
+    return fig
 
 
 def plot_performance(options: PlotOptions) -> list[Path]:
@@ -164,6 +203,9 @@ def plot_performance(options: PlotOptions) -> list[Path]:
                                     "Epoch of best validation accuracy (within the cycle)",
                                     f"Early stopping epoch, {options.arch_type} on {options.dataset}")
         writer.save(fig, "lottery_ticket_best_epoch_vs_weights_left")
+        fig = instability_figure(runs, f"Linear mode connectivity, {options.arch_type} on {options.dataset}")
+        if fig is not None:
+            writer.save(fig, "lmc_instability_vs_weights_left")
     comparison = control_comparison_rows(runs)
     if comparison:
         from data.csv_tables import csv_text

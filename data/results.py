@@ -82,6 +82,7 @@ class TrainingRun:
     cycles: list[dict]
     label: str = ""          # the configuration's name in figures (data.runs.group_labels)
     provenance: dict | None = None   # how its energy was measured (None: not tracked, or old file)
+    branch_levels: tuple = ()        # what a branch computed per level (lmc: the error path)
 
     @property
     def config_name(self) -> str:
@@ -102,7 +103,8 @@ def training_run_from(path: Path, saved: dict, label: str = "") -> TrainingRun:
     return TrainingRun(path=path, config=RunConfig.from_dict(saved["args"]),
                        logs={key: saved[key] for key in LOG_KEYS},
                        emissions=saved["emissions"], cycles=list(saved["cycles"]), label=label,
-                       provenance=saved.get("energy_provenance"))
+                       provenance=saved.get("energy_provenance"),
+                       branch_levels=tuple(saved.get("branch_levels") or ()))
 
 
 def load_training_runs(save_dir: Path | str, arch: str, dataset: str,
