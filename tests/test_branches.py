@@ -179,3 +179,25 @@ def test_unknown_branch_setting_is_refused(parent):
         branch(save_dir, scope, "reinit", branch_args="speed=2")
     assert not results_path(save_dir, RunConfig(**PARENT, prune_scope=scope, branch="reinit",
                                                 branch_args="speed=2")).exists()
+
+
+def test_the_command_line_and_the_api_give_the_same_control_masks(parent):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    save_dir, scope, results = parent
+    if scope == "layer":
+        pytest.skip("one scope is enough")
+    flags = ["--arch_type", "fc1", "--dataset", "digits", "--prune_percent", "50", "--prune_iterations", "3",
+             "--end_iter", "2", "--batch_size", "64", "--lr", "0.0012", "--prune_scope", scope, "--seeds", "0",
+             "--device", "cpu", "--no_progress", "--save_dir", str(save_dir)]
+    done = subprocess.run([sys.executable, "lottery_ticket.py", *flags, "--branch", "random_mask",
+                           "--branch_levels", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = RunConfig(**PARENT, prune_scope=scope, branch="random_mask", branch_levels=(1,))
+    path = results_path(save_dir, config)
+    cli = load(path)["masks"][0]
+    api = control_start(parent_ticket(results, path), "random_mask", 1).masks
+    assert all(torch.equal(cli[name], api[name]) for name in api)
