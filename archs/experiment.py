@@ -64,6 +64,8 @@ class TrainingJob:
         check_registered(self.config)
         for seed in self.seeds:
             dataclasses.replace(self.config, seed=seed).validate()
+        if (self.config.branch_args or self.config.branch_levels) and not self.config.branch:
+            raise UserError("--branch_args and --branch_levels set up a branch: add --branch NAME")
 
 
 def check_pruning_schedule(config: RunConfig, source_root: Path | str = SAVE_DIR) -> None:
@@ -146,7 +148,9 @@ def expected_bytes(model: torch.nn.Module, config: RunConfig, job: TrainingJob) 
 
 
 def check_parent(save_dir: Path, config: RunConfig) -> None:
-    """A branch needs its parent run finished, with the settings its flags name."""
+    """A branch needs its parent, a finished winning-ticket run with the settings its flags name."""
+    if config.train_type != "lt" or config.prune_type != "lt":
+        raise UserError("a branch grows from a winning-ticket run: give an lt run's flags")
     parent = results_path(save_dir, config.parent)
     if not parent.exists():
         raise UserError(f"the branch {config.branch} grows from {parent}, which does not exist: train "

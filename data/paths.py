@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from data.names import branch_file_name
+
 if TYPE_CHECKING:
     from data.runs import RunConfig
 
@@ -27,7 +29,7 @@ def _file_base(save_dir: Path | str, config: RunConfig) -> Path:
     ``ARCH/DATASET/branches/PARENT_STEM/BRANCH_NAME``."""
     folder = run_dir(save_dir, config.arch_type, config.dataset)
     if config.branch:
-        return folder / "branches" / config.parent.stem / config.branch_name
+        return folder / "branches" / config.parent.stem / branch_file_name(config)
     return folder / config.stem
 
 

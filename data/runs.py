@@ -26,12 +26,12 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Iterable, Sequence
 
-from data.names import config_name, settings_suffix
+from data.names import branch_suffix, config_name, settings_suffix
 from data.settings import (MAX_SEED, MEASUREMENT, PRUNING, SEED, TRAINING, _duration_words, _init_from,
                            _layer_names, _momentum, _non_negative_number, _optional_percent, _percent,
                            _positive_int, _positive_number, _rewind_point, _seed, _source_words,
                            _target_sparsity, _ticket_source, _warmup, add_field_arguments, _branch_args,
-                           _branch_name, parse_whole,
+                           _args_words, _branch_name, _branch_words, _levels_words, parse_whole,
                            format_number, format_value, parse_bool, parse_field, per_round_percent,
                            setting)
 from data.sources import reference_stem
@@ -92,11 +92,8 @@ class RunConfig:
     prune_type: str = setting("lt", token="pt", role=PRUNING, choices=("lt", "reinit", "random"),
                               words=lambda v: {"lt": "winning ticket", "reinit": "iterative reinit",
                                                "random": "iterative random pruning"}[v],
-                              help="lt: magnitude masks, survivors rewound (the winning ticket); "
-                                   "reinit: an iterative run that re-prunes its own re-drawn network "
-                                   "every round (seed 001's behaviour); random: an iterative run of "
-                                   "random masks. Neither is the control of a ticket: those are "
-                                   "--branch reinit and --branch random_mask")
+                              help="lt: the winning ticket; reinit, random: iterative runs (seed 001's), "
+                                   "not a ticket's controls: those are --branch reinit, random_mask")
     rewind_to: str = setting("init", token="rw", role=PRUNING, parse=_rewind_point, metavar="POINT",
                              words=lambda v: "rewound to init" if v == "init"
                              else f"rewound to {_duration_words(v)}",
@@ -147,10 +144,8 @@ class RunConfig:
              "layer keeps its own initialisation when the class counts differ. The file must lie "
              "under --save_dir")
     bias_init: str = setting("normal", token="bias", choices=("normal", "zeros", "default"),
-                             words=lambda v: f"{v} biases",
-                             help="biases of convolution and linear layers at initialisation: normal "
-                                  "(N(0, 1), the original's), zeros, or default (PyTorch's uniform "
-                                  "+-1/sqrt(fan_in)); the weights are the same draw whichever is chosen")
+                             words=lambda v: f"{v} biases", help="initial biases: N(0, 1) (the original's), "
+                             "zeros, or PyTorch's default (the weights stay the same draw)")
     optimizer: str = setting("adam", token="opt", words=lambda v: v,   # choices: archs.choices
                              help="optimiser of every cycle")
     momentum: float = setting(0.0, token="mom", parse=_momentum, words=lambda v: f"momentum {format_number(v)}",
@@ -187,21 +182,13 @@ class RunConfig:
                                       "run gives both accuracies and training energy; evaluation "
                                       "energy is measured as its own task and reported apart, never "
                                       "in the training figures")
-    # ---- branches: one more cycle trained from levels of a finished lt run (archs/pruning/branches)
-    branch: str = setting("", token=None, role=PRUNING, parse=_branch_name, metavar="NAME",
-                          words=lambda v: f"{v} branch" if v else "",
-                          help="train the branch NAME of the run these flags name (which must be "
-                               "finished): one cycle at each of its levels, changed in one way "
-                               "(reinit, random_mask, retrain, lr_rewind, finetune, lmc); results "
-                               "under ARCH/DATASET/branches/STEM/")
+    branch: str = setting("", token=None, role=PRUNING, parse=_branch_name, metavar="NAME", words=_branch_words,
+                          help="one more cycle from levels of the finished lt run these flags name: "
+                               "reinit, random_mask, retrain, lr_rewind, finetune or lmc (README: branches)")
     branch_args: str = setting("", token=None, role=PRUNING, parse=_branch_args, metavar="KEY=VALUE,...",
-                               words=lambda v: v.replace(",", " "),
-                               help="settings of the branch, e.g. lr=0.01,optimizer=sgd for retrain "
-                                    "(part of the branch's identity)")
+                               words=_args_words, help="the branch's settings (lr=0.01,...)")
     branch_levels: tuple = setting((), token=None, role=PRUNING, parse=parse_whole, nargs="+", metavar="K",
-                                   words=lambda v: "levels " + " ".join(map(str, v)) if v else "",
-                                   help="the levels of the run the branch trains (default: every "
-                                        "pruned level; lmc: every level)")
+                                   words=_levels_words, help="levels the branch trains (default: all pruned)")
     seed: int = setting(0, token=None, role=SEED, parse=_seed, help="the run's seed")
 
     def __post_init__(self):
@@ -247,11 +234,6 @@ class RunConfig:
         if self.rewind_to != "init" and self.prune_type == "reinit":
             raise UserError("--prune_type reinit re-draws the survivors, so it has no rewind point; "
                             "drop --rewind_to")
-        if (self.branch_args or self.branch_levels) and not self.branch:
-            raise UserError("--branch_args and --branch_levels set up a branch: add --branch NAME")
-        if self.branch and (self.train_type != "lt" or self.prune_type != "lt"):
-            raise UserError("a branch grows from the levels of a winning-ticket run: drop --branch, or "
-                            "give the flags of an lt run (--train_type lt --prune_type lt)")
         if self.early_bird and self.rewind_to != "init":
             raise UserError("--early_bird ends the dense cycle early, possibly before the rewind point; "
                             "use it with --rewind_to init")
@@ -303,16 +285,8 @@ class RunConfig:
     def stem(self) -> str:
         """The run's file name without extension (see the module's docstring)."""
         head = f"{self.config_name}_seed{self.seed}_co2{bool(self.co2_tracking_mode)}_{self.dataset}"
-        return head + self._suffix() + (f"_br-{self.branch_name}" if self.branch else "")
+        return head + self._suffix() + branch_suffix(self)
 
-    @property
-    def branch_name(self) -> str:
-        """The branch's file name: NAME, then its settings and levels when given
-        (``retrain_lr0.01_optimizersgd``, ``reinit_lv3-5``)."""
-        parts = [self.branch] + [item.replace("=", "") for item in self.branch_args.split(",") if item]
-        if self.branch_levels:
-            parts.append("lv" + "-".join(map(str, self.branch_levels)))
-        return "_".join(parts)
 
     @property
     def parent(self) -> "RunConfig":
@@ -327,8 +301,7 @@ class RunConfig:
     @property
     def configuration_id(self) -> str:
         """The stem without seed and measurement mode: what runs averaged together share."""
-        branch = f"_br-{self.branch_name}" if self.branch else ""
-        return f"{self.config_name}_{self.dataset}{self.configuration_suffix}{branch}"
+        return f"{self.config_name}_{self.dataset}{self.configuration_suffix}{branch_suffix(self)}"
 
     def _suffix(self) -> str:
         tokens = {f.name: f.metadata["token"] for f in fields(self)}

@@ -245,10 +245,23 @@ def _branch_args(text: str) -> str:
     pairs = {}
     for item in text.split(","):
         key, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[a-z_]+$", key.strip()) or not re.match(r"^[A-Za-z0-9.+-]+$", value.strip()):
+        key, value = key.strip(), value.strip()
+        if not sep or not re.match(r"^[a-z_]+$", key) or not re.match(r"^[A-Za-z0-9.+-]+$", value):
             raise ValueError(f"{item!r} is not KEY=VALUE (e.g. lr=0.01)")
-        pairs[key.strip()] = value.strip()
+        pairs[key] = value
     return ",".join(f"{k}={pairs[k]}" for k in sorted(pairs))
+
+
+def _branch_words(value: str) -> str:
+    return f"{value} branch" if value else ""   # a ticket run: its other words name it
+
+
+def _args_words(value: str) -> str:
+    return value.replace(",", " ")
+
+
+def _levels_words(value: tuple) -> str:
+    return "levels " + " ".join(map(str, value)) if value else ""
 
 
 def _seed(text: str) -> int:

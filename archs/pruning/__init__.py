@@ -6,7 +6,8 @@ controls -> round / transfer, and nothing here imports the training loop or the 
 """
 from archs.pruning.controls import (PRUNE_TYPES, State, control_ticket, cycle_start_state, derived_generator,
                                     random_masks, reinitialise_survivors, xavier_normal_std)
-from archs.pruning.criteria import CRITERIA, criterion_scores, magnitude_scores, register_criterion, snip_scores
+from archs.pruning.criteria import (CRITERIA, criterion_scores, magnitude_scores, register_criterion,
+                                    snip_scores)
 from archs.pruning.masks import (PRUNABLE_LAYERS, Masks, apply_masks, count_alive, full_masks, is_denormal,
                                  is_nonzero, layer_table_rows, masks_from_state, percent_remaining,
                                  prunable_names)

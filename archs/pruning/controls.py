@@ -65,8 +65,9 @@ def reinitialise_survivors(model_or_state: nn.Module | Mapping[str, torch.Tensor
     """A copy of the state whose masked weights are redrawn from the original initialisation's
     distribution (Xavier-normal, see ``archs.initialise``) with ``generator`` and multiplied by
     their mask: the random-reinitialisation control. The biases of those layers are redrawn
-    too (from ``bias_init``'s distribution: see :func:`initial_bias`), so no part of the original draw of a pruned layer survives; everything
-    else (BatchNorm, running statistics) is copied. Draws are made on the CPU in ``masks``
+    too (from ``bias_init``'s distribution: see :func:`initial_bias`), so no part of the
+    original draw of a pruned layer survives; everything else (BatchNorm, running statistics)
+    is copied. Draws are made on the CPU in ``masks``
     order (weight, then bias), so a seeded generator gives the same state on any device."""
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     new_state = {name: tensor.detach().clone() for name, tensor in state.items()}

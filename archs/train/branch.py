@@ -98,7 +98,8 @@ class BranchRun(LotteryRun):
         if start.data_order == "ticket":
             self.generator = replayed_generator(self.config.seed, self.parent_epochs[self.level], n)
         else:
-            self.generator = derived_generator(self.config.seed, f"{self.branch.name}/copy{self.copy}", self.level)
+            stream = f"{self.branch.name}/copy{self.copy}"
+            self.generator = derived_generator(self.config.seed, stream, self.level)
 
     def epoch_hooks(self) -> dict:
         hooks = epoch_hooks(self)
@@ -125,8 +126,9 @@ class BranchRun(LotteryRun):
         model = self.model
         saved = clone_state(model)
         model.load_state_dict({n: t.to(self.device) for n, t in state.items()})
-        _, accuracy = evaluate(self.runtime.forward, self.splits.test, self.eval_batch_size,
-                               autocast_dtype=self.runtime.autocast_dtype, memory_format=self.runtime.memory_format)
+        runtime = self.runtime
+        _, accuracy = evaluate(runtime.forward, self.splits.test, self.eval_batch_size,
+                               autocast_dtype=runtime.autocast_dtype, memory_format=runtime.memory_format)
         model.load_state_dict({n: t.to(self.device) for n, t in saved.items()})
         return 100.0 - accuracy
 

@@ -11,7 +11,8 @@ from utils import UserError
 
 def pruned_trained_start(parent, level: int) -> LevelStart:
     if level < 1:
-        raise UserError("lr_rewind and finetune start from the level before: give --branch_levels of 1 or more")
+        raise UserError("lr_rewind and finetune start from the level before: give --branch_levels "
+                        "of 1 or more")
     return LevelStart(dict(parent.masks[level]), dict(parent.final_state(level - 1)))
 
 

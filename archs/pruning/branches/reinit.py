@@ -9,8 +9,8 @@ from archs.pruning.controls import derived_generator, reinitialise_survivors
 
 def reinit_start(parent: ParentTicket, level: int) -> LevelStart:
     masks = dict(parent.masks[level])
-    state = reinitialise_survivors(parent.initial_state, masks, derived_generator(parent.seed, "reinit", level),
-                                   bias_init=parent.bias_init)
+    generator = derived_generator(parent.seed, "reinit", level)
+    state = reinitialise_survivors(parent.initial_state, masks, generator, bias_init=parent.bias_init)
     return LevelStart(masks, state)
 
 
