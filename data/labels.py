@@ -133,10 +133,13 @@ def config_sort_key(name: str) -> tuple:
     return (0, -left, not is_baseline(name), name)
 
 
-# The controls of a winning ticket keep these colours and line styles in every figure, so that
-# the three conditions of one configuration are never drawn alike.
+# The controls of a winning ticket (its branches) and the iterative runs keep these colours and
+# line styles in every figure, so that the conditions of one configuration are never drawn alike.
 # (Colours outside OTHER_COLOURS, so that no ticket's hashed colour can be a control's.)
-CONTROL_STYLES = {"random reinit": ("#b2182b", "--"), "random mask": ("#6a3d9a", ":")}
+CONTROL_STYLES = {"reinit branch": ("#b2182b", "--"), "random_mask branch": ("#6a3d9a", ":"),
+                  "lr_rewind branch": ("#1b7837", "-."), "finetune branch": ("#8c510a", "-."),
+                  "retrain branch": ("#01665e", "-."), "lmc branch": ("#4d4d4d", "-."),
+                  "iterative reinit": ("#f4a582", "--"), "iterative random pruning": ("#c2a5cf", ":")}
 
 
 def control_style(name: str) -> tuple[str, str] | None:

@@ -123,9 +123,8 @@ def network_argument(text: str) -> str:
 def branch_file_name(config) -> str:
     """A branch's file name: NAME, then its settings and levels when given
     (``retrain_lr0.01_optimizersgd``, ``reinit_lv3-5``); "" for a run that is no branch."""
-    if not config.branch:
-        return ""
-    parts = [config.branch] + [item.replace("=", "") for item in config.branch_args.split(",") if item]
+    parts = [config.branch] if config.branch else []
+    parts += [item.replace("=", "") for item in config.branch_args.split(",") if item]
     if config.branch_levels:
         parts.append("lv" + "-".join(map(str, config.branch_levels)))
     return "_".join(parts)
@@ -133,4 +132,5 @@ def branch_file_name(config) -> str:
 
 def branch_suffix(config) -> str:
     """What a branch adds to its run's stem and configuration id (``_br-reinit``)."""
-    return f"_br-{branch_file_name(config)}" if config.branch else ""
+    name = branch_file_name(config)
+    return f"_br-{name}" if name else ""

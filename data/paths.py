@@ -28,7 +28,7 @@ def _file_base(save_dir: Path | str, config: RunConfig) -> Path:
     """A run's files without extension: ``ARCH/DATASET/STEM``, or for a branch
     ``ARCH/DATASET/branches/PARENT_STEM/BRANCH_NAME``."""
     folder = run_dir(save_dir, config.arch_type, config.dataset)
-    if config.branch:
+    if branch_file_name(config):
         return folder / "branches" / config.parent.stem / branch_file_name(config)
     return folder / config.stem
 

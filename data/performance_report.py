@@ -120,8 +120,11 @@ def control_comparison_rows(runs: list[TrainingRun], level: float = 0.95) -> lis
         tickets = {r.config.seed: by_level(r) for r in members
                    if not r.config.branch and r.config.prune_type == "lt"}
         for control, name in CONTROLS.items():
-            controls = {r.config.seed: by_level(r) for r in members
-                        if r.config.branch == control and not r.config.branch_args}
+            controls: dict[int, dict[int, dict]] = {}
+            for r in members:   # a seed's levels may lie in several files (--branch_levels)
+                if r.config.branch == control and not r.config.branch_args:
+                    for k, summary in by_level(r).items():
+                        controls.setdefault(r.config.seed, {}).setdefault(k, summary)
             seeds = sorted(set(tickets) & set(controls))
             levels = sorted(set.intersection(*(set(tickets[s]) & set(controls[s]) for s in seeds))) if seeds else []
             for cycle in (k for k in levels if k > 0):

@@ -118,7 +118,8 @@ def alternative_value(f: dataclasses.Field):
     default = f.default
     samples = {"rewind_to": "2ep", "warmup": "1ep", "prune_ignore": ("1",), "output_prune_percent": 45.0,
                "target_sparsity": 90.0, "ticket_source": "pp90x2_seed0_co2False_mnist@0123456789ab:c1",
-               "init_from": "pretrained@0123456789ab"}
+               "init_from": "pretrained@0123456789ab", "branch": "reinit", "branch_args": "lr=0.01",
+               "branch_levels": (1,)}
     if f.name in samples:
         return samples[f.name]
     if f.name in REGISTERED:   # arch_type, dataset, optimizer, ...: another registered name
