@@ -56,9 +56,10 @@ class LinearModeConnectivity(Branch):
     includes_dense = True
 
     def start(self, parent, level, args, copy) -> LevelStart:
+        """Both copies start at the rewind point, the dense level too (with late rewinding the
+        parent's dense cycle started at initialisation instead)."""
         ticket = ticket_start(parent, level)
-        ticket.data_order = "ticket" if copy == 0 else "other"
-        return ticket
+        return LevelStart(ticket.masks, dict(parent.rewind_state), "ticket" if copy == 0 else "other")
 
     def finish_level(self, level, finals, masks, evaluate, args):
         return error_path(finals[0], finals[1], masks, evaluate, args.get("points", 11))
