@@ -201,3 +201,24 @@ def test_the_command_line_and_the_api_give_the_same_control_masks(parent):
     cli = load(path)["masks"][0]
     api = control_start(parent_ticket(results, path), "random_mask", 1).masks
     assert all(torch.equal(cli[name], api[name]) for name in api)
+
+
+def test_branches_are_drawn_in_the_lottery_ticket_and_instability_figures(parent):
+    import matplotlib
+    matplotlib.use("Agg")
+
+    from data.performance_report import instability_figure, lottery_ticket_figure
+    from data.results import group_by, load_training_runs
+
+    save_dir, scope, _ = parent
+    if scope == "global":
+        pytest.skip("one scope is enough")
+    branch(save_dir, scope, "reinit")
+    branch(save_dir, scope, "lmc", branch_levels=(1,))
+    runs = load_training_runs(save_dir, "fc1", "digits", RunFilter(where=(where_argument("lr_schedule=none"),)))
+    groups = group_by(runs, lambda r: r.config_name)
+    fig = lottery_ticket_figure(groups, "best_epoch", "epoch of best", "early stopping")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert any("reinit branch" in label for label in labels)
+    fig = instability_figure(runs, "lmc")
+    assert fig is not None and len(fig.axes[0].lines) >= 1
