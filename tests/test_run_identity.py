@@ -381,10 +381,12 @@ def test_processes_racing_for_a_lock_never_hold_it_together(tmp_path):
 
 # --------------------------------------------------------------------------- concurrent replays
 def test_two_concurrent_replays_keep_every_row(mixed_study, tmp_path):
+    """Started together with --wait, the second replay waits for the first (one measures at a
+    time: tests/test_new_user.py checks the refusal without it) and both keep their rows."""
     save_dir = tmp_path / "saves"
     shutil.copytree(mixed_study, save_dir)
     common = [sys.executable, "post_training_inference.py", "--save_dir", str(save_dir), "--passes", "1",
-              "--country_iso_code", "FRA", "--no_progress"]
+              "--country_iso_code", "FRA", "--no_progress", "--wait"]
     processes = [subprocess.Popen(common + ["--mode", mode], cwd=ROOT, env=SUBPROCESS_ENV,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                  for mode in ("dense", "sparse")]
