@@ -31,6 +31,7 @@ from archs.train.start import starting_point
 from archs.train.steps import epoch_hooks, progress_text, pruning_round, record_epoch, update_early_bird
 from archs.train.summary import CycleSummary, cycle_ticket, log_layer_table, run_results
 from data.datasets import DataSplits, get_spec
+from data.paths import SAVE_DIR
 from data.runs import LOG_KEYS, RunConfig
 from archs.runtime import seed_everything
 from utils import TrainingDiverged, UserError, get_logger
@@ -48,7 +49,7 @@ class LotteryRun:
     def __init__(self, config: RunConfig, splits: DataSplits, device: torch.device,
                  recorder_factory: Callable | None = None, eval_batch_size: int | None = None,
                  on_cycle_end: Callable[[dict], None] | None = None, print_freq: int = 1,
-                 source_root: Path | str = "saves", compile_model: bool = False,
+                 source_root: Path | str = SAVE_DIR, compile_model: bool = False,
                  deterministic: bool = False):
         self.config = config
         self.splits = splits
