@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from archs.optim import optimizer_names, schedule_names
+from archs.pruning.criteria import CRITERIA
 from archs.registry import architecture_names
 from data.datasets import DATASETS
 from data.runs import RunConfig
@@ -21,6 +22,7 @@ REGISTERED: dict[str, Callable[[], list[str]]] = {
     "dataset": lambda: list(DATASETS),
     "optimizer": optimizer_names,
     "lr_schedule": schedule_names,
+    "prune_criterion": lambda: list(CRITERIA),
 }
 
 

@@ -118,7 +118,7 @@ class RunConfig:
         words=lambda v: "no target sparsity" if v is None else f"target {format_number(v)}% pruned",
         help="percent of weights removed after the last cycle; sets the per-round rate to "
              "1-(1-S)^(1/(N-1)) with N = PRUNE_ITERATIONS (instead of --prune_percent)")
-    prune_criterion: str = setting("magnitude", token="crit", role=PRUNING, choices=("magnitude", "snip"),
+    prune_criterion: str = setting("magnitude", token="crit", role=PRUNING,   # choices: archs.choices
                                    words=lambda v: f"{v} criterion",
                                    help="magnitude: smallest |w| pruned; snip: smallest connection "
                                         "sensitivity |g*w| on training batches at the rewind point "
