@@ -316,9 +316,12 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
     ax.ticklabel_format(style="sci", scilimits=(-3, 4))
     bars = (f"; bars: {CONFIDENCE_LEVEL:.0%} CI of the break-even point (Fieller, over seeds)"
             if any(row["outcome"] == AFTER for row in rows) else "")
-    ax.set_xlabel(f"Inferences served (images classified)\nbands: ± 1 SD over seeds{bars}\n"
-                  + verdict_lines(rows), fontsize="small")
-    ax.set_ylabel("Total CO2-equivalent emissions (kg CO2eq)\ntraining + inference")
+    import textwrap
+
+    xlabel = (f"Inferences served (images classified)\nbands: ± 1 SD over seeds{bars}\n"
+              + verdict_lines(rows))   # each line wrapped: a legend beside the axes narrows them
+    ax.set_xlabel("\n".join(textwrap.fill(line, 75) for line in xlabel.splitlines()), fontsize="small")
+    ax.set_ylabel("Total CO2eq (kg),\ntraining + inference")
     set_title(ax, title)
     place_legend(fig, ax)
     if caveat:
