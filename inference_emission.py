@@ -17,7 +17,7 @@ def build_parser():
     from data.labels import BASELINE_CONFIG, MODE_PREFERENCE
     from data.plot_cli import plot_parser
     from data.selection import config_name_argument
-    from utils import positive_finite_float
+    from utils import positive_float
 
     parser = plot_parser(cycle=True, description="Break-even analysis of training + inference CO2 against the dense "
                          "baseline, from lottery_ticket.py --co2_tracking_mode runs and "
@@ -30,7 +30,7 @@ def build_parser():
                              "whichever mode it was replayed with")
     parser.add_argument("--baseline", default=BASELINE_CONFIG, type=config_name_argument,
                         metavar="ppPxN", help="the configuration every other is compared with")
-    parser.add_argument("--max_inferences", type=positive_finite_float, default=None, metavar="N",
+    parser.add_argument("--max_inferences", type=positive_float, default=None, metavar="N",
                         help="end the figure's horizontal axis at N inferences (default: twice "
                              "the largest break-even point)")
     return parser

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import secrets
@@ -308,44 +309,55 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class BadValue(argparse.ArgumentTypeError, ValueError):
+    """Text that is not a valid value: argparse prints the message; settings catch it as ValueError."""
+
+
+def parse_whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BadValue(f"{text!r} is not a whole number") from None
+
+
+def parse_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BadValue(f"{text!r} is not a finite number")
+    return value
+
+
 def percent(text: str) -> float:
     """argparse type for a pruning percentage in [0, 100)."""
-    value = _number(text)
+    value = parse_number(text)
     if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 100): give the percent of "
-                                         "surviving weights to prune each cycle, e.g. 90")
+        raise BadValue(f"{text} is outside [0, 100): give the percent of surviving weights to prune "
+                       "each cycle, e.g. 90")
     return value
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = parse_whole(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+        raise BadValue(f"{text} must be at least 1")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = _number(text)
+    value = parse_number(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        raise BadValue(f"{text} must be greater than 0")
     return value
 
 
-def positive_finite_float(text: str) -> float:
-    value = positive_float(text)
-    if value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number; give a count such as 1e6")
+def non_negative_float(text: str) -> float:
+    value = parse_number(text)
+    if not value >= 0:
+        raise BadValue(f"{text} must be 0 or more")
     return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -383,17 +395,3 @@ def run_cli(main: Callable[[], int | None], interrupted_hint: str = "files alrea
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 141
     sys.exit(code or 0)
-
-
-# Names that lived here before utils became torch-free.
-_MOVED = {"atomic_torch_save": "data.store", "load_checkpoint": "data.store",
-          "resolve_device": "archs.runtime", "synchronise": "archs.runtime",
-          "seed_everything": "archs.runtime"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,14 +28,12 @@ from typing import Any, Iterable, Sequence
 
 from data.names import branch_suffix, config_name, settings_suffix
 from data.settings import (MAX_SEED, MEASUREMENT, PRUNING, SEED, TRAINING, _duration_words, _init_from,
-                           _layer_names, _momentum, _non_negative_number, _optional_percent, _percent,
-                           _positive_int, _positive_number, _rewind_point, _seed, _source_words,
+                           _layer_names, _momentum, _optional_percent, _rewind_point, _seed, _source_words,
                            _target_sparsity, _ticket_source, _warmup, add_field_arguments, _branch_args,
-                           _args_words, _branch_name, _branch_words, _levels_words, parse_whole,
-                           format_number, format_value, parse_bool, parse_field, per_round_percent,
-                           setting)
+                           _args_words, _branch_name, _branch_words, _levels_words, format_number,
+                           format_value, parse_bool, parse_field, per_round_percent, setting)
 from data.sources import reference_stem
-from utils import UserError
+from utils import UserError, non_negative_float, parse_whole, percent, positive_float, positive_int
 
 RESULTS_FORMAT_VERSION = 2
 # Version 1 (before every cycle's ticket was kept) is still read: its settings were a subset
@@ -57,26 +55,26 @@ class RunConfig:
     dataset: str = setting("mnist", token=None,
                            help="dataset; the official train and test sets are merged and split "
                                 "70/15/15 into train/validation/test with the run's seed")
-    prune_percent: float = setting(90.0, token=None, parse=_percent, role=PRUNING,
+    prune_percent: float = setting(90.0, token=None, parse=percent, role=PRUNING,
                                    help="percent of the surviving weights of each layer pruned before "
                                         "each cycle after the first, in [0, 100)")
-    prune_iterations: int = setting(2, token=None, parse=_positive_int, role=PRUNING,
+    prune_iterations: int = setting(2, token=None, parse=positive_int, role=PRUNING,
                                     help="number of training cycles; 1 = no pruning, N = N-1 pruning "
                                          "rounds")
     # No token: "regular" is exactly the pp0x1 head (an lt run needs 2 or more cycles).
     train_type: str = setting("lt", token=None, choices=("lt", "regular"), role=PRUNING,
                               help="lt: lottery ticket; regular: dense baseline (forces "
                                    "--prune_percent 0 --prune_iterations 1)")
-    lr: float = setting(1e-4, token="lr", parse=_positive_number, words=lambda v: f"lr {format_number(v)}",
+    lr: float = setting(1e-4, token="lr", parse=positive_float, words=lambda v: f"lr {format_number(v)}",
                         help="learning rate (of Adam, or SGD)")
-    decay: float = setting(1e-5, token="decay", parse=_non_negative_number,
+    decay: float = setting(1e-5, token="decay", parse=non_negative_float,
                            words=lambda v: f"weight decay {format_number(v)}",
                            help="weight decay (L2 penalty)")
-    batch_size: int = setting(512, token="bs", parse=_positive_int, words=lambda v: f"batch {v}",
+    batch_size: int = setting(512, token="bs", parse=positive_int, words=lambda v: f"batch {v}",
                               help="training mini-batch size")
-    end_iter: int = setting(32, token="ep", parse=_positive_int, flags=("--end_epoch",),
+    end_iter: int = setting(32, token="ep", parse=positive_int, flags=("--end_epoch",),
                             words=lambda v: f"{v} epochs per cycle", help="epochs of training in each cycle")
-    valid_freq: int = setting(1, token="vf", parse=_positive_int,
+    valid_freq: int = setting(1, token="vf", parse=positive_int,
                               words=lambda v: f"evaluated every {v} epochs",
                               help="evaluate validation and test sets (or, with --co2_tracking_mode, "
                                    "record the CO2 tracker) every this many epochs, and at each "

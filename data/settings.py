@@ -8,14 +8,13 @@ means (``role``). Everything else (flags, ``--where``, names, labels) is derived
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from dataclasses import Field, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from data.sources import REFERENCE, file_reference, parse_reference, reference_stem
-from utils import UserError
+from utils import UserError, parse_number, parse_whole, percent  # noqa: F401  (parse_* re-exported)
 
 MAX_SEED = 2 ** 32 - 1          # numpy.random.seed's range
 
@@ -52,23 +51,6 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
-def parse_whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-
-
-def parse_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    return value
-
-
 # --------------------------------------------------------------------------- declaring settings
 def setting(default: Any, *, help: str, token: str | None, role: str = TRAINING,
             flags: Sequence[str] = (), choices: Sequence[str] | None = None,
@@ -89,37 +71,8 @@ def setting(default: Any, *, help: str, token: str | None, role: str = TRAINING,
     return field(default=default, metadata=metadata)
 
 
-def _percent(text: str) -> float:
-    value = parse_number(text)
-    if not 0 <= value < 100:
-        raise ValueError(f"{text} is outside [0, 100): give the percent of surviving weights to "
-                         "prune each cycle, e.g. 90")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = parse_whole(text)
-    if value < 1:
-        raise ValueError(f"{text} must be at least 1")
-    return value
-
-
-def _positive_number(text: str) -> float:
-    value = parse_number(text)
-    if not value > 0:
-        raise ValueError(f"{text} must be greater than 0")
-    return value
-
-
-def _non_negative_number(text: str) -> float:
-    value = parse_number(text)
-    if not value >= 0:
-        raise ValueError(f"{text} must be 0 or more")
-    return value
-
-
 def _optional_percent(text: str) -> float | None:
-    return None if text.strip().lower() in ("", "none") else _percent(text)
+    return None if text.strip().lower() in ("", "none") else percent(text)
 
 
 def _target_sparsity(text: str) -> float | None:

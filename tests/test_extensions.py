@@ -16,7 +16,8 @@ from archs.registry import ARCHITECTURES, register_model
 from data.datasets import DATASETS, register_dataset
 from data.paths import results_path
 from data.runs import RunConfig
-from utils import UserError, load_checkpoint
+from utils import UserError
+from data.store import load_checkpoint
 
 LR = 0.05
 seen_lrs: list[float] = []          # the rate of every optimiser step, as the step saw it
