@@ -32,7 +32,7 @@ from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, in
                         inference_summary_csv_path, partial_csv_path, run_dir)
 from data.settings import REPLAY_MODES
 from data.selection import (RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs,
-                            training_flags)
+                            flags_for_config)
 from data.statistics import Estimate
 from archs.runtime import resolve_device, synchronise
 from data.store import load_checkpoint
@@ -128,7 +128,7 @@ def load_ticket(run: RunRecord, state_name: str, cycle: int, device: torch.devic
             raise UserError(f"{ticket_file} is missing: the run kept no weights for cycle {cycle} "
                             "(made before every cycle was kept, or with --save_cycle_weights none); "
                             f"retrain it with: python3 lottery_ticket.py "
-                            f"{' '.join(training_flags(run.config))} --seeds {run.seed}")
+                            f"{' '.join(flags_for_config(run.config))} --seeds {run.seed}")
         ticket = load_checkpoint(ticket_file)
         if key not in ticket:
             raise UserError(f"{ticket_file} holds no {state_name} weights (saved with "

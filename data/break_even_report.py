@@ -29,7 +29,7 @@ from data.selection import find_runs, select_runs
 from data.emissions import summarise_provenance
 from data.plotting import add_caption
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
-                           training_flags)
+                           flags_for_config_name)
 from data.plotting import FIGURE_SIZE, FigureWriter, figure_style, place_legend, set_title
 from data.results import group_by
 from data.paths import inference_runs_csv_path
@@ -177,7 +177,7 @@ def comparable_configs(training: dict[str, list[float]], inference: dict[str, li
     log = get_logger()
     needs = (
         ("CO2-tracking training run", training,
-         options.command("lottery_ticket.py", *training_flags(baseline), "--co2_tracking_mode")),
+         options.command("lottery_ticket.py", *flags_for_config_name(baseline), "--co2_tracking_mode")),
         ("inference replay", inference, options.command("post_training_inference.py")))
     for side, have, make in needs:
         if baseline not in have:

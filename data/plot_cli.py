@@ -14,9 +14,8 @@ from data.labels import FORMATS, split_label
 from data.names import network_argument, parse_config_name
 from data.paths import SAVE_DIR, inference_runs_csv_path, run_dir
 from data.runs import RunConfig
-from data.runs import training_flags as config_flags
 from data.selection import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
-                            select_runs)
+                            flags_for_config, select_runs)
 from utils import ArgumentParser, UserError, get_logger, setup_logging
 
 if TYPE_CHECKING:   # the readers import numpy and torch: loaded when a figure is drawn, not for --help
@@ -78,13 +77,13 @@ def plot_parser(description: str, *, cycle: bool = False) -> ArgumentParser:
     return parser
 
 
-def training_flags(name: str) -> list[str]:
+def flags_for_config_name(name: str) -> list[str]:
     """lottery_ticket.py's flags that train configuration ``name`` (pp0x1: the dense baseline),
-    every other setting at its default: :func:`data.runs.training_flags` of that configuration."""
+    every other setting at its default: :func:`data.selection.flags_for_config` of that configuration."""
     prune_percent, prune_iterations = parse_config_name(name)
     config = (RunConfig(train_type="regular") if prune_iterations == 1
               else RunConfig(prune_percent=prune_percent, prune_iterations=prune_iterations))
-    return config_flags(config)
+    return flags_for_config(config)
 
 
 def run_plot_script(parser: argparse.ArgumentParser, draw: Callable[[argparse.Namespace, "PlotOptions"], list[Path]],

@@ -383,7 +383,7 @@ _MOVED = {"data.settings": ("format_number", "format_value", "parse_bool", "pars
                          "partial_csv_path", "tickets_dir", "cycle_ticket_path", "inference_dir",
                          "inference_csv_path", "inference_runs_csv_path", "inference_summary_csv_path",
                          "is_results_file"),
-          "data.selection": ("training_flags", "RunRecord", "read_run_settings", "find_runs", "RunFilter", "where_argument",
+          "data.selection": ("flags_for_config", "RunRecord", "read_run_settings", "find_runs", "RunFilter", "where_argument",
                              "config_name_argument", "seed_argument", "add_selection_arguments",
                              "select_runs", "group_labels", "describe_groups")}
 

@@ -232,7 +232,7 @@ def describe_groups(runs: Sequence[RunRecord]) -> str:
     return "; ".join(parts)
 
 
-def training_flags(config: RunConfig) -> list[str]:
+def flags_for_config(config: RunConfig) -> list[str]:
     """lottery_ticket.py's flags that make ``config``'s runs (defaults left out)."""
     if config.is_dense_baseline:
         words = ["--train_type", "regular"]

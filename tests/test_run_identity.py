@@ -32,7 +32,7 @@ from data.plot_cli import PlotOptions, select_training_runs
 from data.names import MAX_READABLE_SUFFIX, parse_config_name, parse_stem
 from data.paths import inference_runs_csv_path, lock_path, results_path
 from data.runs import RunConfig
-from data.selection import (RunFilter, config_name_argument, find_runs, read_run_settings, select_runs, training_flags,
+from data.selection import (RunFilter, config_name_argument, find_runs, flags_for_config, read_run_settings, select_runs,
                             where_argument)
 from data.settings import format_value
 from data.store import load_checkpoint
@@ -163,11 +163,11 @@ def test_every_setting_changes_the_runs_name_and_reads_back(setting, tmp_path):
 @pytest.mark.parametrize("setting", [f for f in dataclasses.fields(RunConfig) if f.name != "seed"],
                          ids=lambda f: f.name)
 def test_the_retrain_command_makes_the_same_run(setting):
-    """The command messages print to remake a run (training_flags) makes exactly that run."""
+    """The command messages print to remake a run (flags_for_config) makes exactly that run."""
     from data.runs import config_from_args
 
     config = RunConfig(**{setting.name: alternative_value(setting)}, seed=3)
-    args = lottery_ticket.build_parser().parse_args(training_flags(config) + ["--seeds", "3"])
+    args = lottery_ticket.build_parser().parse_args(flags_for_config(config) + ["--seeds", "3"])
     assert config_from_args(args, seed=args.seeds[0]) == config
 
 
