@@ -1,54 +1,14 @@
-"""Pruning criteria: the score that ranks survivors (the lowest are pruned first).
-
-|w| for magnitude pruning, |g * w| for SNIP (:func:`snip_scores`). A criterion joins
-:data:`CRITERIA` with :func:`register_criterion`; its function receives the model holding
-the trained weights of the cycle before, the masks, the rewind state and the scoring
-batches, and returns one score tensor per masked weight.
-"""
+"""``snip``: SNIP's connection sensitivity |g * w|, scored at the rewind state (Lee et al., 2019)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from archs.pruning.masks import Masks, prunable_names
+from archs.pruning.criteria.base import Masks, register_criterion
+from archs.pruning.masks import prunable_names
 from archs.pruning.rewind import rewind
-
-Scorer = Callable[..., Masks]
-CRITERIA: dict[str, Scorer] = {}
-
-
-def register_criterion(name: str) -> Callable[[Scorer], Scorer]:
-    """Add a criterion ``fn(model, masks, rewind_state, batches, loss_fn) -> scores``."""
-    def add(fn: Scorer) -> Scorer:
-        if name in CRITERIA:
-            raise ValueError(f"the criterion {name!r} is registered twice")
-        CRITERIA[name] = fn
-        return fn
-    return add
-
-
-def criterion_scores(criterion: str, model: nn.Module, masks: Mapping[str, torch.Tensor],
-                     rewind_state: Mapping[str, torch.Tensor],
-                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                     loss_fn: Callable = F.cross_entropy) -> Masks:
-    """The scores of ``criterion`` for the survivors of ``masks``."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    return CRITERIA[criterion](model, masks, rewind_state, batches, loss_fn)
-
-
-def magnitude_scores(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> Masks:
-    """|w| of every masked tensor: the score of magnitude pruning."""
-    return {name: weights[name].detach().abs() for name in masks}
-
-
-
-@register_criterion("magnitude")
-def _magnitude(model, masks, rewind_state, batches, loss_fn) -> Masks:
-    return magnitude_scores(dict(model.named_parameters()), masks)
 
 
 def snip_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -85,7 +45,6 @@ def snip_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
     if n_batches == 0:
         raise ValueError("snip_scores needs at least one batch")
     return {n: (total / n_batches * w.detach()).abs() for n, total, w in zip(names, totals, weights)}
-
 
 
 @register_criterion("snip")
