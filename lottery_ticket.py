@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from archs.launch.orchestration import launch_training
     from archs.launch.settings import launch_settings_from_args
     from archs.launch.study import expand_study, read_study, study_seeds
-    from data.emissions import tracker_settings_from_args
+    from data.energy.emissions import tracker_settings_from_args
     from archs.choices import registered_choices
     from data.runs import config_from_args
 

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.plot_cli import run_plot_script
 
     def draw(args, options):
-        from data.emissions_report import plot_training_emissions   # numpy, matplotlib: after parsing
+        from data.energy.emissions_report import plot_training_emissions   # numpy, matplotlib: after parsing
 
         return plot_training_emissions(options)
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from archs.inference import InferenceJob, evaluate_tickets
     from archs.launch.orchestration import launch_replay
     from archs.launch.settings import launch_settings_from_args
-    from data.emissions import tracker_settings_from_args
+    from data.energy.emissions import tracker_settings_from_args
     from data.datasets import DATASETS
     from data.selection import RunFilter
 

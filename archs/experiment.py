@@ -16,7 +16,7 @@ from archs.pruning import LayerCollapse, PruningPlan, first_collapse, full_masks
 from archs.train import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
 from archs.train.branch import BranchRun, parent_epochs, parent_ticket
 from data.datasets import get_spec, load_dataset, make_splits
-from data.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
+from data.energy.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
                             describe_provenance, keep_first_rows)
 from data.paths import (SAVE_DIR, checkpoint_path, cycle_ticket_path, emissions_csv_path, lock_path,
                         partial_csv_path, results_path, run_dir)

@@ -24,7 +24,7 @@ from archs.pruning import is_denormal, masks_from_state, percent_remaining, prun
 from archs.sparse import CONVOLUTION_REASON, compare_outputs, sparsify
 from archs.train.loop import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
-from data.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, describe_provenance
+from data.energy.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, describe_provenance
 from data.energy.process import others_share
 from data.inference_tables import STATES, merge_into_tables, read_rows, summary_table
 from data.jobs import InferenceJob  # noqa: F401  (declared torch-free for the parser; re-exported)

@@ -18,7 +18,7 @@ import numpy as np
 from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, CONFIDENCE_LEVEL, UNDETERMINED,
                             WELCH_LEVEL, CostLine, Measurements, break_even_rows, cost_lines,
                             describe_break_even, inference_horizon)
-from data.emissions import MIN_POWER_SAMPLES, TrackerSettings
+from data.energy.emissions import MIN_POWER_SAMPLES, TrackerSettings
 from data.analysis.measured import (largest_of, recorded_sample_seconds, shortest_of,  # noqa: F401
                                     summed_components, training_others_share)
 from data.energy.process import CONTAMINATION_SHARE, describe_shares
@@ -26,7 +26,7 @@ from data.csv_tables import csv_text
 from data.labels import (MODE_PREFERENCE, config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
 from data.selection import find_runs, select_runs
-from data.emissions import summarise_provenance
+from data.energy.emissions import summarise_provenance
 from data.plotting import add_caption
 from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
                            flags_for_config_name)

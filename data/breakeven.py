@@ -29,7 +29,7 @@ with 5 seeds a resample of 5 runs understates the spread, and it covered the tru
 
 The verdict (:func:`break_even_verdict`) is only as strong as those intervals allow, and
 "undetermined", with its reason, otherwise; measurements shorter than
-:data:`data.emissions.MIN_POWER_SAMPLES` power samples make every verdict undetermined.
+:data:`data.energy.emissions.MIN_POWER_SAMPLES` power samples make every verdict undetermined.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.emissions import MIN_POWER_SAMPLES
+from data.energy.emissions import MIN_POWER_SAMPLES
 from data.statistics import (Estimate, MeanDifference, RatioInterval, at_df, common_df,
                              fieller_interval, mean_difference, welch_t_test)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.emissions import TrackerSettings
+from data.energy.emissions import TrackerSettings
 from data.inference_tables import DEFAULT_STATE
 from data.paths import SAVE_DIR
 from data.runs import RunConfig

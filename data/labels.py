@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import re
 
-from data.emissions import EMISSION_FIELDS
+from data.energy.emissions import EMISSION_FIELDS
 from data.names import parse_config_name
 from data.settings import TRANSFER_WORDS, expected_percent_remaining, format_number
 
@@ -203,7 +203,7 @@ TRAINING_METRICS = (
     Metric("test_accuracy", "test_accuracy", "Test accuracy (%)"),
 )
 
-# Titles of CodeCarbon's fields; the units come from data.emissions so they cannot drift apart.
+# Titles of CodeCarbon's fields; the units come from data.energy.emissions so they cannot drift apart.
 EMISSION_TITLES = {
     "duration": ("duration", "Tracked duration"),
     "emissions": ("co2_emissions", "CO2-equivalent emissions"),

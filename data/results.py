@@ -14,7 +14,7 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from data.csv_tables import float_cell
-from data.emissions import EMISSION_FIELDS
+from data.energy.emissions import EMISSION_FIELDS
 from data.inference_tables import read_rows
 from data.paths import inference_dir, inference_runs_csv_path
 from data.runs import LOG_KEYS, RunConfig

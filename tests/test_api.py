@@ -11,7 +11,7 @@ from torch import nn
 from archs.api import (LotteryTicketFinder, compare_controls, keep_pruned, next_ticket, transfer)
 from archs.experiment import TrainingJob, run_job
 from archs.pruning import PruningPlan, full_masks, rewind
-from data.emissions import TrackerSettings
+from data.energy.emissions import TrackerSettings
 from data.labels import describe_config, is_baseline
 from data.paths import results_path
 from data.runs import RunConfig, parse_setting

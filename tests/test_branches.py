@@ -13,7 +13,7 @@ from archs.api import control_start
 from archs.experiment import TrainingJob, run_job
 from archs.pruning.branches.lmc import error_path, instability, interpolate
 from archs.train.branch import parent_ticket
-from data.emissions import TrackerSettings
+from data.energy.emissions import TrackerSettings
 from data.paths import results_path
 from data.runs import RunConfig
 from data.selection import RunFilter, find_runs, select_runs, where_argument

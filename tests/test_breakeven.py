@@ -15,7 +15,7 @@ from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, IMMEDIATELY, NE
                             CostLine, Measurements, break_even, break_even_point, break_even_rows,
                             break_even_verdict, cost_lines, coverage_study, describe_break_even,
                             inference_horizon)
-from data.emissions import TrackerSettings
+from data.energy.emissions import TrackerSettings
 from data.statistics import (Estimate, fieller_interval, mean_difference, t_quantile,
                              welch_satterthwaite_df, welch_t_test)
 

@@ -19,7 +19,7 @@ import archs.train.steps as steps
 from archs.experiment import TrainingJob, run_job
 from archs.train import Checkpointer, LotteryRun
 from data.datasets import load_dataset, make_splits
-from data.emissions import (EMISSION_FIELDS, PROVENANCE_IDENTITY, EmissionsRecorder, TrackerSettings,
+from data.energy.emissions import (EMISSION_FIELDS, PROVENANCE_IDENTITY, EmissionsRecorder, TrackerSettings,
                             accumulate, describe_provenance, hardware_provenance, is_usable, zero_record)
 from data.paths import checkpoint_path, emissions_csv_path, results_path
 from data.runs import RunConfig

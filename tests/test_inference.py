@@ -16,7 +16,7 @@ from data.inference_tables import RUN_COLUMNS, SUMMARY_COLUMNS, summarise
 from archs.sparse import Agreement
 from data.datasets import make_splits, make_test_split
 from data.datasets import Split
-from data.emissions import TrackerSettings
+from data.energy.emissions import TrackerSettings
 from data.paths import inference_runs_csv_path, inference_summary_csv_path, results_path
 from data.runs import RunConfig
 from data.selection import RunFilter

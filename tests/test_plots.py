@@ -23,7 +23,7 @@ from data.inference_tables import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
 from archs.inference import InferenceJob, run_inference
 from data.runs import LOG_KEYS
 from tests.conftest import ROOT
-from data.emissions import EMISSION_FIELDS, TrackerSettings
+from data.energy.emissions import EMISSION_FIELDS, TrackerSettings
 from data.labels import config_colour, config_sort_key, describe_config
 from data.plotting import percent_tick_label, sparse_log_ticks
 from data.results import band_over_seeds, read_codecarbon_csv
@@ -459,7 +459,7 @@ def test_bad_flags_are_one_line(module, argv, message, capsys):
 
 
 def test_library_code_raises_user_errors_not_exits(tmp_path):
-    from data.emissions_report import plot_inference_emissions
+    from data.energy.emissions_report import plot_inference_emissions
     from data.plot_cli import PlotOptions
 
     with pytest.raises(UserError, match="post_training_inference.py"):

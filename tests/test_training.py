@@ -7,7 +7,7 @@ import torch
 import archs.train.cycles as training
 from archs.experiment import TrainingJob, run_job
 from archs.pruning import masks_from_state
-from data.emissions import EMISSION_FIELDS, TrackerSettings
+from data.energy.emissions import EMISSION_FIELDS, TrackerSettings
 from data.paths import checkpoint_path, emissions_csv_path, results_path
 from data.runs import RunConfig
 from utils import TrainingDiverged, UserError

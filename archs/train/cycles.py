@@ -41,7 +41,7 @@ class LotteryRun:
     """The state of one seed's run and the procedure that advances it epoch by epoch.
 
     ``recorder_factory`` (CO2 tracking mode only) makes a per-task recorder (see
-    :class:`data.emissions.EmissionsRecorder`); it is called when training starts or resumes.
+    :class:`data.energy.emissions.EmissionsRecorder`); it is called when training starts or resumes.
     ``on_cycle_end`` receives each finished cycle's ticket (see :meth:`cycle_ticket`), so that
     every level of pruning can be replayed later.
     """

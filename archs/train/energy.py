@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from data.emissions import PHASES, accumulate, provenance_mismatch, zero_record
+from data.energy.emissions import PHASES, accumulate, provenance_mismatch, zero_record
 from utils import UserError
 
 

@@ -117,7 +117,7 @@ def measure(arch: str, folder: Path, repeats: int) -> None:
 
 
 def task_overhead(repeats: int) -> list[float]:
-    from data.emissions import EmissionsRecorder, TrackerSettings
+    from data.energy.emissions import EmissionsRecorder, TrackerSettings
 
     with tempfile.TemporaryDirectory() as folder:
         recorder = EmissionsRecorder(Path(folder) / "t.csv", TrackerSettings(country_iso_code="FRA"), "bench",
@@ -132,7 +132,7 @@ def task_overhead(repeats: int) -> list[float]:
         seconds = timed(one_task, repeats)
         provenance = recorder.provenance()
         recorder.stop()
-    from data.emissions import describe_provenance
+    from data.energy.emissions import describe_provenance
     print(f"CodeCarbon task (start_task + stop_task): {summary(seconds)}; {describe_provenance(provenance)}")
     return seconds
 

@@ -37,7 +37,7 @@ def measure(folder: Path, data_dir: Path, args) -> dict[str, float]:
 
     from archs.experiment import TrainingJob, run_job
     from archs.inference import InferenceJob, run_inference
-    from data.emissions import TrackerSettings
+    from data.energy.emissions import TrackerSettings
     from data.runs import RunConfig
 
     torch.set_num_threads(1)
