@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.plot_cli import run_plot_script
 
     def draw(args, options):
-        from data.break_even_report import report_break_even   # numpy, matplotlib: after parsing
+        from data.analysis.break_even_report import report_break_even   # numpy, matplotlib: after parsing
 
         return report_break_even(options, args.device, args.mode, args.baseline,
                                  args.max_inferences)

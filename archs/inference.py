@@ -33,7 +33,7 @@ from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, in
 from data.settings import REPLAY_MODES
 from data.selection import (RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs,
                             flags_for_config)
-from data.statistics import Estimate
+from data.analysis.statistics import Estimate
 from archs.runtime import resolve_device, synchronise
 from data.store import load_checkpoint
 from utils import LockHeld, ProcessLock, UserError, ensure_writable_dir, first_line, format_table, get_logger, replace_durably

@@ -157,7 +157,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     The speed-up of a mode is dense seconds per pass over its own, seed by seed (same ticket),
     both measured under the same conditions. An empty cell (NaN) is left out of its metric.
     """
-    from data.statistics import Estimate   # numpy: not needed by the scripts' parsers
+    from data.analysis.statistics import Estimate   # numpy: not needed by the scripts' parsers
 
     def conditions(row: dict) -> tuple:
         return tuple(row[c] for c in CONDITIONS)

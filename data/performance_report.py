@@ -111,7 +111,7 @@ def control_comparison_rows(runs: list[TrainingRun], level: float = 0.95) -> lis
     The controls are the branches ``reinit`` and ``random_mask`` of the ticket runs
     (``lottery_ticket.py ... --branch reinit``); iterative ``--prune_type`` runs are not controls.
     """
-    from data.statistics import paired_difference
+    from data.analysis.statistics import paired_difference
 
     families = group_by(runs, lambda r: dataclasses.replace(
         r.config, seed=0, co2_tracking_mode=False, co2_evaluate=False).parent.configuration_id)

@@ -8,15 +8,15 @@ import pytest
 import numpy as np
 from scipy import stats
 
-from data.break_even_report import (break_even_csv_text, break_even_figure, break_even_table,
+from data.analysis.break_even_report import (break_even_csv_text, break_even_figure, break_even_table,
                                     choose_mode, figure_caveat, measurements_by_config,
                                     shortest_of, table_notes, too_short_caveat)
-from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, IMMEDIATELY, NEVER, UNDETERMINED,
+from data.analysis.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, IMMEDIATELY, NEVER, UNDETERMINED,
                             CostLine, Measurements, break_even, break_even_point, break_even_rows,
                             break_even_verdict, cost_lines, coverage_study, describe_break_even,
                             inference_horizon)
 from data.energy.emissions import TrackerSettings
-from data.statistics import (Estimate, fieller_interval, mean_difference, t_quantile,
+from data.analysis.statistics import (Estimate, fieller_interval, mean_difference, t_quantile,
                              welch_satterthwaite_df, welch_t_test)
 
 
@@ -471,7 +471,7 @@ def test_kernel_mode_choice(available, requested, baseline, chosen):
 def test_too_short_uses_the_sampling_interval_the_runs_recorded():
     from types import SimpleNamespace
 
-    from data.break_even_report import recorded_sample_seconds
+    from data.analysis.break_even_report import recorded_sample_seconds
 
     replays = [SimpleNamespace(sample_seconds=math.nan), SimpleNamespace(sample_seconds=2.0)]
     assert recorded_sample_seconds({"a.pt": {"sample_seconds": 15.0}}, replays, 1.0) == 15.0

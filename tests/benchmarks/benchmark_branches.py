@@ -31,7 +31,7 @@ def main() -> None:
     from data.performance_report import by_level, control_comparison_rows, control_comparison_table
     from data.results import load_training_runs
     from data.runs import RunConfig, RunFilter
-    from data.statistics import paired_difference
+    from data.analysis.statistics import paired_difference
     from utils import format_table, setup_logging
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -4,7 +4,7 @@ Training CO2 of a configuration is the final cumulative emissions of each of its
 training runs (every cycle, the dense first cycle included: that is what finding the ticket
 cost). Its CO2 per inference is, for each replayed run, co2_kg_per_pass / images_per_pass from
 inference_runs.csv. The arithmetic, its confidence intervals and the verdict rules are in
-:mod:`data.breakeven`. A measurement (a whole training run, one inference pass) that spans
+:mod:`data.analysis.breakeven`. A measurement (a whole training run, one inference pass) that spans
 fewer than MIN_POWER_SAMPLES of CodeCarbon's power samples makes every verdict that uses it
 "undetermined", and the table, break_even.csv (column too_short) and the figure say so.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, CONFIDENCE_LEVEL, UNDETERMINED,
+from data.analysis.breakeven import (AFTER, BASELINE, BREAK_EVEN_COLUMNS, CONFIDENCE_LEVEL, UNDETERMINED,
                             WELCH_LEVEL, CostLine, Measurements, break_even_rows, cost_lines,
                             describe_break_even, inference_horizon)
 from data.energy.emissions import MIN_POWER_SAMPLES, TrackerSettings

@@ -21,7 +21,7 @@ groups (ticket and baseline, training and inference; separate runs, so no pairin
 The extra training CO2 and the saving per inference each get Welch's confidence interval (a
 difference of means, standard errors, Student's t), both with the smaller of the two
 differences' Welch-Satterthwaite degrees of freedom. N* gets Fieller's confidence set for a
-ratio (:func:`data.statistics.fieller_interval`) with that same t: exact for normal means,
+ratio (:func:`data.analysis.statistics.fieller_interval`) with that same t: exact for normal means,
 asymmetric like the ratio itself, unbounded exactly when the saving is not known to be
 positive and reaching 0 exactly when the extra training CO2 is not known to be positive. A percentile bootstrap over seeds was tried and rejected:
 with 5 seeds a resample of 5 runs understates the spread, and it covered the true N* in only
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.energy.emissions import MIN_POWER_SAMPLES
-from data.statistics import (Estimate, MeanDifference, RatioInterval, at_df, common_df,
+from data.analysis.statistics import (Estimate, MeanDifference, RatioInterval, at_df, common_df,
                              fieller_interval, mean_difference, welch_t_test)
 
 IMMEDIATELY = "immediately"
