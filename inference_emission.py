@@ -14,8 +14,8 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.labels import BASELINE_CONFIG, MODE_PREFERENCE
-    from data.plot_cli import plot_parser
+    from data.report.labels import BASELINE_CONFIG, MODE_PREFERENCE
+    from data.report.plot_cli import plot_parser
     from data.selection import config_name_argument
     from utils import positive_float
 
@@ -37,7 +37,7 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.plot_cli import run_plot_script
+    from data.report.plot_cli import run_plot_script
 
     def draw(args, options):
         from data.analysis.break_even_report import report_break_even   # numpy, matplotlib: after parsing

@@ -11,7 +11,7 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.plot_cli import plot_parser
+    from data.report.plot_cli import plot_parser
 
     parser = plot_parser("Plot the energy and CO2 of training from lottery_ticket.py's CO2-tracking "
                          "runs. Figures go to PLOTS_DIR/ARCH/DATASET/training_*.")
@@ -19,7 +19,7 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.plot_cli import run_plot_script
+    from data.report.plot_cli import run_plot_script
 
     def draw(args, options):
         from data.energy.emissions_report import plot_training_emissions   # numpy, matplotlib: after parsing

@@ -10,7 +10,7 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.plot_cli import PERF_TYPES, plot_parser
+    from data.report.plot_cli import PERF_TYPES, plot_parser
 
     parser = plot_parser("Plot training performance from lottery_ticket.py's results "
                          "(runs made without --co2_tracking_mode). Figures go to "
@@ -23,10 +23,10 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.plot_cli import run_plot_script
+    from data.report.plot_cli import run_plot_script
 
     def draw(args, options):
-        from data.performance_report import plot_hyperparameters, plot_performance   # after parsing
+        from data.report.performance_report import plot_hyperparameters, plot_performance   # after parsing
 
         if args.perf_type == "hyperparameter":
             return plot_hyperparameters(options)

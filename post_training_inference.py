@@ -14,7 +14,7 @@ from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, 
 def build_parser() -> argparse.ArgumentParser:
     from data.jobs import InferenceJob
     from archs.launch.settings import add_launcher_arguments
-    from data.inference_tables import STATES
+    from data.report.inference_tables import STATES
     from lottery_ticket import registry_choices
     from data.settings import REPLAY_MODES
     from data.selection import add_selection_arguments

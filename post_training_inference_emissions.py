@@ -11,7 +11,7 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.plot_cli import plot_parser
+    from data.report.plot_cli import plot_parser
 
     return plot_parser(cycle=True, description="Plot the energy and CO2 of inference from post_training_inference.py's "
                        "per-pass CodeCarbon CSVs. Figures go to "
@@ -19,7 +19,7 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.plot_cli import run_plot_script
+    from data.report.plot_cli import run_plot_script
 
     def draw(args, options):
         from data.energy.emissions_report import plot_inference_emissions   # numpy, matplotlib: after parsing

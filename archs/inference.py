@@ -26,7 +26,7 @@ from archs.train.loop import evaluate
 from data.datasets import Split, get_spec, load_dataset, make_test_split
 from data.energy.emissions import MIN_POWER_SAMPLES, EmissionsRecorder, describe_provenance
 from data.energy.process import others_share
-from data.inference_tables import STATES, merge_into_tables, read_rows, summary_table
+from data.report.inference_tables import STATES, merge_into_tables, read_rows, summary_table
 from data.jobs import InferenceJob  # noqa: F401  (declared torch-free for the parser; re-exported)
 from data.paths import (cycle_ticket_path, inference_csv_path, inference_dir, inference_runs_csv_path,
                         inference_summary_csv_path, partial_csv_path, run_dir)
@@ -345,7 +345,7 @@ def warn_if_passes_too_short(rows: list[dict], job: InferenceJob) -> None:
 
 def run_row(job: InferenceJob, run: RunRecord, cycle: int, device_kind: str, mode: str, images: int,
             remaining: float, measured: dict, csv_path: Path) -> dict:
-    """The inference_runs.csv row of one replay (see data.inference_tables.RUN_COLUMNS)."""
+    """The inference_runs.csv row of one replay (see data.report.inference_tables.RUN_COLUMNS)."""
     seconds: Estimate = measured["seconds"]
     config = run.config
     return {

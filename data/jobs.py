@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.energy.emissions import TrackerSettings
-from data.inference_tables import DEFAULT_STATE
+from data.report.inference_tables import DEFAULT_STATE
 from data.paths import SAVE_DIR
 from data.runs import RunConfig
 from data.selection import RunFilter

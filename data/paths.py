@@ -5,7 +5,7 @@
     {arch}/{dataset}/{stem}.checkpoint.pt            while it trains
     {arch}/{dataset}/{stem}.lock                     while a process trains it (PID and host)
     {arch}/{dataset}/tickets/{stem}/cycle{K}.pt      every cycle's masks and weights
-    {arch}/{dataset}/inference/...                   the inference replay (see data.inference_tables)
+    {arch}/{dataset}/inference/...                   the inference replay (see data.report.inference_tables)
 """
 from __future__ import annotations
 

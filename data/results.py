@@ -13,9 +13,9 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from data.csv_tables import float_cell
+from data.report.csv_tables import float_cell
 from data.energy.emissions import EMISSION_FIELDS
-from data.inference_tables import read_rows
+from data.report.inference_tables import read_rows
 from data.paths import inference_dir, inference_runs_csv_path
 from data.runs import LOG_KEYS, RunConfig
 from data.selection import RunFilter, RunRecord, find_runs, select_runs
@@ -162,7 +162,7 @@ class InferenceRun:
 
 
 def inference_run_from(parsed: dict, folder: Path) -> InferenceRun:
-    """A row parsed by :func:`data.inference_tables.read_rows`; ValueError when it cannot be plotted."""
+    """A row parsed by :func:`data.report.inference_tables.read_rows`; ValueError when it cannot be plotted."""
     for needed in ("passes", "images_per_pass"):
         if parsed[needed] is None or parsed[needed] <= 0:
             raise ValueError(f"no {needed}")

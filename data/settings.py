@@ -170,7 +170,7 @@ def _init_from(text: str) -> str:
                          "a results file of lottery_ticket.py") from None
 
 
-TRANSFER_WORDS = "ticket from"   # how labels start to name a transferred ticket (data.labels reads it)
+TRANSFER_WORDS = "ticket from"   # how labels start to name a transferred ticket (data.report.labels reads it)
 
 
 def _source_words(value: str) -> str:

@@ -12,7 +12,7 @@ from archs.api import (LotteryTicketFinder, compare_controls, keep_pruned, next_
 from archs.experiment import TrainingJob, run_job
 from archs.pruning import PruningPlan, full_masks, rewind
 from data.energy.emissions import TrackerSettings
-from data.labels import describe_config, is_baseline
+from data.report.labels import describe_config, is_baseline
 from data.paths import results_path
 from data.runs import RunConfig, parse_setting
 from data.selection import group_labels

@@ -207,7 +207,7 @@ def test_branches_are_drawn_in_the_lottery_ticket_and_instability_figures(parent
     import matplotlib
     matplotlib.use("Agg")
 
-    from data.performance_report import instability_figure, lottery_ticket_figure
+    from data.report.performance_report import instability_figure, lottery_ticket_figure
     from data.results import group_by, load_training_runs
 
     save_dir, scope, _ = parent

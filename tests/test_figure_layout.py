@@ -12,8 +12,8 @@ import lottery_ticket_emissions
 import lottery_ticket_performance
 import post_training_inference
 import post_training_inference_emissions
-import data.plotting
-from data.plotting import covers_data
+import data.report.plotting
+from data.report.plotting import covers_data
 from data.store import load_checkpoint
 
 COMMON = ["--arch_type", "fc1", "--dataset", "digits"]
@@ -69,17 +69,17 @@ def figures(monkeypatch):
     from matplotlib.colors import to_hex
 
     drawn = {}
-    save = data.plotting.FigureWriter.save
+    save = data.report.plotting.FigureWriter.save
 
     def checked_save(self, fig, name):
-        data.plotting.settle_legends(fig)   # what save does first
+        data.report.plotting.settle_legends(fig)   # what save does first
         check_layout(fig)
         drawn[name] = [(ax.get_title() or fig.get_suptitle(), [
             (line.get_label(), np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float),
              to_hex(line.get_color())) for line in ax.get_lines()]) for ax in fig.axes]
         return save(self, fig, name)
 
-    monkeypatch.setattr(data.plotting.FigureWriter, "save", checked_save)
+    monkeypatch.setattr(data.report.plotting.FigureWriter, "save", checked_save)
     return drawn
 
 

@@ -12,7 +12,7 @@ import post_training_inference
 from archs import inference
 from archs.experiment import TrainingJob, run_job
 from archs.inference import InferenceJob, run_inference, select_runs
-from data.inference_tables import RUN_COLUMNS, SUMMARY_COLUMNS, summarise
+from data.report.inference_tables import RUN_COLUMNS, SUMMARY_COLUMNS, summarise
 from archs.sparse import Agreement
 from data.datasets import make_splits, make_test_split
 from data.datasets import Split

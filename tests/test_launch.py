@@ -432,7 +432,7 @@ def test_replays_as_local_jobs_one_at_a_time(tmp_path, reference, capsys):
     import shutil
 
     import post_training_inference
-    from data.inference_tables import read_rows
+    from data.report.inference_tables import read_rows
 
     save_dir = tmp_path / "saves"
     shutil.copytree(reference[2], save_dir, ignore=shutil.ignore_patterns("launch", "inference"))

@@ -15,9 +15,9 @@ import torch
 import lottery_ticket
 import post_training_inference
 from archs.experiment import TrainingJob, run_job
-from data.inference_tables import read_rows
+from data.report.inference_tables import read_rows
 from data.paths import cycle_ticket_path, inference_dir, inference_runs_csv_path, results_path
-from data.plot_cli import plot_parser
+from data.report.plot_cli import plot_parser
 from data.runs import RunConfig
 from data.selection import find_runs, group_labels
 from utils import ProcessLock, UserError

@@ -19,13 +19,13 @@ import lottery_ticket
 import lottery_ticket_emissions
 import lottery_ticket_performance
 import post_training_inference_emissions
-from data.inference_tables import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
+from data.report.inference_tables import RUN_COLUMNS as INFERENCE_RUNS_COLUMNS
 from archs.inference import InferenceJob, run_inference
 from data.runs import LOG_KEYS
 from tests.conftest import ROOT
 from data.energy.emissions import EMISSION_FIELDS, TrackerSettings
-from data.labels import config_colour, config_sort_key, describe_config
-from data.plotting import percent_tick_label, sparse_log_ticks
+from data.report.labels import config_colour, config_sort_key, describe_config
+from data.report.plotting import percent_tick_label, sparse_log_ticks
 from data.results import band_over_seeds, read_codecarbon_csv
 from data.names import parse_config_name
 from data.paths import inference_runs_csv_path, results_path
@@ -106,7 +106,7 @@ def test_a_configuration_keeps_its_colour_whatever_else_is_drawn():
     here = config_colour("pp42x3")
     assert here == "#d55e00"   # crc32("pp42x3") picks the second of OTHER_COLOURS
     for hash_seed in ("1", "2"):
-        other = subprocess.run([sys.executable, "-c", "from data.labels import config_colour; "
+        other = subprocess.run([sys.executable, "-c", "from data.report.labels import config_colour; "
                                 "print(config_colour('pp42x3'))"], cwd=ROOT, capture_output=True,
                                text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": hash_seed})
         assert other.returncode == 0, other.stderr
@@ -460,7 +460,7 @@ def test_bad_flags_are_one_line(module, argv, message, capsys):
 
 def test_library_code_raises_user_errors_not_exits(tmp_path):
     from data.energy.emissions_report import plot_inference_emissions
-    from data.plot_cli import PlotOptions
+    from data.report.plot_cli import PlotOptions
 
     with pytest.raises(UserError, match="post_training_inference.py"):
         plot_inference_emissions(PlotOptions(save_dir=tmp_path, plots_dir=tmp_path))

@@ -28,7 +28,7 @@ import post_training_inference_emissions
 from archs.choices import REGISTERED
 from tests.conftest import ROOT
 from data.datasets import load_dataset, make_splits, make_test_split
-from data.plot_cli import PlotOptions, select_training_runs
+from data.report.plot_cli import PlotOptions, select_training_runs
 from data.names import MAX_READABLE_SUFFIX, parse_config_name, parse_stem
 from data.paths import inference_runs_csv_path, lock_path, results_path
 from data.runs import RunConfig

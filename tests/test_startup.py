@@ -81,7 +81,7 @@ def test_declared_options_are_the_ones_used():
 
 def test_utils_imports_only_the_standard_library():
     code = ("import sys; sys.path.insert(0, %r); import utils, data.runs, data.selection, data.names, "
-            "data.paths, data.settings, data.plot_cli, archs, archs.launch.settings; "
+            "data.paths, data.settings, data.report.plot_cli, archs, archs.launch.settings; "
             "print(sorted(m for m in %r if m in sys.modules))" % (str(ROOT), HEAVY))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr

@@ -157,7 +157,7 @@ def launch_replay(job, settings: LaunchSettings) -> list[dict]:
     Each job merges its rows into inference_runs.csv under a lock, so jobs may end in any order.
     """
     from archs.inference import run_inference, select_runs, warn_if_passes_too_short
-    from data.inference_tables import read_rows, summarise, summary_table
+    from data.report.inference_tables import read_rows, summarise, summary_table
     from data.paths import inference_runs_csv_path
 
     if settings.launcher == "none":

@@ -22,15 +22,15 @@ from data.energy.emissions import MIN_POWER_SAMPLES, TrackerSettings
 from data.analysis.measured import (largest_of, recorded_sample_seconds, shortest_of,  # noqa: F401
                                     summed_components, training_others_share)
 from data.energy.process import CONTAMINATION_SHARE, describe_shares
-from data.csv_tables import csv_text
-from data.labels import (MODE_PREFERENCE, config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
+from data.report.csv_tables import csv_text
+from data.report.labels import (MODE_PREFERENCE, config_colour, is_baseline, split_label, config_linestyle, config_sort_key,
                          describe_config, describe_mode)
 from data.selection import find_runs, select_runs
 from data.energy.emissions import summarise_provenance
-from data.plotting import add_caption
-from data.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
+from data.report.plotting import add_caption
+from data.report.plot_cli import (PlotOptions, select_inference_runs, select_training_runs,
                            flags_for_config_name)
-from data.plotting import FIGURE_SIZE, FigureWriter, figure_style, place_legend, set_title
+from data.report.plotting import FIGURE_SIZE, FigureWriter, figure_style, place_legend, set_title
 from data.results import group_by
 from data.paths import inference_runs_csv_path
 from utils import UserError, atomic_write_text, format_table, get_logger

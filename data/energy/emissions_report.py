@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.labels import (mode_colour, EMISSION_METRICS, X_IMAGES, X_INFERENCES, X_TRACKED_TIME, config_colour,
+from data.report.labels import (mode_colour, EMISSION_METRICS, X_IMAGES, X_INFERENCES, X_TRACKED_TIME, config_colour,
                          config_sort_key, describe_config, describe_mode, mode_linestyle)
-from data.plot_cli import PlotOptions, select_inference_runs, select_training_runs
+from data.report.plot_cli import PlotOptions, select_inference_runs, select_training_runs
 from data.energy.emissions import summarise_provenance
-from data.plotting import FigureWriter, Series, config_series, figure_style, metric_figures
+from data.report.plotting import FigureWriter, Series, config_series, figure_style, metric_figures
 from data.results import InferenceRun, group_by, read_codecarbon_csv
 from data.paths import inference_runs_csv_path
 from utils import UserError, get_logger

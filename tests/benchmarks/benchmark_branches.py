@@ -28,7 +28,7 @@ def main() -> None:
     import torch
 
     from archs.experiment import TrainingJob, run_job
-    from data.performance_report import by_level, control_comparison_rows, control_comparison_table
+    from data.report.performance_report import by_level, control_comparison_rows, control_comparison_table
     from data.results import load_training_runs
     from data.runs import RunConfig, RunFilter
     from data.analysis.statistics import paired_difference

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from data.labels import Metric, is_baseline, config_colour, config_linestyle, describe_config
+from data.report.labels import Metric, is_baseline, config_colour, config_linestyle, describe_config
 from data.results import SeedBand, band_over_seeds
 from utils import atomic_write, ensure_writable_dir, get_logger
 

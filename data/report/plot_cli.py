@@ -9,8 +9,8 @@ from typing import Callable
 
 from typing import TYPE_CHECKING
 
-from data.inference_tables import DEFAULT_STATE
-from data.labels import FORMATS, split_label
+from data.report.inference_tables import DEFAULT_STATE
+from data.report.labels import FORMATS, split_label
 from data.names import network_argument, parse_config_name
 from data.paths import SAVE_DIR, inference_runs_csv_path, run_dir
 from data.runs import RunConfig
@@ -90,7 +90,7 @@ def run_plot_script(parser: argparse.ArgumentParser, draw: Callable[[argparse.Na
                     argv: list[str] | None) -> int:
     """What every plotting script does: parse its flags, pick the backend, draw, list the files."""
     args = parser.parse_args(argv)
-    from data.plotting import select_backend   # matplotlib: after parsing, so --help stays fast
+    from data.report.plotting import select_backend   # matplotlib: after parsing, so --help stays fast
 
     setup_logging()
     select_backend(args.show)

@@ -14,11 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from data.labels import (TRAINING_METRICS, is_baseline, X_IMAGES, X_TRAINING_TIME,
+from data.report.labels import (TRAINING_METRICS, is_baseline, X_IMAGES, X_TRAINING_TIME,
                          config_colour, config_linestyle, config_sort_key, describe_hyperparameters,
                          describe_schedule)
-from data.plot_cli import PlotOptions, select_training_runs
-from data.plotting import (FIGURE_SIZE, FigureWriter, Series, config_series, figure_style,
+from data.report.plot_cli import PlotOptions, select_training_runs
+from data.report.plotting import (FIGURE_SIZE, FigureWriter, Series, config_series, figure_style,
                            metric_figures, percent_tick_label, place_legend, set_title, shared_seed_count,
                            sparse_log_ticks, with_seed_count)
 from data.results import SeedBand, TrainingRun, band_over_seeds, group_by
@@ -211,7 +211,7 @@ def plot_performance(options: PlotOptions) -> list[Path]:
             writer.save(fig, "lmc_instability_vs_weights_left")
     comparison = control_comparison_rows(runs)
     if comparison:
-        from data.csv_tables import csv_text
+        from data.report.csv_tables import csv_text
         from utils import atomic_write_text, get_logger
 
         get_logger().info("Winning ticket against its controls (test accuracy at best validation; "

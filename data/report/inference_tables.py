@@ -13,7 +13,7 @@ import csv
 import math
 from pathlib import Path
 
-from data.csv_tables import csv_text
+from data.report.csv_tables import csv_text
 from utils import FileLock, UserError, atomic_write_text, get_logger
 
 STATES = {"final": "final_state_dict", "best": "best_state_dict"}

@@ -1,0 +1,1 @@
+"""Figures and tables: labels, plotting, the figure scripts' shared options and logic."""
