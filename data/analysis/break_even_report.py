@@ -364,7 +364,7 @@ def report_break_even(options: PlotOptions, device: str, mode: str | None, basel
     log.info("Break-even against %s (%s), inference on %s, %s on %s:\n%s\n%s%s", baseline,
              describe_config(baseline), device, options.arch_type, options.dataset,
              break_even_table(rows), table_notes(rows), f"\n\n{caveat}" if caveat else "")
-    writer = FigureWriter(options.output_dir, options.file_format, options.show)
+    writer = FigureWriter(options.output_dir, options.format, options.show)
     csv_path = options.output_dir / BREAK_EVEN_CSV
     atomic_write_text(csv_path, break_even_csv_text(rows))
     horizon = max_inferences or inference_horizon(lines, [r["break_even_inferences"] for r in rows])

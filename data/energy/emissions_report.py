@@ -34,7 +34,7 @@ def plot_training_emissions(options: PlotOptions) -> list[Path]:
     groups = {name: [run.emissions for run in members] for name, members in
               sorted(group_by(runs, lambda r: r.config_name).items(),
                      key=lambda item: config_sort_key(item[0]))}
-    writer = FigureWriter(options.output_dir, options.file_format, options.show)
+    writer = FigureWriter(options.output_dir, options.format, options.show)
     with figure_style():
         metric_figures(writer, groups, record_values, EMISSION_METRICS,
                        [(X_IMAGES, None), (X_TRACKED_TIME, tracked_duration)], config_series,
@@ -70,7 +70,7 @@ def plot_inference_emissions(options: PlotOptions) -> list[Path]:
     """Every CodeCarbon field of the inference replay against inferences served and time, one
     figure set per device, one line per configuration and kernel mode."""
     loaded = load_inference_records(options)
-    writer = FigureWriter(options.output_dir, options.file_format, options.show)
+    writer = FigureWriter(options.output_dir, options.format, options.show)
 
     def series_for(key, band):
         name, mode = key

@@ -194,7 +194,7 @@ def plot_performance(options: PlotOptions) -> list[Path]:
     groups = dict(sorted(group_by(runs, lambda r: r.config_name).items(),
                          key=lambda item: config_sort_key(item[0])))
     title = f"{options.arch_type} on {options.dataset}: mean ± 1 SD over seeds (band)"
-    writer = FigureWriter(options.output_dir, options.file_format, options.show)
+    writer = FigureWriter(options.output_dir, options.format, options.show)
     with figure_style():
         metric_figures(writer, groups, log_values, TRAINING_METRICS, CURVE_AXES, config_series,
                        "training", title)
@@ -254,7 +254,7 @@ def plot_hyperparameters(options: PlotOptions) -> list[Path]:
                                 make_flags=("--train_type", "regular", "--lr", "0.001", "--decay", "0"))
     groups = dict(sorted(group_by(runs, lambda r: (r.config.lr, r.config.decay)).items()))
     title = f"Dense {options.arch_type} on {options.dataset}: mean ± 1 SD over seeds (band)"
-    writer = FigureWriter(options.output_dir, options.file_format, options.show)
+    writer = FigureWriter(options.output_dir, options.format, options.show)
     with figure_style():
         curves = tuple(m for m in TRAINING_METRICS if m.key != "non_zeros_weights")  # always 100%
         metric_figures(writer, groups, log_values, curves, CURVE_AXES,

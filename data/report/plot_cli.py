@@ -3,7 +3,7 @@ selected, and the one-line messages that say how to make inputs that are missing
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +14,7 @@ from data.report.labels import FORMATS, split_label
 from data.names import network_argument, parse_config_name
 from data.paths import SAVE_DIR, inference_runs_csv_path, run_dir
 from data.runs import RunConfig
+from data.settings import add_field_arguments, setting
 from data.selection import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
                             flags_for_config, select_runs)
 from utils import ArgumentParser, UserError, get_logger, setup_logging
@@ -26,14 +27,20 @@ PERF_TYPES = ("performance", "hyperparameter")   # lottery_ticket_performance.py
 
 @dataclass(frozen=True)
 class PlotOptions:
-    arch_type: str = RunConfig.arch_type
-    dataset: str = RunConfig.dataset
-    save_dir: Path = SAVE_DIR
-    plots_dir: Path = Path("plots")
-    run_filter: RunFilter = RunFilter()
-    cycle: int | None = None      # which cycle's replays; None: each run's last
-    file_format: str = "png"
-    show: bool = False
+    """What a plotting command asks for. Each option with a flag is declared once here, with
+    :func:`data.settings.setting`; :func:`plot_parser` generates the flags from the declarations."""
+
+    arch_type: str = setting(RunConfig.arch_type, token=None, parse=network_argument, metavar="ARCH",
+                             help="network whose runs to plot (any name or alias lottery_ticket.py takes)")
+    dataset: str = setting(RunConfig.dataset, token=None, help="dataset of the runs (mnist, digits, cifar10...)")
+    save_dir: Path = setting(SAVE_DIR, token=None, parse=Path,
+                             help="where lottery_ticket.py and post_training_inference.py wrote their results")
+    plots_dir: Path = setting(Path("plots"), token=None, parse=Path, help="figures go to PLOTS_DIR/ARCH/DATASET/")
+    run_filter: RunFilter = RunFilter()     # flags: data.selection.add_selection_arguments
+    cycle: int | None = None                # which cycle's replays; None: each run's last (flag: same)
+    format: str = setting("png", token=None, help="file format of the figures")   # choices: FORMATS
+    show: bool = setting(False, token=None, help="also open the figures in windows (the script then waits "
+                         "until they are closed); by default it only writes files")
 
     @property
     def output_dir(self) -> Path:
@@ -52,28 +59,22 @@ class PlotOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PlotOptions":
-        return cls(arch_type=args.arch_type, dataset=args.dataset, save_dir=args.save_dir,
-                   plots_dir=args.plots_dir, run_filter=RunFilter.from_args(args),
-                   cycle=getattr(args, "cycle", None), file_format=args.format, show=args.show)
+        return cls(**{f.name: getattr(args, f.name) for f in _flagged()},
+                   run_filter=RunFilter.from_args(args), cycle=getattr(args, "cycle", None))
+
+
+def _flagged(*names: str) -> list[Field]:
+    """PlotOptions' fields that have a flag (all, or those of ``names``)."""
+    return [f for f in fields(PlotOptions) if f.metadata and (not names or f.name in names)]
 
 
 def plot_parser(description: str, *, cycle: bool = False) -> ArgumentParser:
     """An argument parser with the flags all plotting scripts share (``cycle``: the script reads
     the inference replay, whose rows are per cycle)."""
     parser = ArgumentParser(description=description)
-    parser.add_argument("--arch_type", default=PlotOptions.arch_type, type=network_argument, metavar="ARCH",
-                        help="network whose runs to plot (any name or alias lottery_ticket.py takes)")
-    parser.add_argument("--dataset", default=PlotOptions.dataset,
-                        help="dataset of the runs (mnist, digits, cifar10...)")
-    parser.add_argument("--save_dir", type=Path, default=PlotOptions.save_dir,
-                        help="where lottery_ticket.py and post_training_inference.py wrote their results")
-    parser.add_argument("--plots_dir", type=Path, default=PlotOptions.plots_dir,
-                        help="figures go to PLOTS_DIR/ARCH/DATASET/")
+    add_field_arguments(parser, _flagged("arch_type", "dataset", "save_dir", "plots_dir"))
     add_selection_arguments(parser, cycle=cycle)
-    parser.add_argument("--format", default="png", choices=FORMATS, help="file format of the figures")
-    parser.add_argument("--show", action="store_true",
-                        help="also open the figures in windows (the script then waits until they "
-                             "are closed); by default it only writes files")
+    add_field_arguments(parser, _flagged("format", "show"), choices={"format": FORMATS})
     return parser
 
 
