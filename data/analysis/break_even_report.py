@@ -261,6 +261,10 @@ def table_notes(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# characters per line under the axes: a legend beside them leaves about this much width
+VERDICT_WIDTH = 75
+
+
 def verdict_lines(rows: list[dict]) -> str:
     """Each ticket's verdict with its reason, one wrapped line each, for under the axes."""
     import textwrap
@@ -272,7 +276,7 @@ def verdict_lines(rows: list[dict]) -> str:
         described = describe_break_even(row)
         said = row["reason"] and row["reason"].split(": ", 1)[-1] in described
         reason = f": {row['reason']}" if row["reason"] and not said else ""
-        lines.append(textwrap.fill(f"{row['config']}: {described}{reason}", 95))
+        lines.append(textwrap.fill(f"{row['config']}: {described}{reason}", VERDICT_WIDTH))
     return "\n".join(lines)
 
 
@@ -320,7 +324,8 @@ def break_even_figure(rows: list[dict], lines: dict[str, CostLine], horizon: flo
 
     xlabel = (f"Inferences served (images classified)\nbands: ± 1 SD over seeds{bars}\n"
               + verdict_lines(rows))   # each line wrapped: a legend beside the axes narrows them
-    ax.set_xlabel("\n".join(textwrap.fill(line, 75) for line in xlabel.splitlines()), fontsize="small")
+    ax.set_xlabel("\n".join(textwrap.fill(line, VERDICT_WIDTH) for line in xlabel.splitlines()),
+                  fontsize="small")
     ax.set_ylabel("Total CO2eq (kg),\ntraining + inference")
     set_title(ax, title)
     place_legend(fig, ax)
