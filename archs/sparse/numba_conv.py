@@ -32,7 +32,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from archs.sparse.numba_kernels import _OPTIONS, _use_threads
-from archs.sparse.numba_vectors import TILE, transpose_tile, vector_pointer, vector_type
+from archs.sparse.numba_vectors import (TILE, fma_and_splat, transpose_tile, vector_pointer,
+                                        vector_type)
 
 # Output pixels computed together: each stored weight is loaded and broadcast once and
 # multiplied into this many input vectors, which also gives as many independent chains of
@@ -84,15 +85,7 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
         values_data, out_data, targets_data = data(5, values_), data(8, out_), data(10, targets_)
         vector = vector_type()
         zero = ir.Constant(vector, [0.0] * TILE)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fma.v{TILE}f32")
-
-        def splat(scalar):
-            lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar,
-                                           ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                          ir.Constant(ir.VectorType(ir.IntType(32), TILE),
-                                                      [0] * TILE))
+        fma, splat = fma_and_splat(builder)
 
         pixel_bases = [builder.add(h_tile_, builder.load(builder.gep(
             bases_data, [builder.add(first_, ir.Constant(i64, r))]))) for r in range(PIXELS)]

@@ -33,6 +33,22 @@ def index_vector(indices: list[int]) -> ir.Constant:
     return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices)
 
 
+def fma_and_splat(builder):
+    """The tile's fused multiply-add (LLVM's intrinsic on TILE float32 lanes) and a function that
+    broadcasts a scalar into every lane: what each kernel's inner step is built from."""
+    vector = vector_type()
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                         f"llvm.fma.v{TILE}f32")
+
+    def splat(scalar):
+        lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar,
+                                       ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+                                      index_vector([0] * TILE))
+
+    return fma, splat
+
+
 def vector_pointer(builder, array_data, offset):
     return builder.bitcast(builder.gep(array_data, [offset]), vector_type().as_pointer())
 
@@ -65,14 +81,7 @@ def row_times_tile(typingctx, h, h_start, col, values, start, end, out, out_star
         i64 = ir.IntType(64)
         vector = vector_type()
         zero = ir.Constant(vector, [0.0] * TILE)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fma.v{TILE}f32")
-
-        def splat(scalar):
-            lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar,
-                                           ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                          index_vector([0] * TILE))
+        fma, splat = fma_and_splat(builder)
 
         # stack slots that LLVM promotes to registers (mem2reg)
         sums = [cgutils.alloca_once(builder, vector) for _ in range(ACCUMULATORS)]
