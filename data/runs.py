@@ -50,8 +50,8 @@ class RunConfig:
     """Everything that defines one run (one seed). Add a setting here, and only here."""
 
     arch_type: str = setting("fc1", token=None,
-                             help="network (lenet300_100 is another name for fc1; the README shows each "
-                                  "layout); add your own with @register_model in a file under archs/models/")
+                             help="network (lenet300_100 is another name for fc1; the README lists each one "
+                                  "in a line); add your own with @register_model in a file under archs/models/")
     dataset: str = setting("mnist", token=None,
                            help="dataset; the official train and test sets are merged and split "
                                 "70/15/15 into train/validation/test with the run's seed")

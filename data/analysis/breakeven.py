@@ -235,7 +235,7 @@ def _break_even_interval(outcome: str, ratio: RatioInterval) -> tuple[float, flo
     return max(ratio.low, 0.0), ratio.high
 
 
-# Columns of break_even.csv, in order (documented in the README section on plotting).
+# Columns of break_even.csv, in order (described in the README section "Break-even").
 # *_ci_low / *_ci_high are the bounds of the confidence interval at confidence_level.
 BREAK_EVEN_COLUMNS = (
     "config", "description", "device", "mode",

@@ -2,7 +2,7 @@
 
 Every module in this folder is imported with the package (as the networks of ``archs/models/``
 are), so a new dataset is one new file here holding ``@register_dataset(...)`` on a loader, or
-any file imported before the run (see the README, "Your own dataset in one file").
+any file imported before the run (see the README, "Networks and datasets").
 """
 import importlib
 import pkgutil
