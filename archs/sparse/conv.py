@@ -127,6 +127,17 @@ class ConvStep(nn.Module):
                                  self.out_channels, rows * columns, blocks])
         return tuple(array.contiguous().numpy() for array in (geometry, bases, targets, offsets))
 
+    def run(self, h: torch.Tensor, height: int, width: int, out: torch.Tensor,
+            margin: tuple[int, int], threads: int) -> None:
+        """This convolution of ``h`` (tile layout, padded for it; ``height`` x ``width``
+        unpadded) written into ``out`` (tile layout, its border of ``margin`` zero)."""
+        del height, width  # the plan reads the padded size off ``h``
+        geometry, bases, targets, offsets = self.plan(h.shape[2], h.shape[3], margin)
+        crow, values, bias = numpy_buffers(self, ("crow", "values", "bias"))
+        load_conv_kernels().conv_layer(h.view(-1).numpy(), geometry, bases, targets, crow,
+                                       offsets, values, bias, self.relu, out.view(-1).numpy(),
+                                       h.shape[0], threads)
+
     def shape(self) -> list:
         return ["conv", self.out_channels, self.group_channels, self.kernel_h, self.kernel_w,
                 *self.stride, *self.padding, self.groups, self.values.numel(), self.relu]
@@ -145,6 +156,15 @@ class PoolStep(nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return ((height - self.kernel[0]) // self.stride[0] + 1,
                 (width - self.kernel[1]) // self.stride[1] + 1)
+
+    def run(self, h: torch.Tensor, height: int, width: int, out: torch.Tensor,
+            margin: tuple[int, int], threads: int) -> None:
+        """The max-pool of ``h`` (tile layout, ``height`` x ``width``, no border) into ``out``."""
+        out_h, out_w = self.output_size(height, width)
+        geometry = torch.tensor([h.shape[1], height, width, out_h, out_w, *self.kernel,
+                                 *self.stride, *margin])
+        load_conv_kernels().pool_layer(h.view(-1).numpy(), geometry.numpy(),
+                                       out.view(-1).numpy(), h.shape[0], threads)
 
     def shape(self) -> list:
         return ["maxpool", *self.kernel, *self.stride]
@@ -268,24 +288,13 @@ class SparseConvChain(nn.Module):
         """Every step on ``h`` (tile layout, padded for the first step; ``height`` x ``width``
         unpadded), the steps' outputs in this thread's workspace buffers from ``buffer`` on,
         in turn. Returns the last output (no border)."""
-        kernels = load_conv_kernels()
         threads = torch.get_num_threads()
-        tiles = h.shape[0]
         for index, step in enumerate(self.steps):
             out_h, out_w = step.output_size(height, width)
             margin = self._margin(index)
-            shape = (tiles, step.out_channels if isinstance(step, ConvStep) else h.shape[1],
+            shape = (h.shape[0], step.out_channels if isinstance(step, ConvStep) else h.shape[1],
                      out_h + 2 * margin[0], out_w + 2 * margin[1], TILE)
             out = _WORKSPACE.take((index + buffer) % 2, shape, margin)
-            if isinstance(step, ConvStep):
-                geometry, bases, targets, offsets = step.plan(h.shape[2], h.shape[3], margin)
-                crow, values, bias = numpy_buffers(step, ("crow", "values", "bias"))
-                kernels.conv_layer(h.view(-1).numpy(), geometry, bases, targets, crow, offsets,
-                                   values, bias, step.relu, out.view(-1).numpy(), tiles, threads)
-            else:
-                geometry = torch.tensor([h.shape[1], height, width, out_h, out_w, *step.kernel,
-                                         *step.stride, *margin])
-                kernels.pool_layer(h.view(-1).numpy(), geometry.numpy(), out.view(-1).numpy(),
-                                   tiles, threads)
+            step.run(h, height, width, out, margin, threads)
             h, height, width = out, out_h, out_w
         return h
