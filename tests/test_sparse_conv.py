@@ -128,23 +128,89 @@ def small_lenet(fraction=0.9):
     return prune_everything(build_model("lenet5", 1, 12, 10), fraction)
 
 
+LAYOUT = {"to_tiles": 0.1, "from_tiles": 0.1}
+
+
 def test_auto_falls_back_to_dense_when_the_sparse_chain_is_timed_slower():
     model = small_lenet()
     x = torch.randn(8, 1, 12, 12)
     slow = {"dense": 1.0, "numba_conv": 2.0, "torch_csr": 2.0, "numba_csr": 2.0, "chain": 2.0,
-            "numba_tiled": 2.0}
+            "numba_tiled": 2.0, **LAYOUT}
     fast, choices = sparsify(model, "auto", example_input=x, timer=fake_timer(slow))
     assert not any(isinstance(m, SparseConvChain) for m in fast.modules())
     convolutions = [c for c in choices if c.name in ("0.weight", "2.weight")]
     assert [c.kernel for c in convolutions] == ["dense", "dense"]
-    assert all("0.50x dense (needs 1.2x)" in c.reason for c in convolutions)
+    assert all("sparse 0.50x dense" in c.reason and "dense is faster" in c.reason
+               for c in convolutions)
+
+
+def conv_timer(layers: list[dict[str, float]], run: dict[str, float], asked: list):
+    """Per convolution layer (runs with a "to_tiles") the next of ``layers``; for the
+    assembled run ``run``; linear layers and chains slower than dense."""
+    layers = iter(layers)
+
+    def timer(runs):
+        for candidate in runs.values():
+            candidate()
+        asked.append(sorted(runs))
+        if "to_tiles" in runs:
+            return next(layers)
+        if "numba_conv" in runs:
+            return dict(run)
+        return {name: 1.0 if name == "dense" else 2.0 for name in runs}
+    return timer
+
+
+def test_auto_chooses_per_convolution_and_keeps_dense_where_sparse_is_timed_slower():
+    model = small_lenet()
+    x = torch.randn(8, 1, 12, 12)
+    asked = []
+    # the first layer is slower sparse, the second faster even with both layout changes
+    timer = conv_timer([{"dense": 1.0, "numba_conv": 1.5, **LAYOUT},
+                        {"dense": 3.0, "numba_conv": 1.0, **LAYOUT}],
+                       {"dense": 4.0, "numba_conv": 2.0}, asked)
+    fast, choices = sparsify(model, "auto", example_input=x, timer=timer)
+    assert asked[-3:] == [["dense", "from_tiles", "numba_conv", "to_tiles"]] * 2 + [
+        ["dense", "numba_conv"]]
+    chains = [m for m in fast.modules() if isinstance(m, SparseConvChain)]
+    assert len(chains) == 1 and len(chains[0].steps) == 2      # the second conv and its pool
+    assert isinstance(fast[0], nn.Conv2d)                       # the first stays dense
+    kernels = {c.name: c.kernel for c in choices}
+    assert (kernels["0.weight"], kernels["2.weight"]) == ("dense", "numba_conv")
+    assert "the run (timed) 2.00x dense" in [c for c in choices if c.name == "2.weight"][0].reason
+    assert compare_outputs(model, fast, x).agrees
+
+
+def test_auto_keeps_every_layer_dense_when_the_assembled_run_is_not_fast_enough():
+    model = small_lenet()
+    x = torch.randn(8, 1, 12, 12)
+    timer = conv_timer([{"dense": 3.0, "numba_conv": 1.0, **LAYOUT}] * 2,
+                       {"dense": 1.1, "numba_conv": 1.0}, [])
+    fast, choices = sparsify(model, "auto", example_input=x, timer=timer)
+    assert not any(isinstance(m, SparseConvChain) for m in fast.modules())
+    convolutions = [c for c in choices if c.name in ("0.weight", "2.weight")]
+    assert all(c.kernel == "dense" and "ran 1.10x dense (needs 1.2x)" in c.reason
+               for c in convolutions)
+
+
+def test_a_layer_that_gains_less_than_its_layout_changes_stays_dense():
+    from archs.sparse.conv_choice import cheapest_plan
+    layer = {"to_tiles": 1.0, "from_tiles": 1.0}
+    # alone, 2 s saved but 2 s of layout changes: dense; between sparse layers it pays
+    assert cheapest_plan([{"dense": 4.0, "numba_conv": 2.0, **layer}]) == [False]
+    assert cheapest_plan([{"dense": 4.0, "numba_conv": 1.0, **layer}]) == [True]
+    assert cheapest_plan([{"dense": 9.0, "numba_conv": 1.0, **layer},
+                          {"dense": 4.0, "numba_conv": 2.5, **layer},
+                          {"dense": 9.0, "numba_conv": 1.0, **layer}]) == [True] * 3
+    assert cheapest_plan([{"dense": 1.0, "numba_conv": 9.0, **layer},
+                          {"dense": 9.0, "numba_conv": 1.0, **layer}]) == [False, True]
 
 
 def test_auto_keeps_the_sparse_chain_when_timed_faster_and_small_batches_run_dense():
     model = small_lenet()
     x = torch.randn(8, 1, 12, 12)
     wins = {"dense": 3.0, "numba_conv": 1.0, "torch_csr": 2.0, "numba_csr": 1.0, "chain": 1.0,
-            "numba_tiled": 1.0}
+            "numba_tiled": 1.0, **LAYOUT}
     fast, choices = sparsify(model, "auto", example_input=x, timer=fake_timer(wins))
     chains = [m for m in fast.modules() if isinstance(m, SparseConvChain)]
     assert len(chains) == 1 and chains[0].min_batch == 8

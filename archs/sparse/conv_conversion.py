@@ -5,10 +5,9 @@ between it and the original modules.
 A run is a convolution, then any mix of convolutions, BatchNorms right after a
 convolution, ReLUs, max-pools and modules that are the identity at inference, among the
 children of an ``nn.Sequential``; a convolution elsewhere (in a residual block, say) is a
-run of its own. "sparse" runs every run holding a pruned convolution sparse; "auto" times
-the run both ways on the example's activations and keeps the sparse chain only when it is
-at least :data:`~archs.sparse.common.MEASURED_SPEEDUP_REQUIRED` times faster, with the
-original modules for smaller batches.
+run of its own. "sparse" runs every run holding a pruned convolution sparse; "auto" chooses
+per convolution by timing (:mod:`archs.sparse.conv_choice`), with the original modules
+for batches smaller than the example's.
 """
 from __future__ import annotations
 
@@ -18,11 +17,10 @@ import torch
 from torch import nn
 
 from archs.sparse.choice import Settings, weight_name
-from archs.sparse.common import (CONVOLUTION_REASON, DENSE, KERNELS_VERSION,
-                                 MEASURED_SPEEDUP_REQUIRED, NUMBA_CONV, LayerChoice,
+from archs.sparse.common import (CONVOLUTION_REASON, DENSE, NUMBA_CONV, LayerChoice,
                                  weight_sparsity)
 from archs.sparse.conv import ConvSpec, PoolSpec, SparseConvChain
-from archs.sparse.timing import timing_key
+from archs.sparse.conv_choice import choose_conv_kernels
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 
@@ -107,32 +105,6 @@ def _overall_sparsity(run: ConvRun) -> float:
     return 1.0 - sum(int(torch.count_nonzero(w)) for w in weights) / sum(w.numel() for w in weights)
 
 
-def _timed(run: ConvRun, chain: SparseConvChain, x: torch.Tensor,
-           settings: Settings) -> tuple[SparseConvChain | None, list[LayerChoice]]:
-    """The chain (dense below the example's batch) if timed fast enough, else None."""
-    originals = [module for _, module in run.children]
-
-    def dense() -> torch.Tensor:
-        h = x
-        for module in originals:
-            h = module(h)
-        return h
-
-    key = timing_key(x.device, kernels=KERNELS_VERSION, what="conv", steps=chain.layer_shapes(),
-                     input=list(x.shape), dtype=str(x.dtype))
-    timings, cached = settings.timing.seconds(key, {DENSE: dense, NUMBA_CONV: lambda: chain(x)},
-                                              x.device)
-    speedup = timings[DENSE] / timings[NUMBA_CONV]
-    source = "cached timing" if cached else "timed"
-    if speedup < MEASURED_SPEEDUP_REQUIRED:
-        return None, _choices(run, settings, DENSE, f"{source}: the sparse convolution chain ran "
-                              f"{speedup:.2f}x dense (needs {MEASURED_SPEEDUP_REQUIRED}x)")
-    note = f"; batches under {x.shape[0]} images run dense" if x.shape[0] > 1 else ""
-    return (chain.with_dense_fallback(originals, x.shape[0]),
-            _choices(run, settings, NUMBA_CONV, f"{source}: the sparse convolution chain "
-                     f"(BatchNorm folded, ReLU and max-pool fused) ran {speedup:.2f}x dense{note}"))
-
-
 def convert_conv_run(run: ConvRun, settings: Settings
                      ) -> tuple[dict[str, nn.Module | None], list[LayerChoice]]:
     """What replaces the children of ``run`` (name -> module, None = removed), and the
@@ -150,16 +122,11 @@ def convert_conv_run(run: ConvRun, settings: Settings
     else:
         reason = "pruned convolution; numba's sparse convolution chain (BatchNorm folded, ReLU " \
                  "and max-pool fused)"
-    chain = SparseConvChain(run.specs)
     if settings.mode == "auto" and settings.threshold is None:
-        recorded = settings.recorded_inputs.get(run.convs()[0])
-        if recorded is None:
-            return {}, _choices(run, settings, DENSE, "the example input never reached this layer")
-        chain, choices = _timed(run, chain, recorded, settings)
-        if chain is None:
-            return {}, choices
-    else:
-        choices = _choices(run, settings, NUMBA_CONV, reason)
+        replacement, choices = choose_conv_kernels(run.children, run.specs, settings)
+        return replacement or {}, choices
+    chain = SparseConvChain(run.specs)
+    choices = _choices(run, settings, NUMBA_CONV, reason)
     replacement: dict[str, nn.Module | None] = {name: None for name, _ in run.children}
     replacement[run.children[0][0]] = chain
     return replacement, choices
