@@ -34,8 +34,8 @@ from torch import nn
 
 from archs.pruning import (CRITERIA, PRUNE_TYPES, Masks, PruningPlan, State, control_ticket,  # noqa: F401
                            cycle_start_state, derived_generator, fit_state, full_masks, keep_pruned,
-                           next_ticket, per_round_percent, percent_remaining, pretrained_state, rewind,
-                           source_ticket, transfer)
+                           next_ticket, parse_structure, per_round_percent, percent_remaining, pretrained_state,
+                           rewind, source_ticket, transfer)
 from archs.pruning.branches import BRANCHES, LevelStart, ParentTicket
 from utils import format_table, get_logger
 
@@ -100,7 +100,8 @@ class LotteryTicketFinder:
     for late rewinding, train a few steps yourself and pass that state); ``scope``: ``layer``
     or ``global``; ``output_prune_percent``: the output layer's own rate; ``prune_ignore``:
     layers never pruned (module names); ``criterion``: ``magnitude`` or ``snip`` (needs
-    ``snip_batches``, a list of (inputs, targets), and ``loss_fn``). ``seed`` seeds
+    ``snip_batches``, a list of (inputs, targets), and ``loss_fn``); ``prune_structure``:
+    ``"2:4"`` (N:M) keeps every pruned layer N:M (archs.pruning.structure). ``seed`` seeds
     ``model_fn`` (torch's global generator), the controls and each cycle's training.
     """
 
@@ -110,7 +111,7 @@ class LotteryTicketFinder:
                  scope: str = "layer", output_prune_percent: float | None = None,
                  prune_ignore: Sequence[str] = (), criterion: str = "magnitude",
                  snip_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 loss_fn: Callable = F.cross_entropy, seed: int = 0):
+                 loss_fn: Callable = F.cross_entropy, seed: int = 0, prune_structure: str = "unstructured"):
         if prune_type not in PRUNE_TYPES:
             raise ValueError(f"prune_type must be one of {', '.join(PRUNE_TYPES)}, got {prune_type!r}")
         if criterion not in CRITERIA:
@@ -123,7 +124,8 @@ class LotteryTicketFinder:
         if target_sparsity is not None:
             prune_percent = per_round_percent(target_sparsity, prune_iterations)
         self.model_fn, self.train_fn, self.eval_fn = model_fn, train_fn, eval_fn
-        self.plan = PruningPlan(prune_percent, scope, output_prune_percent, tuple(prune_ignore))
+        self.plan = PruningPlan(prune_percent, scope, output_prune_percent, tuple(prune_ignore),
+                                parse_structure(prune_structure))
         self.prune_iterations, self.prune_type, self.criterion = prune_iterations, prune_type, criterion
         self.rewind_to, self.snip_batches, self.loss_fn, self.seed = rewind_to, snip_batches, loss_fn, seed
 

@@ -12,7 +12,7 @@ from archs import build_model
 from archs.choices import check_registered
 from data.jobs import DEFAULT_SEEDS, TrainingDefaults  # noqa: F401  (DEFAULT_SEEDS re-exported)
 from data.settings import CYCLE_WEIGHTS  # noqa: F401  (--save_cycle_weights, declared torch-free)
-from archs.pruning import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes
+from archs.pruning import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes, parse_structure
 from archs.train import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
 from archs.train.branch import BranchRun, parent_epochs, parent_ticket
 from data.datasets import get_spec, load_dataset, make_splits
@@ -82,7 +82,7 @@ def check_pruning_schedule(config: RunConfig, source_root: Path | str = SAVE_DIR
         if start_masks is not None:
             alive = {name: int(mask.sum()) for name, mask in start_masks.items()}
     plan = PruningPlan(config.prune_percent, config.prune_scope, config.output_prune_percent,
-                       tuple(config.prune_ignore))
+                       tuple(config.prune_ignore), parse_structure(config.prune_structure))
     try:
         rates = plan.percent_for_layer(list(masks))
     except ValueError as exc:

@@ -31,7 +31,7 @@ from data.settings import (MAX_SEED, MEASUREMENT, PRUNING, SEED, TRAINING, _dura
                            _layer_names, _momentum, _optional_percent, _rewind_point, _seed, _source_words,
                            _target_sparsity, _ticket_source, _warmup, add_field_arguments, _branch_args,
                            _args_words, _branch_name, _branch_words, _levels_words, format_number,
-                           format_value, parse_bool, parse_field, per_round_percent, setting)
+                           format_value, parse_bool, parse_field, per_round_percent, prune_structure_text, setting)
 from data.sources import reference_stem
 from utils import UserError, non_negative_float, parse_whole, percent, positive_float, positive_int
 
@@ -121,6 +121,15 @@ class RunConfig:
                                    help="magnitude: smallest |w| pruned; snip: smallest connection "
                                         "sensitivity |g*w| on training batches at the rewind point "
                                         "(Lee et al. 2019)")
+    prune_structure: str = setting(
+        "unstructured", token="nm", role=PRUNING, parse=prune_structure_text, metavar="N:M",
+        words=lambda v: "unstructured" if v == "unstructured" else f"{v} structured",
+        file_value=lambda v: v.replace(":", "of"),
+        help="unstructured, or N:M (2:4 runs on NVIDIA's sparse tensor cores): after each round at "
+             "most N of every M consecutive weights along a layer's input dimension survive (conv: "
+             "in*kh*kw); the first round imposes the pattern by the criterion's scores, later "
+             "rounds prune within it; layers whose input size is no multiple of M stay "
+             "unstructured (README: pruning)")
     early_bird: bool = setting(False, token="eb", role=PRUNING, parse=parse_bool,
                                words=lambda v: "early-bird" if v else "full dense cycle",
                                help="early-bird tickets (You et al. 2020): stop the dense cycle once "
@@ -303,7 +312,8 @@ class RunConfig:
 
     def _suffix(self) -> str:
         tokens = {f.name: f.metadata["token"] for f in fields(self)}
-        parts = [f"{tokens[name]}{format_value(value)}" for name, value in self.differing_settings()]
+        spell = {f.name: f.metadata.get("file_value") or format_value for f in fields(self)}
+        parts = [f"{tokens[name]}{spell[name](value)}" for name, value in self.differing_settings()]
         return settings_suffix(parts, self.digest()) if parts else ""
 
     def digest(self) -> str:

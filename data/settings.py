@@ -55,17 +55,19 @@ def parse_bool(text: str) -> bool:
 def setting(default: Any, *, help: str, token: str | None, role: str = TRAINING,
             flags: Sequence[str] = (), choices: Sequence[str] | None = None,
             parse: Callable[[str], Any] | None = None, words: Callable[[Any], str] | None = None,
-            metavar: str | None = None, nargs: str | None = None) -> Any:
+            metavar: str | None = None, nargs: str | None = None,
+            file_value: Callable[[Any], str] | None = None) -> Any:
     """Declare one field of :class:`RunConfig`.
 
     ``token`` prefixes the value in file names (None: the setting is in the name's fixed head);
     ``flags`` are extra spellings of the command-line flag (the first flag is ``--{field}``);
     ``parse`` turns command-line text (and ``--where`` values) into a value; ``words`` says the
-    value in a figure label ("lr 0.0012").
+    value in a figure label ("lr 0.0012"); ``file_value`` spells the value in file names when
+    :func:`format_value`'s text is unfit for one ("2:4" -> "2of4").
     """
     metadata = {"help": help, "token": token, "role": role, "flags": tuple(flags),
                 "choices": tuple(choices) if choices else None, "parse": parse, "words": words,
-                "metavar": metavar, "nargs": nargs}
+                "metavar": metavar, "nargs": nargs, "file_value": file_value}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -73,6 +75,21 @@ def setting(default: Any, *, help: str, token: str | None, role: str = TRAINING,
 
 def _optional_percent(text: str) -> float | None:
     return None if text.strip().lower() in ("", "none") else percent(text)
+
+
+def prune_structure_text(text: str) -> str:
+    """``unstructured`` or a canonical ``N:M`` with 0 < N < M (``" 2 : 4 "`` -> ``"2:4"``)."""
+    cleaned = str(text).replace(" ", "").lower()
+    if cleaned in ("", "unstructured"):
+        return "unstructured"
+    n_text, sep, m_text = cleaned.partition(":")
+    if not sep or not n_text.isdigit() or not m_text.isdigit():
+        raise ValueError(f"{text!r} is not unstructured or N:M (e.g. 2:4: at most 2 weights kept in "
+                         "every 4 consecutive ones of a row)")
+    n, m = int(n_text), int(m_text)
+    if not 0 < n < m:
+        raise ValueError(f"{text!r}: an N:M pattern needs 0 < N < M, e.g. 2:4")
+    return f"{n}:{m}"
 
 
 def _target_sparsity(text: str) -> float | None:

@@ -119,7 +119,7 @@ def alternative_value(f: dataclasses.Field):
     samples = {"rewind_to": "2ep", "warmup": "1ep", "prune_ignore": ("1",), "output_prune_percent": 45.0,
                "target_sparsity": 90.0, "ticket_source": "pp90x2_seed0_co2False_mnist@0123456789ab:c1",
                "init_from": "pretrained@0123456789ab", "branch": "reinit", "branch_args": "lr=0.01",
-               "branch_levels": (1,)}
+               "branch_levels": (1,), "prune_structure": "2:4"}
     if f.name in samples:
         return samples[f.name]
     if f.name in REGISTERED:   # arch_type, dataset, optimizer, ...: another registered name

@@ -1,7 +1,7 @@
 """Pruning: masks, the plan of a round, criteria, controls, rewinding, one round, transfer.
 
 Everything is a pure function over ``{parameter name: tensor}`` dicts (or a model and such
-dicts); the modules import one another in the order masks -> rewind -> criteria -> plan ->
+dicts); the modules import one another in the order masks -> rewind -> criteria -> structure -> plan ->
 controls -> round / transfer, and nothing here imports the training loop or the API.
 """
 from archs.pruning.controls import (PRUNE_TYPES, State, control_ticket, cycle_start_state, derived_generator,
@@ -14,6 +14,8 @@ from archs.pruning.masks import (PRUNABLE_LAYERS, Masks, apply_masks, count_aliv
 from archs.pruning.plan import (LayerCollapse, PruningPlan, expected_percent_remaining, first_collapse,
                                 layer_sizes, per_round_percent, planned_survivors, prune_by_magnitude,
                                 prune_global, prune_layerwise, pruned_count)
+from archs.pruning.structure import (Structure, is_n_of_m, n_of_m_mask, parse_structure, structure_column,
+                                     unstructured_reason)
 from archs.pruning.rewind import RewindPoint, parse_rewind_point, rewind
 from archs.pruning.round import keep_pruned, next_ticket
 from archs.pruning.transfer import fit_state, pretrained_state, source_ticket, transfer

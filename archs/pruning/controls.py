@@ -12,6 +12,7 @@ from torch import nn
 
 from archs.pruning.masks import Masks
 from archs.pruning.plan import _keep_best
+from archs.pruning.structure import Structure, is_n_of_m, n_of_m_mask, unstructured_reason
 
 PRUNE_TYPES = ("lt", "reinit", "random")
 State = dict[str, torch.Tensor]
@@ -25,10 +26,13 @@ def derived_generator(seed: int, stream: str, cycle: int = 0) -> torch.Generator
 
 
 def random_masks(reference: Mapping[str, torch.Tensor], within: Mapping[str, torch.Tensor],
-                 generator: torch.Generator) -> Masks:
+                 generator: torch.Generator, structure: Structure | None = None) -> Masks:
     """Masks keeping, in every layer, as many weights as ``reference`` keeps, drawn uniformly
     among the survivors of ``within`` (the random-pruning control: pass the magnitude masks of
-    this round and the masks of the cycle before, so pruned weights stay pruned)."""
+    this round and the masks of the cycle before, so pruned weights stay pruned). With a
+    ``structure`` (N, M), a layer whose reference is N:M gets a random N:M mask: the draws
+    pick N survivors of every group first, then the count among them (the same draws, so an
+    unstructured run's masks are unchanged by the option's existence)."""
     new_masks: Masks = {}
     for name, ref in reference.items():
         keep = int(ref.sum())
@@ -36,7 +40,11 @@ def random_masks(reference: Mapping[str, torch.Tensor], within: Mapping[str, tor
         if keep > int(base.sum()):
             raise ValueError(f"{name}: cannot keep {keep} weights among {int(base.sum())} survivors")
         draws = torch.rand(base.numel(), generator=generator, dtype=torch.float64)
-        new_masks[name] = _keep_best(draws, base.cpu(), keep).to(base.device)
+        base = base.cpu()
+        if (structure is not None and unstructured_reason(ref.shape, structure) is None
+                and is_n_of_m(ref, *structure)):
+            base = n_of_m_mask(draws.reshape(base.shape), base, *structure)
+        new_masks[name] = _keep_best(draws, base, keep).to(within[name].device)
     return new_masks
 
 
@@ -95,14 +103,16 @@ def cycle_start_state(prune_type: str, masks: Mapping[str, torch.Tensor], rewind
 
 
 def control_ticket(prune_type: str, masks: Mapping[str, torch.Tensor], previous_masks: Mapping[str, torch.Tensor],
-                   rewind_state: Mapping[str, torch.Tensor], *, seed: int, cycle: int) -> tuple[Masks, State]:
+                   rewind_state: Mapping[str, torch.Tensor], *, seed: int, cycle: int,
+                   structure: Structure | None = None) -> tuple[Masks, State]:
     """(masks, start state) of ``cycle`` given the magnitude (or SNIP) masks of this round:
     ``lt`` keeps them and rewinds; ``random`` keeps as many weights per layer, drawn at random
     among the survivors of ``previous_masks``, and rewinds; ``reinit`` keeps the masks and
-    re-draws the survivors."""
+    re-draws the survivors. ``structure``: the random masks of an N:M run are N:M too."""
     if prune_type not in PRUNE_TYPES:
         raise ValueError(f"prune_type must be one of {', '.join(PRUNE_TYPES)}, got {prune_type!r}")
     masks = dict(masks)
     if prune_type == "random":
-        masks = random_masks(masks, previous_masks, derived_generator(seed, "random_mask", cycle))
+        masks = random_masks(masks, previous_masks, derived_generator(seed, "random_mask", cycle),
+                             structure)
     return masks, cycle_start_state(prune_type, masks, rewind_state, seed, cycle)

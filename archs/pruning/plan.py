@@ -9,6 +9,7 @@ import torch
 
 from archs.pruning.criteria import magnitude_scores
 from archs.pruning.masks import Masks
+from archs.pruning.structure import Structure, structured_round, within_projection
 from data.settings import expected_percent_remaining, per_round_percent  # noqa: F401  (pruning schedule arithmetic, re-exported)
 from utils import UserError
 
@@ -103,12 +104,14 @@ class PruningPlan:
     or weight name ("fc.weight"). ``scope``: "layer" (each layer loses its own rate of its
     survivors) or "global" (the layers at ``percent`` are ranked together; the output layer
     joins them unless ``output_percent`` is given, in which case it is pruned on its own at
-    that rate; ignored layers stay dense).
+    that rate; ignored layers stay dense). ``structure``: (N, M) keeps every pruned layer N:M
+    after each round (the rule is in archs.pruning.structure), None prunes unstructured.
     """
     percent: float
     scope: str = "layer"
     output_percent: float | None = None
     ignore: tuple[str, ...] = ()
+    structure: Structure | None = None
 
     def __post_init__(self):
         if self.scope not in ("layer", "global"):
@@ -144,6 +147,8 @@ class PruningPlan:
         :class:`LayerCollapse` instead of returning a mask with an empty layer."""
         names = list(masks)
         rates = self.percent_for_layer(names)
+        scores, projections = structured_round(scores, masks, self.structure,
+                                               exempt={n for n, rate in rates.items() if rate == 0})
         if self.scope == "layer":
             new_masks = prune_layerwise(scores, masks, rates)
         else:
@@ -155,6 +160,7 @@ class PruningPlan:
             new_masks.update(prune_layerwise(scores, {n: masks[n] for n in separate},
                                              {n: rates[n] for n in separate}))
             new_masks = {n: new_masks[n] for n in names}
+        new_masks = within_projection(new_masks, projections)
         for name, mask in new_masks.items():
             if not bool(mask.any()):
                 raise LayerCollapse(name, cycle)

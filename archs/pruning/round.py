@@ -36,5 +36,6 @@ def next_ticket(model: nn.Module, masks: Mapping[str, torch.Tensor], rewind_stat
     """
     scores = criterion_scores(criterion, model, masks, rewind_state, snip_batches, loss_fn)
     new_masks = plan.prune(scores, masks, cycle)
-    return control_ticket(prune_type, new_masks, masks, rewind_state, seed=seed, cycle=cycle)
+    return control_ticket(prune_type, new_masks, masks, rewind_state, seed=seed, cycle=cycle,
+                          structure=plan.structure)
 

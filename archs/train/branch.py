@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from archs.pruning import full_masks, rewind
+from archs.pruning import full_masks, parse_structure, rewind
 from archs.pruning.branches import ParentTicket, get_branch
 from archs.pruning.controls import derived_generator
 from archs.train.cycles import LotteryRun
@@ -45,7 +45,8 @@ def parent_ticket(results: Mapping[str, Any], results_file: Path) -> ParentTicke
 
     return ParentTicket(masks=[{n: m.bool() for n, m in masks.items()} for masks in results["masks"]],
                         initial_state=initial, rewind_state=results.get("rewind_state_dict") or initial,
-                        seed=config.seed, bias_init=config.bias_init, final_state=final_state)
+                        seed=config.seed, bias_init=config.bias_init, final_state=final_state,
+                        structure=parse_structure(config.prune_structure))
 
 
 def replayed_generator(seed: int, epochs: int, train_size: int) -> torch.Generator:

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from archs import build_model
 from archs.early_bird import EarlyBirdDetector
 from archs.optim import build_optimizer
-from archs.pruning import Masks, PruningPlan, full_masks, percent_remaining, prunable_names, rewind
+from archs.pruning import (Masks, PruningPlan, full_masks, parse_structure, percent_remaining, prunable_names,
+                           rewind)
 from archs.train.checkpoint import restore_run, run_state
 from archs.train.energy import EnergyPhases
 from archs.train.loop import clone_state, cpu_state, state_fingerprint, train_epoch
@@ -72,7 +73,7 @@ class LotteryRun:
         self.initial_fingerprint = state_fingerprint(self.initial_state)  # computed once, not per checkpoint
         self.prunable = prunable_names(self.model)
         self.plan = PruningPlan(config.prune_percent, config.prune_scope, config.output_prune_percent,
-                                tuple(config.prune_ignore))
+                                tuple(config.prune_ignore), parse_structure(config.prune_structure))
         try:
             self.plan.percent_for_layer(self.prunable)   # an unknown --prune_ignore layer fails here
         except ValueError as exc:
@@ -179,7 +180,7 @@ class LotteryRun:
     def _run_cycle(self, checkpoint, checkpoint_every, show_progress) -> None:
         config, measured = self.config, self.meter.measured
         if self.epoch == 0:
-            log_layer_table(self.log, self.masks, config.seed, self.cycle, config.prune_iterations)
+            log_layer_table(self.log, self.masks, config.seed, self.cycle, config.prune_iterations, self.plan)
         masked = [(weight, self.masks[name].to(weight.dtype))
                   for name, weight in self.model.named_parameters() if name in self.masks
                   and not bool(self.masks[name].all())]

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from archs.pruning import count_alive, layer_table_rows
+from archs.pruning import count_alive, layer_table_rows, structure_column
 from archs.train.loop import cpu_state
 from data.runs import RESULTS_FORMAT_VERSION
 from utils import format_table
@@ -69,11 +69,18 @@ def cycle_ticket(run: LotteryRun) -> dict:
             "summary": asdict(run.cycles[-1])}
 
 
-def log_layer_table(log, masks, seed: int, cycle: int, cycles: int) -> None:
-    """The weights of each prunable layer at the start of ``cycle`` (0-based) of ``cycles``."""
+def log_layer_table(log, masks, seed: int, cycle: int, cycles: int, plan=None) -> None:
+    """The weights of each prunable layer at the start of ``cycle`` (0-based) of ``cycles``;
+    with an N:M ``plan`` (a :class:`PruningPlan`), a column says each layer's pattern."""
     alive, total = count_alive(masks)
     log.info("\nSeed %d, cycle %d/%d: weights of each prunable layer", seed, cycle + 1, cycles)
-    log.info(format_table(["layer", "nonzeros / total", "alive", "pruned", "shape"], layer_table_rows(masks)))
+    headers, rows = ["layer", "nonzeros / total", "alive", "pruned", "shape"], layer_table_rows(masks)
+    if plan is not None and plan.structure is not None:
+        rates = plan.percent_for_layer(list(masks))
+        headers.append("pattern")
+        rows = [(*row, structure_column(masks[name], plan.structure, exempt=rates[name] == 0))
+                for row, name in zip(rows, masks)]
+    log.info(format_table(headers, rows))
     log.info("alive: %d, pruned: %d, total: %d, compression rate: %.2fx (%.2f%% pruned)",
              alive, total - alive, total, total / max(alive, 1), 100 * (total - alive) / total)
 

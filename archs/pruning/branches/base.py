@@ -25,13 +25,15 @@ State = dict[str, torch.Tensor]
 class ParentTicket:
     """What a branch may read of its parent run: the masks of every level, the initial and
     rewind states, the seed and bias initialisation, and ``final_state(level)``, the trained
-    weights of a level (read from the run's cycle tickets when asked)."""
+    weights of a level (read from the run's cycle tickets when asked), and the N:M structure
+    of its pruning (its random controls keep it)."""
     masks: list[Masks]
     initial_state: State
     rewind_state: State
     seed: int
     bias_init: str
     final_state: Callable[[int], State]
+    structure: tuple[int, int] | None = None   # the run's --prune_structure (N, M), None: unstructured
 
     @property
     def levels(self) -> int:
