@@ -231,23 +231,27 @@ def test_unpruned_and_unsupported_convolutions_stay_dense():
     assert torch.equal(fast(x), dilated(x))
 
 
-SMALL_INPUTS = {"densenet121": 8, "resnet50": 8, "alexnet": 16}
+SMALL_INPUTS = {"densenet121": 9, "resnet50": 9, "alexnet": 16}
 
 
 @pytest.mark.parametrize("arch", [a for a in architecture_names() if a != "fc1"])
 def test_every_network_replays_sparse_with_the_dense_predictions(arch):
     torch.manual_seed(0)
-    size = SMALL_INPUTS.get(arch, 12)
+    size = SMALL_INPUTS.get(arch, 11)
     model = prune_everything(build_model(arch, 3, size, 10), 0.9)
-    x = torch.randn(3, 3, size, size)
     fast, choices = sparsify(model, "sparse")
     assert any(isinstance(m, SparseConvChain) for m in fast.modules())
     convolutions = [c for c in choices if "numba_conv" == c.kernel]
     assert len(convolutions) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    with torch.inference_mode():
-        expected, actual = model.double()(x.double()), fast(x)
-    assert relative_error(actual, expected) < TOLERANCE
-    assert torch.equal(actual.argmax(1), expected.argmax(1))
+    # BatchNorms folded into their convolutions or run per channel in the tile layout
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    for images in (1, 3):
+        x = torch.randn(images, 3, size, size)
+        with torch.inference_mode():
+            expected, actual = model.double()(x.double()), fast(x)
+        model.float()
+        assert relative_error(actual, expected) < TOLERANCE
+        assert torch.equal(actual.argmax(1), expected.argmax(1))
 
 
 def test_threads_hold():

@@ -15,7 +15,8 @@ from archs.sparse.chains import (Affine, NumbaTiledChain, TransposedChain, build
                                  compact_chain)
 from archs.sparse.choice import (PER_LAYER_CHAIN, TILED_CHAIN, Settings, Timing, choose_kernel,
                                  keep_fastest_chain, tiled_applies, weight_name)
-from archs.sparse.conv_conversion import (conv_runs, convert_conv_run,
+from archs.sparse.blocks import block_supported
+from archs.sparse.conv_conversion import (conv_runs, convert_conv_run, gather_trunk,
                                           unsupported_choice)
 from archs.sparse.common import (BENCHMARK_MODES, COO, DENSE, KERNEL_MODES,
                                  NUMBA_TILED, LayerChoice, weight_sparsity)
@@ -61,15 +62,15 @@ def _linear_runs(children: Iterable[tuple[str, nn.Module]]) -> list[_Run]:
 
 def _record_inputs(model: nn.Module,
                           example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    """The input every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` sees when it runs
-    ``example_input``."""
+    """The input every ``nn.Linear``, ``nn.Conv2d`` and residual or dense block of ``model``
+    sees when it runs ``example_input``."""
     recorded: dict[nn.Module, torch.Tensor] = {}
 
     def remember(module: nn.Module, args: tuple) -> None:
         recorded[module] = args[0].detach().clone()
 
     handles = [m.register_forward_pre_hook(remember) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d))]
+               if isinstance(m, (nn.Linear, nn.Conv2d)) or block_supported(m)]
     try:
         with torch.inference_mode():
             model(example_input)
@@ -159,7 +160,7 @@ def _rebuild(module: nn.Module, settings: Settings, choices: list[LayerChoice]) 
         replacement, run_choices = _convert_run(lone, settings)
         choices.extend(run_choices)
         return replacement.get("", module)
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, nn.Conv2d) or block_supported(module):
         runs = conv_runs([("", module)])
         if not runs:
             choices.append(unsupported_choice(module, settings))
@@ -189,6 +190,8 @@ def _rebuild(module: nn.Module, settings: Settings, choices: list[LayerChoice]) 
             else:
                 kept[name] = child if name in in_runs else _rebuild(child, settings, choices)
         return nn.Sequential(kept)
+    if settings.mode in ("sparse", "auto"):
+        gather_trunk(module)
     for name, child in list(module.named_children()):
         setattr(module, name, _rebuild(child, settings, choices))
     return module
