@@ -293,3 +293,18 @@ def test_a_convolutional_ticket_replays_sparse_through_the_script(tmp_path, mnis
     with open(inference_runs_csv_path(tmp_path, "lenet5", "mnist"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["mode"] for row in rows] == ["sparse"]
+
+
+def test_a_fused_max_pool_propagates_nan_as_torch_does():
+    # no weight pruned: a pruned weight never reads its input, where dense gives 0 * NaN
+    conv = pruned_conv(2, 3, 3, 1, 1, 1, 0.0)
+    x = torch.randn(17, 2, 7, 9)
+    x[0, :, 2, 3] = float("nan")
+    x[16, 1, 6, 8] = float("nan")
+    modules = [conv, nn.ReLU(), nn.MaxPool2d(2)]
+    chain = SparseConvChain([ConvSpec(conv, None, True), PoolSpec((2, 2), (2, 2))])
+    expected, actual = reference(modules, x), chain(x)
+    assert actual.shape == expected.shape == (17, 3, 3, 4)
+    assert torch.equal(actual.isnan(), expected.isnan()) and actual.isnan().any()
+    keep = ~expected.isnan()
+    assert relative_error(actual[keep], expected[keep]) < TOLERANCE

@@ -101,38 +101,49 @@ class ConvStep(nn.Module):
         return ((height + 2 * self.padding[0] - self.kernel_h) // self.stride[0] + 1,
                 (width + 2 * self.padding[1] - self.kernel_w) // self.stride[1] + 1)
 
-    def plan(self, padded_h: int, padded_w: int, margin: tuple[int, int]) -> tuple:
+    def plan(self, padded_h: int, padded_w: int, margin: tuple[int, int],
+             pool: bool = False) -> tuple:
         """What the kernel needs for one input size (made once per size): geometry, each
         output pixel's base and target, each stored weight's offset (see
-        :func:`archs.sparse.numba_conv.conv_layer`)."""
-        key = (padded_h, padded_w, margin, self.taps.data_ptr())
+        :func:`archs.sparse.numba_conv.conv_layer`); with ``pool``, a 2 x 2 max-pool fused."""
+        key = (padded_h, padded_w, margin, pool, self.taps.data_ptr())
         if key not in self._plans:
-            self._plans[key] = self._make_plan(padded_h, padded_w, margin)
+            self._plans[key] = self._make_plan(padded_h, padded_w, margin, pool)
         return self._plans[key]
 
-    def _make_plan(self, padded_h: int, padded_w: int, margin: tuple[int, int]) -> tuple:
+    def _make_plan(self, padded_h: int, padded_w: int, margin: tuple[int, int],
+                   pool: bool) -> tuple:
         out_h = (padded_h - self.kernel_h) // self.stride[0] + 1
         out_w = (padded_w - self.kernel_w) // self.stride[1] + 1
+        if pool:
+            # a block: PIXELS / 4 windows of 2 x 2 output pixels, one stored maximum each
+            out_h, out_w, per_block = out_h // 2, out_w // 2, PIXELS // 4
+        else:
+            per_block = PIXELS
         rows, columns = out_h + 2 * margin[0], out_w + 2 * margin[1]
         pixels = out_h * out_w
-        blocks = -(-pixels // PIXELS)
+        blocks = -(-pixels // per_block)
         # the last block repeats the last pixel: computed twice, written twice, same value
-        index = torch.arange(blocks * PIXELS).clamp_max(pixels - 1)
+        index = torch.arange(blocks * per_block).clamp_max(pixels - 1)
         oy, ox = index // out_w, index % out_w
-        bases = (oy * self.stride[0] * padded_w + ox * self.stride[1]) * TILE
         targets = ((oy + margin[0]) * columns + ox + margin[1]) * TILE
+        if pool:
+            oy = (2 * oy[:, None] + torch.tensor([0, 0, 1, 1])).reshape(-1)
+            ox = (2 * ox[:, None] + torch.tensor([0, 1, 0, 1])).reshape(-1)
+        bases = (oy * self.stride[0] * padded_w + ox * self.stride[1]) * TILE
         channel, row, column = self.taps.unbind(1)
         offsets = ((channel * padded_h + row) * padded_w + column).to(torch.int32)
         geometry = torch.tensor([self.group_channels * self.groups, padded_h, padded_w,
-                                 self.out_channels, rows * columns, blocks])
+                                 self.out_channels, rows * columns, blocks, int(pool)])
         return tuple(array.contiguous().numpy() for array in (geometry, bases, targets, offsets))
 
     def run(self, h: torch.Tensor, height: int, width: int, out: torch.Tensor,
-            margin: tuple[int, int], threads: int) -> None:
+            margin: tuple[int, int], threads: int, pool: bool = False) -> None:
         """This convolution of ``h`` (tile layout, padded for it; ``height`` x ``width``
-        unpadded) written into ``out`` (tile layout, its border of ``margin`` zero)."""
+        unpadded) written into ``out`` (tile layout, its border of ``margin`` zero); with
+        ``pool``, max-pooled 2 x 2 (stride 2) as it is written."""
         del height, width  # the plan reads the padded size off ``h``
-        geometry, bases, targets, offsets = self.plan(h.shape[2], h.shape[3], margin)
+        geometry, bases, targets, offsets = self.plan(h.shape[2], h.shape[3], margin, pool)
         crow, values, bias = numpy_buffers(self, ("crow", "values", "bias"))
         load_conv_kernels().conv_layer(h.view(-1).numpy(), geometry, bases, targets, crow,
                                        offsets, values, bias, self.relu, out.view(-1).numpy(),
@@ -165,6 +176,10 @@ class PoolStep(nn.Module):
                                  *self.stride, *margin])
         load_conv_kernels().pool_layer(h.view(-1).numpy(), geometry.numpy(),
                                        out.view(-1).numpy(), h.shape[0], threads)
+
+    def fuses(self) -> bool:
+        """Whether the convolution before it can compute it as it writes (2 x 2, stride 2)."""
+        return self.kernel == (2, 2) and self.stride == (2, 2)
 
     def shape(self) -> list:
         return ["maxpool", *self.kernel, *self.stride]
@@ -289,12 +304,27 @@ class SparseConvChain(nn.Module):
         unpadded), the steps' outputs in this thread's workspace buffers from ``buffer`` on,
         in turn. Returns the last output (no border)."""
         threads = torch.get_num_threads()
-        for index, step in enumerate(self.steps):
+        steps = list(self.steps)
+        index = 0
+        while index < len(steps):
+            step = steps[index]
+            # a 2 x 2 max-pool right after a convolution is computed as it writes: the
+            # convolution's full-size output is never stored (LeNet5's second layer at 64
+            # images wrote 16 MiB, then read them again to pool)
+            pool = (isinstance(step, ConvStep) and index + 1 < len(steps)
+                    and isinstance(steps[index + 1], PoolStep) and steps[index + 1].fuses())
+            last = index + 1 if pool else index
             out_h, out_w = step.output_size(height, width)
-            margin = self._margin(index)
+            if pool:
+                out_h, out_w = steps[last].output_size(out_h, out_w)
+            margin = self._margin(last)
             shape = (h.shape[0], step.out_channels if isinstance(step, ConvStep) else h.shape[1],
                      out_h + 2 * margin[0], out_w + 2 * margin[1], TILE)
-            out = _WORKSPACE.take((index + buffer) % 2, shape, margin)
-            step.run(h, height, width, out, margin, threads)
+            out = _WORKSPACE.take(buffer % 2, shape, margin)
+            if pool:
+                step.run(h, height, width, out, margin, threads, pool=True)
+            else:
+                step.run(h, height, width, out, margin, threads)
             h, height, width = out, out_h, out_w
+            index, buffer = last + 1, buffer + 1
         return h

@@ -15,12 +15,15 @@ al., writes each output vector once.
 
 Padding is stored: each layer writes its output into a buffer whose border (the next
 convolution's padding) is zero, so no bounds are checked. Strides and groups only change
-``base`` and ``offset``. ReLU is applied as each output is written; max-pooling runs on the
-same layout (:func:`pool_layer`), the ReLU before it (they commute).
+``base`` and ``offset``. ReLU is applied as each output is written. A 2 x 2 max-pool
+(stride 2) right after a convolution is computed as it writes: a block's 8 pixels are then
+two pooling windows, and only their maxima are stored (the full-size output never is);
+other max-pools run on the same layout (:func:`pool_layer`), the ReLU before them (they
+commute).
 
-Work is shared out by (tile, output row): a job reads ``kernel height`` input rows of every
-channel (for 64 channels of 34 padded pixels, 420 KiB: in L2), and walks every stored
-weight of the layer once per output pixel.
+Work is shared out by (tile, block of 8 output pixels): a job reads ``kernel height``
+input rows of every channel (for 64 channels of 34 padded pixels, 420 KiB: in L2), and
+walks every stored weight of the layer once per block.
 """
 from __future__ import annotations
 
@@ -41,8 +44,9 @@ from archs.sparse.numba_vectors import (TILE, fma_and_splat, transpose_tile, vec
 PIXELS = 8
 
 # geometry of a convolution: input channels, padded input height and width, output channels,
-# output plane size (rows x columns of the output buffer, margins included), pixel blocks
-CONV_GEOMETRY = ("channels", "height", "width", "out_channels", "out_plane", "blocks")
+# output plane size (rows x columns of the output buffer, margins included), pixel blocks,
+# whether a 2 x 2 max-pool is fused (1) or not (0)
+CONV_GEOMETRY = ("channels", "height", "width", "out_channels", "out_plane", "blocks", "pool")
 # geometry of a max-pool: channels, input height and width, output height and width,
 # kernel, strides, margins of the output buffer
 POOL_GEOMETRY = ("channels", "height", "width", "out_height", "out_width", "kernel_h",
@@ -51,9 +55,12 @@ POOL_GEOMETRY = ("channels", "height", "width", "out_height", "out_width", "kern
 
 @intrinsic
 def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start, end, out,
-                          out_start, targets, bias, relu):
-    """For r < PIXELS: ``out[out_start + targets[first + r]:+TILE] = act(bias + sum over k in
-    [start, end) of values[k] * h[h_tile + bases[first + r] + col[k] * TILE:+TILE])``.
+                          out_start, targets, target_first, bias, relu, pool):
+    """For r < PIXELS: ``sum[r] = bias + sum over k in [start, end) of values[k] *
+    h[h_tile + bases[first + r] + col[k] * TILE:+TILE]``, then either ``out[out_start +
+    targets[target_first + r]:+TILE] = act(sum[r])`` or, with ``pool``, the maximum of each
+    4 consecutive sums (a 2 x 2 max-pool window) ``act(max(sum[4 q:4 q + 4]))`` at
+    ``targets[target_first + q]``, q < PIXELS / 4.
 
     The sums stay in vector registers; each weight is loaded and broadcast once for all
     pixels. ``h`` and ``out`` flat float32 arrays, ``bases`` and ``targets`` int64 (in
@@ -61,22 +68,23 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
     """
     float_array = types.Array(types.float32, 1, "C")
     index_array = types.Array(types.int64, 1, "C")
+    integers = (h_tile, first, start, end, out_start, target_first)
     if not (h == float_array and out == float_array and values == float_array
             and col == types.Array(types.int32, 1, "C") and bases == index_array
             and targets == index_array and bias == types.float32 and relu == types.boolean
-            and all(isinstance(i, types.Integer) for i in (h_tile, first, start, end, out_start))):
+            and pool == types.boolean and all(isinstance(i, types.Integer) for i in integers)):
         return None
     signature = types.void(h, h_tile, bases, first, col, values, start, end, out, out_start,
-                           targets, bias, relu)
+                           targets, target_first, bias, relu, pool)
 
     def codegen(context, builder, sig, args):
         (h_, h_tile_, bases_, first_, col_, values_, start_, end_, out_, out_start_, targets_,
-         bias_, relu_) = args
+         target_first_, bias_, relu_, pool_) = args
         i64 = ir.IntType(64)
-        h_tile_, first_, start_, end_, out_start_ = (
+        h_tile_, first_, start_, end_, out_start_, target_first_ = (
             context.cast(builder, value, sig.args[position], types.int64)
-            for value, position in zip((h_tile_, first_, start_, end_, out_start_),
-                                       (1, 3, 6, 7, 9)))
+            for value, position in zip((h_tile_, first_, start_, end_, out_start_, target_first_),
+                                       (1, 3, 6, 7, 9, 11)))
 
         def data(position, value):
             return context.make_array(sig.args[position])(context, builder, value).data
@@ -100,14 +108,30 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
                 row = builder.load(vector_pointer(builder, h_data, builder.add(base, offset)),
                                    align=4)
                 builder.store(builder.call(fma, [weight, row, builder.load(slot)]), slot)
-        for r, slot in enumerate(sums):
-            total = builder.load(slot)
+
+        def store(total, index):
             # ReLU as "negative -> 0": NaN compares false and stays NaN, as in torch's relu
             negative = builder.fcmp_ordered("<", total, zero)
             total = builder.select(relu_, builder.select(negative, zero, total), total)
             target = builder.add(out_start_, builder.load(builder.gep(
-                targets_data, [builder.add(first_, ir.Constant(i64, r))])))
+                targets_data, [builder.add(target_first_, ir.Constant(i64, index))])))
             builder.store(total, vector_pointer(builder, out_data, target), align=4)
+
+        totals = [builder.load(slot) for slot in sums]
+        with builder.if_else(pool_) as (pooled, plain):
+            with pooled:
+                for window in range(PIXELS // 4):
+                    best = totals[4 * window]
+                    for total in totals[4 * window + 1:4 * window + 4]:
+                        # NaN propagates, as in torch's max-pool: a NaN best stays, a NaN
+                        # total (unordered, so "greater") replaces it
+                        greater = builder.fcmp_unordered(">", total, best)
+                        keep = builder.fcmp_unordered("uno", best, best)
+                        best = builder.select(keep, best, builder.select(greater, total, best))
+                    store(best, window)
+            with plain:
+                for r, total in enumerate(totals):
+                    store(total, r)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -115,15 +139,19 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
 
 def _conv_job(job, x, geometry, bases, targets, crow, col, values, bias, relu, out):
     """Block ``job % blocks`` of PIXELS output pixels of tile ``job // blocks``, every
-    output channel."""
+    output channel (max-pooled 2 x 2 when ``geometry[6]``)."""
     channels, height, width, out_channels, out_plane, blocks = geometry[:6]
+    pool = geometry[6] != 0
     tile = job // blocks
-    first = (job % blocks) * PIXELS
+    block = job % blocks
+    first = block * PIXELS
+    target_first = block * (PIXELS // 4) if pool else first
     in_tile = tile * channels * height * width * TILE
     out_tile = tile * out_channels * out_plane * TILE
     for o in range(out_channels):
         _pixels_times_weights(x, in_tile, bases, first, col, values, crow[o], crow[o + 1], out,
-                              out_tile + o * out_plane * TILE, targets, bias[o], relu)
+                              out_tile + o * out_plane * TILE, targets, target_first, bias[o],
+                              relu, pool)
 
 
 def _conv_serial(x, geometry, bases, targets, crow, col, values, bias, relu, out, tiles):
@@ -274,7 +302,9 @@ def conv_layer(x, geometry, bases, targets, crow, col, values, bias, relu: bool,
     from ``bases[p]`` in its tile's input and is written at ``targets[p]`` in its channel's
     output plane (both in floats; ``blocks * PIXELS`` entries, the last block padded by
     repeating the last pixel). Output channel ``o``'s stored weights are
-    ``values[crow[o]:crow[o + 1]]``, read at ``col`` (offsets in pixels from the base)."""
+    ``values[crow[o]:crow[o + 1]]``, read at ``col`` (offsets in pixels from the base).
+    With a fused 2 x 2 max-pool (``geometry[6]``) the pixels of a block are two pooling
+    windows of 4, and ``targets`` has an entry per window (``blocks * PIXELS / 4``)."""
     jobs = tiles * int(geometry[5])
     shared = _use_threads(threads, jobs > 1 and values.shape[0] * jobs * PIXELS * TILE >= 32_768)
     (_conv_parallel if shared else _conv_serial)(x, geometry, bases, targets, crow, col, values,
