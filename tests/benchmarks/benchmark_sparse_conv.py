@@ -3,14 +3,15 @@ convolution kernel (:mod:`archs.sparse.numba_conv`)?
 
 Prints the CPU model, then per convolution layer of the chosen networks on CIFAR-sized
 inputs (3x32x32) and per whole network, the median seconds per batch of dense (torch) and
-sparse, the speed-up, and the fraction of the FLOP limit it reaches (the limit is 1 / (1 -
-sparsity): 10x at 90 %, 33x at 97 %). Not a test (pytest does not collect it); run it:
+sparse, the speed-up, the fraction of the FLOP limit it reaches (dense multiply-adds over
+those of the stored weights: about 10x at 90 %, 33x at 97 %) and what keeps it below (rules
+of thumb from the layer's shape and timings). Not a test (pytest does not collect it); run it:
 
     python3 -m tests.benchmarks.benchmark_sparse_conv [--networks lenet5 conv6 vgg11]
         [--batch_sizes 64 512] [--sparsities 90 97] [--threads 2] [--auto]
 
-A layer is timed as the network runs it: the convolution with its BatchNorm and ReLU
-(dense: torch's modules; sparse: one :class:`~archs.sparse.conv.SparseConvChain`), on
+A layer is timed as the network runs it: the convolution with its BatchNorm, ReLU and 2x2
+max-pool (dense: torch's modules; sparse: one :class:`~archs.sparse.conv.SparseConvChain`), on
 random activations of the layer's input shape, sparse both alone (NCHW in and out, layout
 changes included) and as inside a run of layers (the kernel on the tile layout). A
 whole network is timed dense against ``sparsify(model, "sparse")`` (and "auto" with
@@ -31,7 +32,7 @@ from torch import nn
 from archs import build_model
 from archs.pruning import apply_masks, full_masks, prune_by_magnitude
 from archs.sparse import compare_outputs, sparsify
-from archs.sparse.conv import ConvSpec, SparseConvChain, to_tiles
+from archs.sparse.conv import ConvSpec, PoolSpec, SparseConvChain, to_tiles
 from archs.sparse.timing import device_description
 from tests.benchmarks.benchmark_inference import time_interleaved
 from utils import format_table, positive_int, run_cli
@@ -49,8 +50,9 @@ def pruned_network(arch: str, percent: float, seed: int) -> nn.Module:
     return model.requires_grad_(False)
 
 
-def conv_units(model: nn.Module) -> list[tuple[str, list[nn.Module], ConvSpec, tuple]]:
-    """Each convolution with the BatchNorm and ReLU after it, and its input shape (batch 1)."""
+def conv_units(model: nn.Module) -> list[tuple[str, list[nn.Module], list, tuple]]:
+    """Each convolution with the BatchNorm, ReLU and 2x2 max-pool after it (the sparse step
+    fuses them all), its specs, and its input shape (batch 1)."""
     shapes: dict[nn.Module, tuple] = {}
     hooks = [m.register_forward_pre_hook(lambda m, args: shapes.__setitem__(m, args[0].shape[1:]))
              for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -66,41 +68,70 @@ def conv_units(model: nn.Module) -> list[tuple[str, list[nn.Module], ConvSpec, t
         for i, (child_name, child) in enumerate(children):
             if not isinstance(child, nn.Conv2d):
                 continue
-            modules, norm, relu = [child], None, False
-            for _, after in children[i + 1:i + 3]:
+            modules, norm, relu, pool = [child], None, False, None
+            for _, after in children[i + 1:i + 4]:
                 if isinstance(after, nn.BatchNorm2d) and norm is None and not relu:
                     norm = after
-                elif isinstance(after, nn.ReLU):
+                elif isinstance(after, nn.ReLU) and not relu:
                     relu = True
+                elif isinstance(after, nn.MaxPool2d) and after.kernel_size in (2, (2, 2)) \
+                        and after.stride in (2, (2, 2)) and pool is None:
+                    pool = PoolSpec((2, 2), (2, 2))
                 else:
                     break
                 modules.append(after)
             label = f"{name}.{child_name}".lstrip(".")
-            units.append((label, modules, ConvSpec(child, norm, relu), tuple(shapes[child])))
+            specs = [ConvSpec(child, norm, relu)] + ([pool] if pool else [])
+            units.append((label, modules, specs, tuple(shapes[child])))
     return units
 
 
-def describe(spec: ConvSpec, shape: tuple) -> str:
-    conv = spec.conv
+def describe(specs: list, shape: tuple) -> str:
+    conv = specs[0].conv
     return (f"{conv.in_channels}->{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]}"
-            f" @{shape[1]}x{shape[2]}{' +BN' if spec.norm is not None else ''}")
+            f" @{shape[1]}x{shape[2]}{' +BN' if specs[0].norm is not None else ''}"
+            f"{' +pool' if len(specs) > 1 else ''}")
+
+
+def multiply_adds(conv: nn.Conv2d, shape: tuple, batch: int) -> tuple[int, int]:
+    """Multiply-adds of the layer dense, and those of its stored weights, for ``batch``."""
+    out_h = (shape[1] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    out_w = (shape[2] + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+    pixels = out_h * out_w * batch
+    return conv.weight.numel() * pixels, int(torch.count_nonzero(conv.weight)) * pixels
+
+
+def why_below_limit(conv: nn.Conv2d, dense: float, alone: float, kernel: float,
+                    dense_rate: float, sparse_rate: float) -> str:
+    """What keeps a layer from the FLOP limit, from its shape and timings (rules of thumb
+    stated in the output: layout changes, output stores, loads per multiply-add)."""
+    reasons = []
+    if alone > 1.3 * kernel:
+        reasons.append(f"layout {1 - kernel / alone:.0%} of alone")
+    per_output = int(torch.count_nonzero(conv.weight)) / conv.out_channels
+    if per_output < 32:
+        reasons.append(f"stores ({per_output:.0f} weights per output)")
+    if sparse_rate < dense_rate:
+        reasons.append(f"loads (MAC rate {sparse_rate / dense_rate:.0%} of dense)")
+    return "; ".join(reasons) or "near the limit"
 
 
 def layer_table(args: argparse.Namespace, batch: int) -> None:
     runs, labels, seen = {}, {}, set()
-    inputs = {}
+    inputs, work = {}, {}
     for arch in args.networks:
         for percent in args.sparsities:
-            for label, modules, spec, shape in conv_units(pruned_network(arch, percent, args.seed)):
-                key = (describe(spec, shape), percent)
+            for label, modules, specs, shape in conv_units(pruned_network(arch, percent, args.seed)):
+                key = (describe(specs, shape), percent)
                 if key in seen:
                     continue
                 seen.add(key)
                 labels[key] = f"{arch} {label}"
                 inputs[key] = torch.randn(batch, *shape)
+                work[key] = (specs[0].conv, multiply_adds(specs[0].conv, shape, batch))
                 dense = nn.Sequential(*modules)
-                chain = SparseConvChain([spec])
-                tiles = to_tiles(inputs[key], spec.conv.padding, args.threads)
+                chain = SparseConvChain(specs)
+                tiles = to_tiles(inputs[key], specs[0].conv.padding, args.threads)
                 runs[key, "dense"] = lambda _, m=dense, k=key: m(inputs[k])
                 runs[key, "sparse"] = lambda _, m=chain, k=key: m(inputs[k])
                 runs[key, "kernel"] = lambda _, m=chain, t=tiles, s=shape: m.run_tiles(t, *s[1:])
@@ -111,15 +142,30 @@ def layer_table(args: argparse.Namespace, batch: int) -> None:
     for key in sorted(labels, key=lambda k: (k[1], list(labels).index(k))):
         layer, percent = key
         dense, sparse, kernel = (seconds[key, run] for run in ("dense", "sparse", "kernel"))
-        limit = 100 / (100 - percent)
+        conv, (dense_work, sparse_work) = work[key]
+        limit = dense_work / max(sparse_work, 1)
+        dense_rate, sparse_rate = dense_work / dense / 1e9, sparse_work / kernel / 1e9
         rows.append([f"{percent:g}%", labels[key], layer, f"{dense * 1e3:.2f}",
-                     f"{sparse * 1e3:.2f} ({dense / sparse:.2f}x)",
-                     f"{kernel * 1e3:.2f} ({dense / kernel:.2f}x)", f"{dense / kernel / limit:.0%}"])
-    print(format_table(["sparsity", "first seen in", "layer", "dense ms", "alone ms (vs dense)",
-                        "in a chain ms (vs dense)", "in a chain, of FLOP limit"], rows))
-    print("alone: NCHW in and out (layout changes included); in a chain: the kernel on the tile "
-          "layout, as between the layers of a run")
+                     f"{dense / sparse:.2f}x", f"{dense / kernel:.2f}x",
+                     f"{dense / kernel / limit:.0%} of {limit:.0f}x", f"{dense_rate:.0f}",
+                     f"{sparse_rate:.0f}",
+                     why_below_limit(conv, dense, sparse, kernel, dense_rate, sparse_rate)])
+    print(format_table(["sparsity", "first seen in", "layer", "dense ms", "alone", "in a run",
+                        "in a run, of FLOP limit", "dense GMAC/s", "sparse GMAC/s",
+                        "why below the limit"], rows))
+    print("alone: NCHW in and out (layout changes included); in a run: the kernel on the tile "
+          "layout, as between the layers of a run; speed-ups against dense (torch); GMAC/s: "
+          "useful multiply-adds (sparse: stored weights only) per second.\nWhy below the limit "
+          "(rules of thumb): layout = the NCHW <-> tile changes' share of the layer alone; "
+          "stores = under 32 stored weights per output channel, so writing each output "
+          "vector (bias, ReLU, store) costs about as much as its multiply-adds; loads = "
+          "the sparse kernel's multiply-adds per second below dense's: each loads its input "
+          "vector from cache, where dense's register blocking reuses it")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+KERNEL_LETTERS = {"dense": "d", "numba_conv": "c", "numba_tiled": "t", "numba_csr": "n",
+                  "torch_csr": "T", "coo": "o"}
 
 
 def network_table(args: argparse.Namespace, batch_size: int) -> None:
@@ -132,7 +178,8 @@ def network_table(args: argparse.Namespace, batch_size: int) -> None:
             runs[arch, percent, "sparse"], _ = sparsify(model, "sparse")
             if args.auto:
                 runs[arch, percent, "auto"], choices = sparsify(model, "auto", example_input=batch)
-                kernels[arch, percent] = " ".join(sorted({c.kernel for c in choices}))
+                kernels[arch, percent] = "".join(KERNEL_LETTERS.get(c.kernel, "?")
+                                                 for c in choices)
             errors[arch, percent] = max(compare_outputs(model, runs[arch, percent, mode], batch[:64])
                                         .relative_error for mode in ("sparse", "auto")
                                         if (arch, percent, mode) in runs)
@@ -153,6 +200,9 @@ def network_table(args: argparse.Namespace, batch_size: int) -> None:
     print(format_table(["network", "sparsity", "dense ms"] + ["sparse ms (vs dense)"]
                        + (["auto ms (vs dense)", "auto's kernels"] if args.auto else [])
                        + ["max rel err"], rows))
+    if args.auto:
+        print("auto's kernels, one letter per layer in the model's order: " + ", ".join(
+            f"{letter} {kernel}" for kernel, letter in KERNEL_LETTERS.items()))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
