@@ -26,6 +26,14 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def replay_runtime(device: torch.device) -> None:
+    """Settings of an inference replay: on a GPU, cuDNN autotunes its convolution algorithms
+    (``cudnn.benchmark``; the replay measures speed, not bit-reproducibility). The warm-up pass
+    the replay makes before timing absorbs the autotuning."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed every generator. cuDNN's deterministic kernels (and no autotuning) only when asked:
     they make GPU runs bit-reproducible at a cost in speed; the CPU path is deterministic anyway."""

@@ -58,7 +58,8 @@ layer per kernel), :mod:`.chains` (chains of linear layers, exact compaction),
 :mod:`.choice` (timing and choosing kernels), :mod:`.conversion` (:func:`sparsify`),
 :mod:`.conv` and :mod:`.conv_conversion` (sparse convolution chains and where they
 replace a network's modules), :mod:`.timing` (timing on the machine at hand, the timing
-cache), and numba's kernels, imported on first use: :mod:`.numba_kernels` (linear),
+cache), :mod:`.cuda` (a model on a GPU: dense, torch's CSR or 2:4 semi-structured per layer),
+and numba's kernels, imported on first use: :mod:`.numba_kernels` (linear),
 :mod:`.numba_conv` (convolution), :mod:`.numba_vectors` (their LLVM vector steps).
 """
 from archs.sparse.chains import LinearChain, NumbaTiledChain, TransposedChain

@@ -13,7 +13,8 @@ from data.settings import KERNEL_MODES  # declared torch-free, for the parsers
 # "torch_csr" runs torch's CSR kernel on every pruned layer, "numba_csr" numba's per-layer
 # kernel, "coo" the original program (COO weight, torch.sparse.mm): all three only for the
 # benchmark's comparison.
-BENCHMARK_MODES = KERNEL_MODES + ("torch_csr", "numba_csr", "coo")
+# "semi_structured" runs every 2:4 layer with cuSPARSELt (CUDA only: archs.sparse.cuda).
+BENCHMARK_MODES = KERNEL_MODES + ("torch_csr", "numba_csr", "coo", "semi_structured")
 
 DENSE, TORCH_CSR, NUMBA_CSR, NUMBA_TILED, COO, NUMBA_CONV = (
     "dense", "torch_csr", "numba_csr", "numba_tiled", "coo", "numba_conv")
@@ -42,7 +43,7 @@ class LayerChoice:
     """The kernel one prunable layer runs with, and why."""
     name: str         # the weight's state-dict name, as in the masks
     sparsity: float   # fraction of the weight's entries that are zero
-    kernel: str       # "dense", "numba_csr", "numba_tiled", "numba_conv", "torch_csr" or "coo"
+    kernel: str       # "dense", "numba_csr", "numba_tiled", "numba_conv", "torch_csr", "semi_structured", "coo"
     reason: str
 
     @property

@@ -18,8 +18,9 @@ from archs.sparse.choice import (PER_LAYER_CHAIN, TILED_CHAIN, Settings, Timing,
 from archs.sparse.blocks import block_supported
 from archs.sparse.conv_conversion import (conv_runs, convert_conv_run, gather_trunk,
                                           unsupported_choice)
-from archs.sparse.common import (BENCHMARK_MODES, COO, DENSE, KERNEL_MODES,
+from archs.sparse.common import (BENCHMARK_MODES, COO, DENSE, KERNEL_MODES, TORCH_CSR,
                                  NUMBA_TILED, LayerChoice, weight_sparsity)
+from archs.sparse.cuda import SEMI_STRUCTURED, sparsify_layers
 from archs.sparse.layers import CooLinear
 from archs.sparse.timing import KernelTimingCache, Timer
 from utils import UserError
@@ -241,9 +242,15 @@ def sparsify(model: nn.Module, mode: str, *, example_input: torch.Tensor | None 
     every pruned layer, and the original program's COO approach. ``example_input`` is
     only used by "auto". The copy is in eval mode without gradients; the original is not
     modified. Returns the copy and one :class:`LayerChoice` per prunable layer
-    (convolutions included), in the model's order.
+    (convolutions included), in the model's order. A model on a CUDA device, and the
+    "semi_structured" mode, go to :func:`archs.sparse.cuda.sparsify_layers` (per-layer dense,
+    CSR and 2:4 kernels).
     """
     _check_arguments(mode, threshold, example_input)
+    if mode == SEMI_STRUCTURED or (mode in ("sparse", "auto", TORCH_CSR) and _on_cuda(model)):
+        # per layer, dense, CSR or cuSPARSELt's 2:4 (archs/sparse/cuda.py)
+        return sparsify_layers(model, mode, example_input=example_input, threshold=threshold,
+                               timing=Timing(timer, timing_cache))
     converted = copy.deepcopy(model).eval().requires_grad_(False)
     module_names = {module: name for name, module in converted.named_modules()}
     timing = Timing(timer, timing_cache)
@@ -258,6 +265,10 @@ def sparsify(model: nn.Module, mode: str, *, example_input: torch.Tensor | None 
     # eval() again: the modules created by the conversion start in training mode
     converted.eval()
     return converted, _choices_in_model_order(module_names, made, mode)
+
+
+def _on_cuda(model: nn.Module) -> bool:
+    return any(parameter.device.type == "cuda" for parameter in model.parameters())
 
 
 def _choices_in_model_order(module_names: dict[nn.Module, str], made: list[LayerChoice],
