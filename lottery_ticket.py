@@ -7,9 +7,8 @@ A whole study, one job per run: python3 lottery_ticket.py --study study.json --l
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from utils import ArgumentParser, add_tracker_arguments, positive_int, run_cli, setup_logging
+from utils import ArgumentParser, run_cli, setup_logging
 
 
 def registry_choices() -> dict[str, list[str]]:
@@ -30,10 +29,10 @@ def registry_choices() -> dict[str, list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     from archs.launch.settings import add_launcher_arguments
-    from data.jobs import TrainingDefaults
+    from data.energy.emissions import add_tracker_arguments
+    from data.jobs import TrainingCommand, TrainingOptions
     from data.runs import add_setting_arguments
-    from data.settings import CYCLE_WEIGHTS
-    from data.selection import seed_argument
+    from data.settings import add_field_arguments, flagged
 
     parser = ArgumentParser(
         description="Lottery Ticket Hypothesis (Frankle & Carbin, 2019): train, prune the smallest "
@@ -43,42 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "SETTINGS lists every setting that differs from its default.")
     settings = parser.add_argument_group("settings of the run (each one is part of its identity)")
     add_setting_arguments(settings, choices=registry_choices())
-    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=list(TrainingDefaults.seeds), metavar="SEED",
-                        help="one full run per seed (initialisation, data split and batch order)")
-    parser.add_argument("--data_dir", type=Path, default=TrainingDefaults.data_dir,
-                        help="where torchvision downloads or finds the datasets")
-    parser.add_argument("--save_dir", type=Path, default=TrainingDefaults.save_dir,
-                        help="where results, checkpoints and CodeCarbon CSVs are written")
-    parser.add_argument("--device", default=TrainingDefaults.device, choices=["auto", "cpu", "cuda"],
-                        help="auto uses CUDA when available")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip seeds already finished and continue an interrupted seed from "
-                             "its last epoch checkpoint")
-    parser.add_argument("--save_cycle_weights", default=TrainingDefaults.cycle_weights,
-                        choices=list(CYCLE_WEIGHTS),
-                        help="weights kept for every cycle's ticket beside its masks "
-                             "(tickets/STEM/cycleK.pt): both best and final, one of them, or none "
-                             "(the last cycle's are always in the results file)")
-    parser.add_argument("--print_freq", type=positive_int, default=TrainingDefaults.print_freq,
-                        help="update the progress bar's metrics every this many epochs")
-    parser.add_argument("--checkpoint_every", type=positive_int, default=TrainingDefaults.checkpoint_every,
-                        metavar="N",
-                        help="write the resume checkpoint every N epochs of a cycle (and at each "
-                             "cycle's end); larger N writes less but redoes up to N-1 epochs after "
-                             "an interruption. Results do not depend on it")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the forward pass (faster on GPUs after a warm-up; results "
-                             "equal up to rounding, so not part of a run's identity)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="cuDNN's deterministic kernels and no autotuning: bit-reproducible GPU runs, "
-                             "at a cost in speed (the CPU path is deterministic anyway)")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    add_field_arguments(parser, flagged(TrainingOptions))
     add_tracker_arguments(parser)
-    parser.add_argument("--study", type=Path, default=None, metavar="FILE",
-                        help="several configurations in one command: a JSON file such as "
-                             '{"configurations": [{"prune_percent": 90, "prune_iterations": 2}, '
-                             '{"train_type": "regular"}], "co2_tracking_mode": [false, true]}; its '
-                             "settings override the command line's (see the README)")
+    add_field_arguments(parser, flagged(TrainingCommand))
     add_launcher_arguments(parser)
     return parser
 
@@ -101,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from archs.launch.study import expand_study, read_study, study_seeds
     from data.energy.emissions import tracker_settings_from_args
     from archs.choices import registered_choices
+    from data.jobs import TrainingOptions
     from data.runs import config_from_args
+    from data.settings import flagged, values_from_args
 
     # Registries fill on import (torch), so their names are checked after parsing (the network's
     # were read from its declarations, without torch).
@@ -111,12 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{', '.join(map(repr, allowed))})")
     launch = launch_settings_from_args(args, args.save_dir)
     config = config_from_args(args, arch_type=canonical_arch(args.arch_type))
-    job = TrainingJob(config=config, seeds=args.seeds, data_dir=args.data_dir, save_dir=args.save_dir,
-                      device=args.device, resume=args.resume, show_progress=not args.no_progress,
-                      cycle_weights=args.save_cycle_weights, print_freq=args.print_freq,
-                      checkpoint_every=args.checkpoint_every, compile_model=args.compile,
-                      deterministic=args.deterministic,
-                      tracker=tracker_settings_from_args(args))
+    job = TrainingJob(config=config, tracker=tracker_settings_from_args(args),
+                      **values_from_args(flagged(TrainingOptions), args))
     if args.study is None and launch.launcher == "none":
         run_job(job)
         return 0

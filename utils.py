@@ -360,26 +360,6 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("CodeCarbon")
-    group.add_argument("--country_iso_code", default=None, metavar="ISO3",
-                       help="three-letter country code (e.g. FRA, CAN, USA) for the grid's carbon "
-                            "intensity; when given, CodeCarbon's offline tracker is used and no "
-                            "network call is made. Default: the online tracker, which looks up "
-                            "the location and falls back to a world average when offline")
-    group.add_argument("--measure_power_secs", type=positive_float, default=1.0, metavar="S",
-                       help="seconds between CodeCarbon power measurements (default: 1, as in the study)")
-    group.add_argument("--ram_energy", default="include", choices=["include", "exclude"],
-                       help="whether RAM's energy (a modelled, near-constant draw) counts in energy, "
-                            "CO2 and break-even figures; it is reported apart either way (default: "
-                            "include, as in the study)")
-    group.add_argument("--cpu_power_watts", type=positive_float, default=None, metavar="W",
-                       help="the whole CPU's power under full load, from a wall meter or datasheet, "
-                            "instead of CodeCarbon's table or its fallback (recorded in provenance)")
-    group.add_argument("--ram_power_watts", type=positive_float, default=None, metavar="W",
-                       help="RAM's power instead of CodeCarbon's RAM model (recorded in provenance)")
-
-
 def run_cli(main: Callable[[], int | None], interrupted_hint: str = "files already written are complete") -> None:
     """Run a script's ``main`` turning user errors and Ctrl-C into one line and an exit code."""
     try:

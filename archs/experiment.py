@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,13 +10,13 @@ import torch
 
 from archs import build_model
 from archs.choices import check_registered
-from data.jobs import DEFAULT_SEEDS, TrainingDefaults  # noqa: F401  (DEFAULT_SEEDS re-exported)
+from data.jobs import DEFAULT_SEEDS, TrainingOptions  # noqa: F401  (DEFAULT_SEEDS re-exported)
 from data.settings import CYCLE_WEIGHTS  # noqa: F401  (--save_cycle_weights, declared torch-free)
 from archs.pruning import LayerCollapse, PruningPlan, first_collapse, full_masks, layer_sizes, parse_structure
 from archs.train import SUMMARY_HEADERS, Checkpointer, LotteryRun, starting_point, summary_rows
 from archs.train.branch import BranchRun, parent_epochs, parent_ticket
 from data.datasets import get_spec, load_dataset, make_splits
-from data.energy.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, TrackerSettings, describe_phases,
+from data.energy.emissions import (MIN_POWER_SAMPLES, EmissionsRecorder, describe_phases,
                             describe_provenance, keep_first_rows)
 from data.paths import (SAVE_DIR, checkpoint_path, cycle_ticket_path, emissions_csv_path, lock_path,
                         partial_csv_path, results_path, run_dir)
@@ -30,28 +30,18 @@ from utils import (ProcessLock, UserError, ensure_writable_dir, format_table, ge
 
 
 
-@dataclass
-class TrainingJob:
-    """A ``lottery_ticket.py`` invocation: one configuration, several seeds."""
+@dataclass(kw_only=True)
+class TrainingJob(TrainingOptions):
+    """A ``lottery_ticket.py`` invocation: one configuration, several seeds. Its options are
+    declared once, torch-free, in :class:`data.jobs.TrainingOptions` (the script's flags too)."""
 
     config: RunConfig
-    seeds: list[int] = field(default_factory=lambda: list(TrainingDefaults.seeds))
-    data_dir: Path = TrainingDefaults.data_dir
-    save_dir: Path = TrainingDefaults.save_dir
-    device: str = TrainingDefaults.device
-    resume: bool = False
-    tracker: TrackerSettings = field(default_factory=TrackerSettings)
-    show_progress: bool = True
-    cycle_weights: str = TrainingDefaults.cycle_weights     # see CYCLE_WEIGHTS
-    print_freq: int = TrainingDefaults.print_freq
-    checkpoint_every: int = TrainingDefaults.checkpoint_every
-    compile_model: bool = False      # torch.compile the forward pass (GPU speed; same results up to rounding)
-    deterministic: bool = False      # cuDNN deterministic kernels (bit-reproducible GPU runs, slower)
     # Extra keys for each run's results file, asked for when the run is about to be saved (the
     # launcher records there what shared the run's hardware: see archs.launch).
     annotate_results: Callable[[RunConfig], dict[str, Any]] | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
         if repeated:
             raise UserError(f"--seeds lists {', '.join(map(str, repeated))} more than once; "

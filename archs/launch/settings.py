@@ -9,10 +9,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from data.paths import SAVE_DIR
-from utils import UserError, positive_int
+from data.settings import add_field_arguments, flag_name, flagged, option, values_from_args
+from utils import UserError, parse_whole, positive_int
 
 LAUNCHERS = ("none", "local", "slurm")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,28 +23,6 @@ LEDGER_FOLDER = "ledger"
 # per-job "%j" folders make its local controller create a folder literally named "%j".
 JOBS_FOLDER = "jobs"
 QUEUED_FOLDER = "queued"          # {run}.json: the SLURM job id a run was last submitted as
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    partition: str | None = None
-    time_min: int = 240
-    gpus_per_job: int | None = None     # None: 1 unless the runs are on the CPU
-    cpus_per_job: int | None = None
-    mem: str | None = None              # as sbatch writes it: 16G, 8000M
-    array_parallelism: int = 256
-    additional: tuple[tuple[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class LaunchSettings:
-    launcher: str = "none"
-    jobs: int | None = None             # local: jobs at a time (None: one per GPU, or one)
-    allow_shared_energy: bool = False
-    wait: bool = True
-    folder: Path = SAVE_DIR / "launch"
-    show_progress: bool = True
-    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
 def parse_slurm_time(text: str) -> int:
@@ -85,89 +64,83 @@ def parse_additional(text: str) -> tuple[str, Any]:
     return key.replace("_", "-"), (value if sep else True)
 
 
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The SLURM resources of each job: each declared once, its flag ``--slurm_...`` generated."""
+
+    partition: str | None = option(None, flag="slurm_partition", help="partition (default: the cluster's)")
+    time_min: int = option(240, flag="slurm_time", parse=parse_slurm_time, metavar="TIME",
+                           help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default: "
+                                "%(default)s minutes); a job that reaches it is requeued and resumes")
+    gpus_per_job: int | None = option(None, flag="slurm_gpus_per_job", parse=parse_whole, metavar="N",
+                                      help="GPUs per job (default: 1, or 0 with --device cpu)")
+    cpus_per_job: int | None = option(None, flag="slurm_cpus_per_job", parse=positive_int, metavar="N",
+                                      help="CPU cores per job (default: the cluster's)")
+    mem: str | None = option(None, flag="slurm_mem", parse=parse_memory, metavar="MEM",   # as sbatch writes it
+                             help="memory per job as sbatch writes it, e.g. 16G (default: the cluster's)")
+    array_parallelism: int = option(256, flag="slurm_array_parallelism", parse=positive_int, metavar="N",
+                                    help="jobs of the array that may run at once")
+    additional: tuple[tuple[str, Any], ...] = option(
+        (), flag="slurm_additional", parse=parse_additional, nargs="+", metavar="KEY=VALUE",
+        help="other sbatch options, e.g. qos=high account=proj42 exclusive (a KEY alone is a switch)")
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """Where the jobs run: each option declared once, its flag generated."""
+
+    launcher: str = option("none", choices=LAUNCHERS,
+                           help="none: run in this process; local: one process per run on this machine; "
+                                "slurm: one SLURM job per run (a job array)")
+    jobs: int | None = option(None, parse=positive_int, metavar="N",
+                              help="local: runs at a time (default: one per GPU, or one on the CPU; "
+                                   "measured runs never more unless --allow_shared_energy)")
+    allow_shared_energy: bool = option(
+        False, help="local: let measured jobs (CO2 tracking, inference) run --jobs at once although "
+                    "their energy figures then include each other's")
+    wait: bool = option(True, flag="no_wait",
+                        help="slurm: return once the jobs are submitted (rerun the same command later "
+                             "for the summary and to resubmit what is missing)")
+    folder: Path | None = option(None, flag="launch_dir", parse=Path, metavar="DIR",
+                                 help="submitit's job files and logs (default: SAVE_DIR/launch); on "
+                                      "SLURM it must be on a file system the nodes share")
+    show_progress: bool = True          # the job's (--no_progress)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+
+    def __post_init__(self):
+        if self.folder is None:   # the command line gives the job's SAVE_DIR/launch
+            object.__setattr__(self, "folder", SAVE_DIR / "launch")
+
+
 # --------------------------------------------------------------------------- command line
-def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__.replace("parse_", "")
-    return convert
-
-
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that choose where the jobs run (the same in lottery_ticket.py and the replay)."""
     group = parser.add_argument_group("launching jobs (one per configuration and seed)")
-    group.add_argument("--launcher", default="none", choices=list(LAUNCHERS),
-                       help="none: run in this process; local: one process per run on this machine; "
-                            "slurm: one SLURM job per run (a job array)")
-    group.add_argument("--jobs", type=positive_int, default=None, metavar="N",
-                       help="local: runs at a time (default: one per GPU, or one on the CPU; "
-                            "measured runs never more unless --allow_shared_energy)")
-    group.add_argument("--allow_shared_energy", action="store_true",
-                       help="local: let measured jobs (CO2 tracking, inference) run --jobs at once "
-                            "although their energy figures then include each other's")
-    group.add_argument("--no_wait", action="store_true",
-                       help="slurm: return once the jobs are submitted (rerun the same command "
-                            "later for the summary and to resubmit what is missing)")
-    group.add_argument("--launch_dir", type=Path, default=None, metavar="DIR",
-                       help="submitit's job files and logs (default: SAVE_DIR/launch); on SLURM it "
-                            "must be on a file system the nodes share")
-    slurm = parser.add_argument_group("SLURM resources of each job (with --launcher slurm)")
-    slurm.add_argument("--slurm_partition", default=None, help="partition (default: the cluster's)")
-    slurm.add_argument("--slurm_time", type=_argument(parse_slurm_time), default=SlurmSettings.time_min,
-                       metavar="TIME",
-                       help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default: "
-                            "%(default)s minutes); a job that reaches it is requeued and resumes")
-    slurm.add_argument("--slurm_gpus_per_job", type=int, default=None, metavar="N",
-                       help="GPUs per job (default: 1, or 0 with --device cpu)")
-    slurm.add_argument("--slurm_cpus_per_job", type=positive_int, default=None, metavar="N",
-                       help="CPU cores per job (default: the cluster's)")
-    slurm.add_argument("--slurm_mem", type=_argument(parse_memory), default=None, metavar="MEM",
-                       help="memory per job as sbatch writes it, e.g. 16G (default: the cluster's)")
-    slurm.add_argument("--slurm_array_parallelism", type=positive_int,
-                       default=SlurmSettings.array_parallelism, metavar="N",
-                       help="jobs of the array that may run at once")
-    slurm.add_argument("--slurm_additional", type=_argument(parse_additional), nargs="+", default=(),
-                       metavar="KEY=VALUE",
-                       help="other sbatch options, e.g. qos=high account=proj42 exclusive "
-                            "(a KEY alone is a switch)")
-
-
-SLURM_FLAGS = ("slurm_partition", "slurm_gpus_per_job", "slurm_cpus_per_job", "slurm_mem")
+    add_field_arguments(group, flagged(LaunchSettings))
+    add_field_arguments(parser.add_argument_group("SLURM resources of each job (with --launcher slurm)"),
+                        flagged(SlurmSettings))
 
 
 def launch_settings_from_args(args: argparse.Namespace, save_dir: Path) -> LaunchSettings:
     """The launch settings of a command line, refusing flags that do nothing with its launcher."""
-    launcher = args.launcher
+    launch = values_from_args(flagged(LaunchSettings), args)
+    slurm = values_from_args(flagged(SlurmSettings), args)
+    launcher = launch["launcher"]
     if launcher != "local":
         for flag in ("jobs", "allow_shared_energy"):
-            if getattr(args, flag):
+            if launch[flag]:
                 raise UserError(f"--{flag} is for --launcher local; add --launcher local or leave it out")
     if launcher != "slurm":
-        given = [name for name in SLURM_FLAGS if getattr(args, name) is not None]
-        given += ["slurm_additional"] if args.slurm_additional else []
-        defaults = SlurmSettings()
-        given += ["slurm_time"] if args.slurm_time != defaults.time_min else []
-        given += (["slurm_array_parallelism"] if args.slurm_array_parallelism != defaults.array_parallelism
-                  else [])
-        given += ["no_wait"] if args.no_wait else []
+        given = [flag_name(f) for f in flagged(SlurmSettings) if slurm[f.name] != f.default]
+        given += ["no_wait"] if not launch["wait"] else []
         if given:
             hint = (" (the local launcher keeps the queue itself, so it must keep running: start "
                     "it under nohup or in tmux)" if given == ["no_wait"] and launcher == "local" else "")
             raise UserError(f"--{given[0]} is for --launcher slurm{hint}; add --launcher slurm or leave it out")
-    if launcher == "none" and args.launch_dir is not None:
+    if launcher == "none" and launch["folder"] is not None:
         raise UserError("--launch_dir is for --launcher local or slurm; add one or leave it out")
-    gpus = args.slurm_gpus_per_job
-    if gpus is not None and gpus < 0:
-        raise UserError(f"--slurm_gpus_per_job {gpus} must be 0 or more")
-    return LaunchSettings(
-        launcher=launcher, jobs=args.jobs, allow_shared_energy=args.allow_shared_energy,
-        wait=not args.no_wait, folder=Path(args.launch_dir or Path(save_dir) / "launch").resolve(),
-        show_progress=not getattr(args, "no_progress", False),
-        slurm=SlurmSettings(partition=args.slurm_partition, time_min=args.slurm_time,
-                            gpus_per_job=gpus, cpus_per_job=args.slurm_cpus_per_job, mem=args.slurm_mem,
-                            array_parallelism=args.slurm_array_parallelism,
-                            additional=tuple(args.slurm_additional)))
+    if slurm["gpus_per_job"] is not None and slurm["gpus_per_job"] < 0:
+        raise UserError(f"--slurm_gpus_per_job {slurm['gpus_per_job']} must be 0 or more")
+    launch["folder"] = Path(launch["folder"] or Path(save_dir) / "launch").resolve()
+    return LaunchSettings(**launch, show_progress=getattr(args, "show_progress", True),
+                          slurm=SlurmSettings(**slurm))

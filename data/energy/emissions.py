@@ -6,6 +6,7 @@ training logs can key every record by the exact number of images seen at that mo
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import logging
@@ -19,7 +20,8 @@ from data.energy.process import (PROCESS_FIELDS, RAM_ENERGY_CHOICES, PowerModel,
                                  describe_shares, process_record)
 from data.energy.provenance import (PROVENANCE_IDENTITY, describe_provenance, format_seconds,  # noqa: F401
                                     hardware_provenance, provenance_mismatch, summarise_provenance)
-from utils import UserError, atomic_write_text, first_line
+from data.settings import add_field_arguments, flagged, option, values_from_args
+from utils import UserError, atomic_write_text, first_line, positive_float
 
 # Cumulative quantities since the tracker started, with CodeCarbon's units.
 EMISSION_FIELDS: dict[str, str] = {
@@ -46,12 +48,29 @@ MIN_POWER_SAMPLES = 5
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    country_iso_code: str | None = None
-    measure_power_secs: float = 1.0
+    """How CodeCarbon measures a job. Each option with a flag is declared once here;
+    :func:`add_tracker_arguments` generates the flags of every script that measures."""
+
+    country_iso_code: str | None = option(
+        None, metavar="ISO3",
+        help="three-letter country code (e.g. FRA, CAN, USA) for the grid's carbon intensity; when "
+             "given, CodeCarbon's offline tracker is used and no network call is made. Default: the "
+             "online tracker, which looks up the location and falls back to a world average when offline")
+    measure_power_secs: float = option(
+        1.0, parse=positive_float, metavar="S",
+        help="seconds between CodeCarbon power measurements (default: 1, as in the study)")
     tracking_mode: str = "process"
-    ram_energy: str = "include"               # whether RAM's energy counts in totals
-    cpu_power_watts: float | None = None      # the user's own figures (wall meter, datasheet)
-    ram_power_watts: float | None = None
+    ram_energy: str = option(      # whether RAM's energy counts in totals
+        "include", choices=RAM_ENERGY_CHOICES,
+        help="whether RAM's energy (a modelled, near-constant draw) counts in energy, CO2 and "
+             "break-even figures; it is reported apart either way (default: include, as in the study)")
+    cpu_power_watts: float | None = option(   # the user's own figures (wall meter, datasheet)
+        None, parse=positive_float, metavar="W",
+        help="the whole CPU's power under full load, from a wall meter or datasheet, instead of "
+             "CodeCarbon's table or its fallback (recorded in provenance)")
+    ram_power_watts: float | None = option(
+        None, parse=positive_float, metavar="W",
+        help="RAM's power instead of CodeCarbon's RAM model (recorded in provenance)")
 
     def __post_init__(self):
         if self.ram_energy not in RAM_ENERGY_CHOICES:
@@ -77,11 +96,14 @@ class TrackerSettings:
         return seconds < MIN_POWER_SAMPLES * self.measure_power_secs
 
 
-def tracker_settings_from_args(args) -> TrackerSettings:
-    """The settings of utils.add_tracker_arguments' flags."""
-    return TrackerSettings(country_iso_code=args.country_iso_code, measure_power_secs=args.measure_power_secs,
-                           ram_energy=args.ram_energy, cpu_power_watts=args.cpu_power_watts,
-                           ram_power_watts=args.ram_power_watts)
+def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The CodeCarbon flags of every script that measures, generated from :class:`TrackerSettings`."""
+    add_field_arguments(parser.add_argument_group("CodeCarbon"), flagged(TrackerSettings))
+
+
+def tracker_settings_from_args(args: argparse.Namespace) -> TrackerSettings:
+    """The settings of :func:`add_tracker_arguments`' flags."""
+    return TrackerSettings(**values_from_args(flagged(TrackerSettings), args))
 
 
 def known_country_codes() -> set[str]:
