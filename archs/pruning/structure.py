@@ -18,8 +18,9 @@ sparse networks") keep the N largest of every group. Here each round
 
 so the mask after every round is N:M. The first round of a dense network thus imposes the
 pattern by magnitude (ASP's step) and prunes at least the round's rate: at ``--prune_percent``
-below 1 - N/M (50% for 2:4) the pattern removes more than the rate asks. Later rounds prune
-unstructured within the pattern, which stays valid. Layers whose K is not a multiple of M
+below 1 - N/M (50% for 2:4) the pattern removes more than the rate asks; at or above it every
+layer-wise round keeps exactly the schedule's count. Later rounds prune unstructured within
+the pattern, which stays valid. Layers whose K is not a multiple of M
 (LeNet5's first convolution: 1x5x5 = 25) and layers the plan does not prune (``--prune_ignore``,
 a rate of 0) are left as without a structure; the run's layer table says which. Whether a
 GPU's kernels accept a layer's shape is decided at replay, not here.
