@@ -14,25 +14,13 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.report.labels import BASELINE_CONFIG, MODE_PREFERENCE
-    from data.report.plot_cli import plot_parser
-    from data.selection import config_name_argument
-    from utils import positive_float
+    from data.report.plot_cli import BreakEvenOptions, plot_parser
+    from data.settings import add_field_arguments, flagged
 
     parser = plot_parser(cycle=True, description="Break-even analysis of training + inference CO2 against the dense "
                          "baseline, from lottery_ticket.py --co2_tracking_mode runs and "
                          "post_training_inference.py's inference_runs.csv.")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
-                        help="use the inference replays run on this device")
-    parser.add_argument("--mode", default=None, choices=list(MODE_PREFERENCE),
-                        help="kernel mode of the tickets' replays (default: the first available of "
-                             f"{', '.join(MODE_PREFERENCE)}); the baseline uses dense kernels, or "
-                             "whichever mode it was replayed with")
-    parser.add_argument("--baseline", default=BASELINE_CONFIG, type=config_name_argument,
-                        metavar="ppPxN", help="the configuration every other is compared with")
-    parser.add_argument("--max_inferences", type=positive_float, default=None, metavar="N",
-                        help="end the figure's horizontal axis at N inferences (default: twice "
-                             "the largest break-even point)")
+    add_field_arguments(parser, flagged(BreakEvenOptions))
     return parser
 
 
@@ -41,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def draw(args, options):
         from data.analysis.break_even_report import report_break_even   # numpy, matplotlib: after parsing
+        from data.report.plot_cli import BreakEvenOptions
+        from data.settings import flagged, values_from_args
 
-        return report_break_even(options, args.device, args.mode, args.baseline,
-                                 args.max_inferences)
+        return report_break_even(options, **values_from_args(flagged(BreakEvenOptions), args))
 
     return run_plot_script(build_parser(), draw, argv)
 

@@ -10,15 +10,13 @@ from utils import run_cli
 
 
 def build_parser():
-    from data.report.plot_cli import PERF_TYPES, plot_parser
+    from data.report.plot_cli import PerformanceOptions, plot_parser
+    from data.settings import add_field_arguments, flagged
 
     parser = plot_parser("Plot training performance from lottery_ticket.py's results "
                          "(runs made without --co2_tracking_mode). Figures go to "
                          "PLOTS_DIR/ARCH/DATASET/.")
-    parser.add_argument("--perf_type", default="performance", choices=list(PERF_TYPES),
-                        help="performance: one line per configuration (ppPxN) and the Lottery-Ticket "
-                             "figures; hyperparameter: dense runs grouped by learning rate and "
-                             "weight decay, with a heat map of the grid")
+    add_field_arguments(parser, flagged(PerformanceOptions))
     return parser
 
 

@@ -290,10 +290,12 @@ def flagged(cls: type, *names: str) -> list[Field]:
     return list(declared.values()) if not names else [declared[name] for name in names]
 
 
-def parse_field(f: Field, text: str) -> Any:
+def parse_field(f: Field, text: str, *, check_choices: bool = True) -> Any:
     """The value of field ``f`` from command-line text; ValueError with the reason."""
     meta = f.metadata
     if meta["choices"] and text not in meta["choices"]:
+        if not check_choices:   # argparse checks them itself, in the words of every flag with choices
+            return text
         raise ValueError(f"{text!r} is not one of {', '.join(meta['choices'])}")
     if meta["parse"] is not None:
         return meta["parse"](text)
@@ -322,7 +324,7 @@ def add_field_arguments(parser: argparse.ArgumentParser, declared: Iterable[Fiel
 
         def convert(text, _f=f):
             try:
-                return parse_field(_f, text)
+                return parse_field(_f, text, check_choices=False)
             except ValueError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
 

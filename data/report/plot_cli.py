@@ -10,14 +10,14 @@ from typing import Callable
 from typing import TYPE_CHECKING
 
 from data.report.inference_tables import DEFAULT_STATE
-from data.report.labels import FORMATS, split_label
+from data.report.labels import BASELINE_CONFIG, FORMATS, MODE_PREFERENCE, split_label
 from data.names import network_argument, parse_config_name
 from data.paths import SAVE_DIR, inference_runs_csv_path, run_dir
 from data.runs import RunConfig
-from data.settings import add_field_arguments, setting
-from data.selection import (RunFilter, RunRecord, add_selection_arguments, describe_groups, find_runs,
-                            flags_for_config, select_runs)
-from utils import ArgumentParser, UserError, get_logger, setup_logging
+from data.settings import add_field_arguments, option, setting
+from data.selection import (RunFilter, RunRecord, add_selection_arguments, config_name_argument,
+                            describe_groups, find_runs, flags_for_config, select_runs)
+from utils import ArgumentParser, UserError, get_logger, positive_float, setup_logging
 
 if TYPE_CHECKING:   # the readers import numpy and torch: loaded when a figure is drawn, not for --help
     from data.results import InferenceRun, TrainingRun
@@ -61,6 +61,33 @@ class PlotOptions:
     def from_args(cls, args: argparse.Namespace) -> "PlotOptions":
         return cls(**{f.name: getattr(args, f.name) for f in _flagged()},
                    run_filter=RunFilter.from_args(args), cycle=getattr(args, "cycle", None))
+
+
+@dataclass(frozen=True)
+class PerformanceOptions:
+    """lottery_ticket_performance.py's own option."""
+
+    perf_type: str = option("performance", choices=PERF_TYPES,
+                             help="performance: one line per configuration (ppPxN) and the Lottery-Ticket "
+                                  "figures; hyperparameter: dense runs grouped by learning rate and "
+                                  "weight decay, with a heat map of the grid")
+
+
+@dataclass(frozen=True)
+class BreakEvenOptions:
+    """inference_emission.py's own options (the arguments of report_break_even)."""
+
+    device: str = option("cpu", choices=("cpu", "gpu"),
+                          help="use the inference replays run on this device")
+    mode: str | None = option(None, choices=MODE_PREFERENCE,
+                               help="kernel mode of the tickets' replays (default: the first available of "
+                                    f"{', '.join(MODE_PREFERENCE)}); the baseline uses dense kernels, or "
+                                    "whichever mode it was replayed with")
+    baseline: str = option(BASELINE_CONFIG, parse=config_name_argument, metavar="ppPxN",
+                            help="the configuration every other is compared with")
+    max_inferences: float | None = option(None, parse=positive_float, metavar="N",
+                                           help="end the figure's horizontal axis at N inferences "
+                                                "(default: twice the largest break-even point)")
 
 
 def _flagged(*names: str) -> list[Field]:
