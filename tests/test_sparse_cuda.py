@@ -175,6 +175,20 @@ def cuda_layer_names(model):
     return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
+def test_a_kernel_torch_refuses_to_build_leaves_the_layer_dense_and_says_why(monkeypatch):
+    def refuse(module):
+        raise RuntimeError("cuSPARSELt not supported on this build\nmore")
+
+    monkeypatch.setattr(cuda, "CsrLayer", refuse)
+    model = pruned_network()
+    converted, choices = cuda.sparsify_layers(model, "torch_csr", timing=NO_TIMING)
+    assert all(c.kernel == "dense" and c.reason == "torch_csr refused by torch: cuSPARSELt not supported "
+               "on this build" for c in choices)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(converted(x), model(x))
+
+
 def test_the_semi_structured_mode_on_the_cpu_runs_dense_and_says_why():
     model = pruned_network()
     converted, choices = sparsify(model, "semi_structured")
@@ -190,6 +204,8 @@ def test_semi_structured_eligibility_follows_the_pattern_and_the_shapes():
     on_gpu = dict(device_type="cuda", constraints=(16, 16))
     assert cuda.semi_structured_reason(two_of_four, **on_gpu) is None
     assert cuda.semi_structured_reason(two_of_four) == "semi-structured kernels run on CUDA devices only"
+    assert "8.0 (Ampere)" in cuda.semi_structured_reason(two_of_four, capability=(7, 5), **on_gpu)
+    assert cuda.semi_structured_reason(two_of_four, capability=(9, 0), **on_gpu) is None
     assert "not 2:4" in cuda.semi_structured_reason(pruned((32, 64), 0.4), **on_gpu)
     assert cuda.semi_structured_reason(pruned((24, 64), 0, two_of_four=True), **on_gpu) == \
         "shape 24 x 64: needs multiples of 16 x 16"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from archs.sparse.common import (AGREEMENT_TOLERANCE, DENSE, KERNELS_VERSION, ME
                                  TORCH_CSR, LayerChoice, weight_sparsity)
 from archs.sparse.layers import SparseLinear
 from archs.sparse.timing import timing_key
+from utils import first_line
 
 SEMI_STRUCTURED = "semi_structured"
 GPU_MODES = ("dense", "sparse", "auto", TORCH_CSR, SEMI_STRUCTURED)
@@ -82,13 +83,20 @@ def csr_reason(module: nn.Module) -> str | None:
 
 
 def semi_structured_reason(weight: torch.Tensor, module: nn.Module | None = None, device_type: str | None = None,
-                           constraints: tuple[int, int] | None = None) -> str | None:
+                           constraints: tuple[int, int] | None = None,
+                           capability: tuple[int, int] | None = None) -> str | None:
     """Why the semi-structured kernel cannot run a layer with ``weight`` (None: it can): not
-    on a CUDA device, not 2:4 along the input dimension, or a shape the backend refuses
+    on a CUDA device, one older than Ampere (compute ``capability`` 8.0, read from the weight's
+    device when it is a GPU), not 2:4 along the input dimension, or a shape the backend refuses
     (``out`` and ``in*kh*kw`` multiples of ``constraints``)."""
     device_type = device_type or weight.device.type
     if device_type != "cuda":
         return "semi-structured kernels run on CUDA devices only"
+    if capability is None and weight.is_cuda:
+        capability = torch.cuda.get_device_capability(weight.device)
+    if capability is not None and tuple(capability) < (8, 0):
+        return (f"compute capability {capability[0]}.{capability[1]}: 2:4 sparse tensor cores need "
+                "8.0 (Ampere) or newer")
     if module is not None and csr_reason(module) is not None:
         return csr_reason(module)
     matrix = weight.detach().reshape(weight.shape[0], -1)
@@ -200,6 +208,15 @@ def build(module: nn.Module, kernel: str) -> nn.Module:
     return module
 
 
+def try_build(module: nn.Module, kernel: str) -> tuple[nn.Module | None, str | None]:
+    """(the layer, None), or (None, why) when torch refuses to build it (a backend missing from
+    this torch build, say: cuSPARSELt is not in every CUDA build)."""
+    try:
+        return build(module, kernel), None
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        return None, f"{kernel} refused by torch: {first_line(exc)}"
+
+
 # --------------------------------------------------------------------------- choosing
 def candidates(module: nn.Module) -> dict[str, str | None]:
     """Each sparse kernel with why it cannot run ``module`` (None: it can)."""
@@ -235,7 +252,11 @@ def time_candidates(name: str, module: nn.Module, sparsity: float, usable: list[
                     timing: Timing) -> LayerChoice:
     """Dense and every usable sparse kernel timed on ``recorded``; the fastest sparse one if it
     beats dense by :data:`MEASURED_SPEEDUP_REQUIRED`."""
-    layers = {DENSE: module, **{kernel: build(module, kernel) for kernel in usable}}
+    layers = {DENSE: module}
+    for kernel in usable:
+        layer, _ = try_build(module, kernel)
+        if layer is not None:
+            layers[kernel] = layer
     key = timing_key(recorded.device, kernels=KERNELS_VERSION, what=f"gpu {type(module).__name__}",
                      shape=list(module.weight.shape), nonzeros=int(torch.count_nonzero(module.weight)),
                      input=list(recorded.shape), dtype=str(module.weight.dtype),
@@ -283,11 +304,15 @@ def sparsify_layers(model: nn.Module, mode: str, *, example_input: torch.Tensor 
                                        f"{type(module).__name__}: no sparse GPU path"))
             continue
         choice = choose(weight_name(module_name), module, mode, threshold, recorded.get(module), timing)
-        choices.append(choice)
+        replacement = None
         if choice.kernel != DENSE:
+            replacement, why = try_build(module, choice.kernel)
+            if replacement is None:
+                choice = replace(choice, kernel=DENSE, reason=why)
+        choices.append(choice)
+        if replacement is not None:
             parent_name, _, child = module_name.rpartition(".")
-            parent = converted.get_submodule(parent_name) if parent_name else converted
             if not child:
-                return build(module, choice.kernel).eval(), choices
-            setattr(parent, child, build(module, choice.kernel))
+                return replacement.eval(), choices
+            setattr(converted.get_submodule(parent_name) if parent_name else converted, child, replacement)
     return converted.eval(), choices

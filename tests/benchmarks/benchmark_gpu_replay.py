@@ -30,8 +30,7 @@ from archs import build_model
 from archs.pruning import PruningPlan, apply_masks, full_masks, magnitude_scores
 from archs.sparse.choice import Timing
 from archs.sparse.common import relative_error
-from archs.sparse.cuda import (SEMI_STRUCTURED, CsrLayer, SemiStructuredLayer, semi_structured_reason,
-                               sparsify_layers)
+from archs.sparse.cuda import SEMI_STRUCTURED, CsrLayer, semi_structured_reason, sparsify_layers, try_build
 from archs.sparse.timing import InterleavedTimer
 from utils import format_table, positive_int, run_cli
 from utils import percent as percent_argument
@@ -84,7 +83,9 @@ def layer_table(arch: str, percent: float, batch_size: int, args, device: torch.
         layers = {"dense": module, "torch_csr": CsrLayer(module)}
         why = semi_structured_reason(module.weight, module)
         if why is None:
-            layers[SEMI_STRUCTURED] = SemiStructuredLayer(module)
+            layers[SEMI_STRUCTURED], why = try_build(module, SEMI_STRUCTURED)
+            if layers[SEMI_STRUCTURED] is None:
+                del layers[SEMI_STRUCTURED]
         with torch.inference_mode():
             seconds = timer({kernel: (lambda layer=layer: layer(x)) for kernel, layer in layers.items()})
             expected = reference64(module, x)
