@@ -27,6 +27,24 @@ def registry_choices() -> dict[str, list[str]]:
     return {"arch_type": network_choices()}
 
 
+def refuse_unknown_dataset(parser: argparse.ArgumentParser, name: str) -> None:
+    """Refuse a --dataset nothing registers, before torch loads (datasets register on import):
+    from a fresh command line the names declared under data/datasets, read from the files' text;
+    when torch is already loaded (extensions registered from code), the registry's own."""
+    import sys
+
+    if "torch" in sys.modules:
+        from data.datasets import DATASETS
+
+        allowed = list(DATASETS)
+    else:
+        from data.names import declared_datasets
+
+        allowed = declared_datasets()
+    if name not in allowed:
+        parser.error(f"argument --dataset: invalid choice: {name!r} (choose from {', '.join(map(repr, allowed))})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from archs.launch.settings import add_launcher_arguments
     from data.energy.emissions import add_tracker_arguments
@@ -58,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target_sparsity is not None and any(a.split("=")[0] == "--prune_percent" for a in given):
         parser.error("--target_sparsity sets the per-round rate itself: give it or --prune_percent, "
                      "not both")
+    refuse_unknown_dataset(parser, args.dataset)
     setup_logging()
 
     from archs import canonical_arch

@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lottery_ticket import refuse_unknown_dataset
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    refuse_unknown_dataset(parser, args.dataset)
     setup_logging()
 
     from archs import canonical_arch
@@ -46,13 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from archs.launch.orchestration import launch_replay
     from archs.launch.settings import launch_settings_from_args
     from data.energy.emissions import tracker_settings_from_args
-    from data.datasets import DATASETS
     from data.selection import RunFilter
     from data.settings import flagged, values_from_args
 
-    if args.dataset not in DATASETS:   # registered on import (torch), so checked after parsing
-        parser.error(f"argument --dataset: invalid choice: {args.dataset!r} (choose from "
-                     f"{', '.join(map(repr, DATASETS))})")
     launch = launch_settings_from_args(args, args.save_dir)
     values = values_from_args(flagged(InferenceJob), args)
     job = InferenceJob(**{**values, "arch": canonical_arch(args.arch_type)}, run_filter=RunFilter.from_args(args),

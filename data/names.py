@@ -120,6 +120,35 @@ def network_argument(text: str) -> str:
     return declared[text]
 
 
+# --------------------------------------------------------------------------- datasets
+DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
+# The calls that declare a dataset name as their first argument (a string), or as name="..."
+DATASET_DECLARERS = ("register_dataset", "add_official_dataset")
+
+
+def declared_datasets() -> list[str]:
+    """Every dataset name declared in ``data/datasets/*.py`` (``@register_dataset("name", ...)``,
+    ``DatasetSpec(name="name", ...)``, ``add_official_dataset("name", ...)``), in the order they
+    register (files sorted, then as written), read from the files' text without importing them (so
+    without torch): what a fresh command line checks ``--dataset`` against."""
+    names: list[str] = []
+    for path in sorted(DATASETS_DIR.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)),
+                       key=lambda n: (n.lineno, n.col_offset))   # as written
+        for node in calls:
+            called = getattr(node.func, "id", None)
+            if called in DATASET_DECLARERS and node.args and isinstance(node.args[0], ast.Constant):
+                names.append(node.args[0].value)
+            elif called == "DatasetSpec":
+                names += [k.value.value for k in node.keywords
+                          if k.arg == "name" and isinstance(k.value, ast.Constant)]
+    return names
+
+
 def branch_file_name(config) -> str:
     """A branch's file name: NAME, then its settings and levels when given
     (``retrain_lr0.01_optimizersgd``, ``reinit_lv3-5``); "" for a run that is no branch."""

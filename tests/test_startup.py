@@ -50,6 +50,8 @@ def test_help_imports_no_heavy_library(script):
     ("lottery_ticket.py", ["--prune_percent", "100"], "outside [0, 100)"),
     ("lottery_ticket.py", ["--arch_type", "nope"], "invalid choice: 'nope'"),
     ("post_training_inference.py", ["--passes", "0"], "must be at least 1"),
+    ("lottery_ticket.py", ["--dataset", "imagenet"], "invalid choice: 'imagenet' (choose from 'digits', "),
+    ("post_training_inference.py", ["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     ("lottery_ticket_performance.py", ["--arch_type", "nope"], "unknown network 'nope'"),
     ("inference_emission.py", ["--where", "lr"], "is not KEY=VALUE"),
 ])
@@ -68,6 +70,13 @@ def test_declared_networks_are_the_registry():
     assert {a: c for a, c in declared.items() if a != c} == ALIASES
     assert network_choices() == architecture_names(include_aliases=True)
     assert canonical_network("lenet300_100") == "fc1" and canonical_network("fc1") == "fc1"
+
+
+def test_declared_datasets_are_the_registry():
+    from data.datasets import DATASETS
+    from data.names import declared_datasets
+
+    assert declared_datasets() == list(DATASETS)   # the same names, in the order they register
 
 
 def test_declared_options_are_the_ones_used():
