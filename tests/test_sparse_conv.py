@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 
+import numba
 import pytest
 import torch
 import torch.nn.functional as F
@@ -308,3 +309,30 @@ def test_a_fused_max_pool_propagates_nan_as_torch_does():
     assert torch.equal(actual.isnan(), expected.isnan()) and actual.isnan().any()
     keep = ~expected.isnan()
     assert relative_error(actual[keep], expected[keep]) < TOLERANCE
+
+
+@pytest.mark.parametrize("images", [1, 17, 40, 64])
+def test_the_chain_in_one_call_equals_the_chain_layer_by_layer(images):
+    from archs.sparse import conv_one_call
+    from archs.sparse.conv import TILE, from_tiles, to_tiles
+    convs = [pruned_conv(3, 8, 3, 1, 1, 1, 0.8), pruned_conv(8, 12, 3, 2, 1, 2, 0.9, seed=1),
+             pruned_conv(12, 6, 1, 1, 0, 1, 0.5, seed=2)]
+    specs = [ConvSpec(convs[0], None, True), PoolSpec((2, 2), (2, 2)),
+             ConvSpec(convs[1], None, True), ConvSpec(convs[2], None, False),
+             PoolSpec((3, 3), (1, 1))]
+    modules = [convs[0], nn.ReLU(), nn.MaxPool2d(2), convs[1], nn.ReLU(), convs[2],
+               nn.MaxPool2d(3, 1)]
+    chain = SparseConvChain(specs)
+    x = torch.randn(images, 3, 19, 21)
+    expected = reference(modules, x)
+    layered = from_tiles(chain.run_tiles(to_tiles(x, (1, 1), 2), 19, 21), images, 2)
+    for threads in (1, 2):
+        in_one_call = conv_one_call.run(chain, x, threads)
+        assert in_one_call.shape == expected.shape
+        assert relative_error(in_one_call, expected) < TOLERANCE
+        assert torch.equal(in_one_call, layered)
+    assert conv_one_call.worth_it(4, 2) and conv_one_call.worth_it(1, 1)
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        # one tile, or 3 tiles on 2 threads (2:1): layer by layer, each layer shared out
+        assert not conv_one_call.worth_it(1, 2) and not conv_one_call.worth_it(3, 2)
+    assert TILE == 16

@@ -20,7 +20,7 @@ DENSE, TORCH_CSR, NUMBA_CSR, NUMBA_TILED, COO, NUMBA_CONV = (
     "dense", "torch_csr", "numba_csr", "numba_tiled", "coo", "numba_conv")
 # Part of the key of every cached timing: bump it when a kernel or the way a chain is
 # assembled changes, so that timings of the old code are not taken for the new.
-KERNELS_VERSION = 5
+KERNELS_VERSION = 6
 
 # "auto" keeps a chain only when, timed as a whole against the original layers, it is at
 # least this much faster. Measured on a 2-core Intel Xeon: a chain timed at 1.06x when auto

@@ -5,7 +5,10 @@ replaced by one module that runs numba's direct sparse convolution
 Takes and returns NCHW tensors like the modules it replaces. On entry the batch is cut into
 tiles of 16 images (the last one zero-filled) and laid out position-major with the first
 convolution's padding around each plane; every layer then writes into a buffer already
-padded for the layer after it; on exit the layout is turned back into NCHW.
+padded for the layer after it; on exit the layout is turned back into NCHW. With at least
+as many tiles as threads, all of it is one parallel call, each thread taking whole tiles
+through every layer (:mod:`archs.sparse.conv_one_call`); otherwise each layer is shared
+out among the threads in turn.
 """
 from __future__ import annotations
 
@@ -295,6 +298,9 @@ class SparseConvChain(nn.Module):
         images, _, height, width = x.shape
         padding = self.steps[0].padding
         tiles = -(-images // TILE)
+        from archs.sparse import conv_one_call
+        if conv_one_call.worth_it(tiles, threads):
+            return conv_one_call.run(self, x.detach(), threads)
         h = to_tiles(x.detach(), padding, threads, _WORKSPACE.take(0, (
             tiles, x.shape[1], height + 2 * padding[0], width + 2 * padding[1], TILE), padding))
         return from_tiles(self.run_tiles(h, height, width, 1), images, threads)
@@ -304,27 +310,32 @@ class SparseConvChain(nn.Module):
         unpadded), the steps' outputs in this thread's workspace buffers from ``buffer`` on,
         in turn. Returns the last output (no border)."""
         threads = torch.get_num_threads()
-        steps = list(self.steps)
-        index = 0
-        while index < len(steps):
-            step = steps[index]
-            # a 2 x 2 max-pool right after a convolution is computed as it writes: the
-            # convolution's full-size output is never stored (LeNet5's second layer at 64
-            # images wrote 16 MiB, then read them again to pool)
-            pool = (isinstance(step, ConvStep) and index + 1 < len(steps)
-                    and isinstance(steps[index + 1], PoolStep) and steps[index + 1].fuses())
-            last = index + 1 if pool else index
+        for step, pool, margin in self.schedule():
             out_h, out_w = step.output_size(height, width)
-            if pool:
-                out_h, out_w = steps[last].output_size(out_h, out_w)
-            margin = self._margin(last)
+            if pool is not None:
+                out_h, out_w = pool.output_size(out_h, out_w)
             shape = (h.shape[0], step.out_channels if isinstance(step, ConvStep) else h.shape[1],
                      out_h + 2 * margin[0], out_w + 2 * margin[1], TILE)
             out = _WORKSPACE.take(buffer % 2, shape, margin)
-            if pool:
+            if pool is not None:
                 step.run(h, height, width, out, margin, threads, pool=True)
             else:
                 step.run(h, height, width, out, margin, threads)
-            h, height, width = out, out_h, out_w
-            index, buffer = last + 1, buffer + 1
+            h, height, width, buffer = out, out_h, out_w, buffer + 1
         return h
+
+    def schedule(self) -> list[tuple[ConvStep | PoolStep, PoolStep | None, tuple[int, int]]]:
+        """The steps as the kernels run them: (step, the 2 x 2 max-pool fused into it or None,
+        the border its output needs). A 2 x 2 max-pool right after a convolution is
+        computed as it writes: the full-size output is never stored (LeNet5's second layer
+        at 64 images wrote 16 MiB, then read them again to pool)."""
+        steps, scheduled, index = list(self.steps), [], 0
+        while index < len(steps):
+            step = steps[index]
+            following = steps[index + 1] if index + 1 < len(steps) else None
+            pool = (following if isinstance(step, ConvStep) and isinstance(following, PoolStep)
+                    and following.fuses() else None)
+            last = index + 1 if pool is not None else index
+            scheduled.append((step, pool, self._margin(last)))
+            index = last + 1
+        return scheduled

@@ -137,21 +137,32 @@ def _pixels_times_weights(typingctx, h, h_tile, bases, first, col, values, start
     return signature, codegen
 
 
-def _conv_job(job, x, geometry, bases, targets, crow, col, values, bias, relu, out):
-    """Block ``job % blocks`` of PIXELS output pixels of tile ``job // blocks``, every
-    output channel (max-pooled 2 x 2 when ``geometry[6]``)."""
-    channels, height, width, out_channels, out_plane, blocks = geometry[:6]
+def conv_block(x, in_tile, block, geometry, bases, targets, crow, col, values, bias, relu,
+               out, out_tile, at):
+    """Block ``block`` of PIXELS output pixels, every output channel (max-pooled 2 x 2 when
+    ``geometry[6]``), of the tile at ``in_tile`` in ``x`` into the one at ``out_tile`` in
+    ``out``. ``at``: where this layer's entries start in ``bases``, ``targets``, ``crow``
+    and ``bias`` (arrays that may hold several layers')."""
+    out_channels, out_plane = geometry[3], geometry[4]
     pool = geometry[6] != 0
-    tile = job // blocks
-    block = job % blocks
-    first = block * PIXELS
-    target_first = block * (PIXELS // 4) if pool else first
-    in_tile = tile * channels * height * width * TILE
-    out_tile = tile * out_channels * out_plane * TILE
+    first = at[0] + block * PIXELS
+    target_first = at[1] + (block * (PIXELS // 4) if pool else block * PIXELS)
     for o in range(out_channels):
-        _pixels_times_weights(x, in_tile, bases, first, col, values, crow[o], crow[o + 1], out,
-                              out_tile + o * out_plane * TILE, targets, target_first, bias[o],
-                              relu, pool)
+        _pixels_times_weights(x, in_tile, bases, first, col, values, crow[at[2] + o],
+                              crow[at[2] + o + 1], out, out_tile + o * out_plane * TILE,
+                              targets, target_first, bias[at[3] + o], relu, pool)
+
+
+_NO_OFFSETS = np.zeros(4, np.int64)
+
+
+def _conv_job(job, x, geometry, bases, targets, crow, col, values, bias, relu, out):
+    """Block ``job % blocks`` of tile ``job // blocks``."""
+    channels, height, width, out_channels, out_plane, blocks = geometry[:6]
+    tile = job // blocks
+    conv_block(x, tile * channels * height * width * TILE, job % blocks, geometry, bases,
+               targets, crow, col, values, bias, relu, out, tile * out_channels * out_plane * TILE,
+               _NO_OFFSETS)
 
 
 def _conv_serial(x, geometry, bases, targets, crow, col, values, bias, relu, out, tiles):
@@ -166,12 +177,18 @@ def _conv_parallel(x, geometry, bases, targets, crow, col, values, bias, relu, o
 
 def _pool_job(job, x, geometry, out):
     """Max-pool of one channel plane of one tile (``job = tile * channels + channel``)."""
-    channels, height, width, out_height, out_width = geometry[:5]
+    height, width, out_height, out_width = geometry[1], geometry[2], geometry[3], geometry[4]
+    margin_h, margin_w = geometry[9], geometry[10]
+    pool_plane(x, job * height * width, geometry, out,
+               job * (out_height + 2 * margin_h) * (out_width + 2 * margin_w))
+
+
+def pool_plane(x, source, geometry, out, target):
+    """Max-pool of the channel plane at pixel ``source`` of ``x`` into the one at pixel
+    ``target`` of ``out``."""
+    width, out_height, out_width = geometry[2:5]
     kernel_h, kernel_w, stride_h, stride_w, margin_h, margin_w = geometry[5:11]
-    rows = out_height + 2 * margin_h
     columns = out_width + 2 * margin_w
-    source = job * height * width
-    target = job * rows * columns
     # the running maximum in a local array: not aliasing x or out, its loops vectorise
     best = np.empty(TILE, np.float32)
     for oy in range(out_height):
@@ -203,15 +220,20 @@ def _pool_parallel(x, geometry, out, planes):
 
 def _entry_job(job, x, images, channels, height, width, pad_h, pad_w, out):
     """Plane ``job % channels`` of tile ``job // channels`` of NCHW ``x`` into the padded tile
-    layout (``out``'s border and the missing images of a last tile are left as they are).
+    layout (``out``'s border and the missing images of a last tile are left as they are)."""
+    entry_plane(x, job // channels, job % channels, images, channels, height, width, pad_h,
+                pad_w, out, job * (height + 2 * pad_h) * (width + 2 * pad_w))
+
+
+def entry_plane(x, tile, channel, images, channels, height, width, pad_h, pad_w, out, plane):
+    """Channel ``channel`` of tile ``tile`` of NCHW ``x`` into the padded plane that starts
+    at pixel ``plane`` of ``out`` (its border, and the missing images of a last tile, left
+    as they are).
 
     Whole tiles go 16 pixels at a time: a 16 x 16 block (images x pixels) transposed in
     registers, then each pixel's 16 images stored where the padded plane keeps it.
     """
-    tile = job // channels
-    channel = job % channels
     padded_w = width + 2 * pad_w
-    plane = job * (height + 2 * pad_h) * padded_w
     count = min(TILE, images - tile * TILE)
     pixels = height * width
     image = channels * pixels
@@ -235,11 +257,15 @@ def _entry_job(job, x, images, channels, height, width, pad_h, pad_w, out):
 
 def _exit_job(job, h, images, channels, plane, out):
     """Plane ``job % channels`` of tile ``job // channels`` of the tile layout ``h`` (no
-    border) into NCHW ``out``, 16 pixels at a time where it can."""
-    tile = job // channels
-    channel = job % channels
+    border) into NCHW ``out``."""
+    exit_plane(h, job * plane * TILE, job // channels, job % channels, images, channels, plane,
+               out)
+
+
+def exit_plane(h, source, tile, channel, images, channels, plane, out):
+    """The plane (no border) at float ``source`` of ``h`` into channel ``channel`` of tile
+    ``tile`` of NCHW ``out``, 16 pixels at a time where it can."""
     count = min(TILE, images - tile * TILE)
-    source = job * plane * TILE
     image = channels * plane
     first = tile * TILE * image + channel * plane
     scratch = np.empty(TILE * TILE, np.float32)
@@ -280,6 +306,10 @@ _EXIT = "void(float32[::1], int64, int64, int64, float32[::1], int64)"
 _CONV = ("void(float32[::1], int64[::1], int64[::1], int64[::1], int64[::1], int32[::1], "
          "float32[::1], float32[::1], boolean, float32[::1], int64)")
 _POOL = "void(float32[::1], int64[::1], float32[::1], int64)"
+conv_block = numba.njit(**_OPTIONS)(conv_block)
+pool_plane = numba.njit(**_OPTIONS)(pool_plane)
+entry_plane = numba.njit(**_OPTIONS)(entry_plane)
+exit_plane = numba.njit(**_OPTIONS)(exit_plane)
 _conv_job = numba.njit(**_OPTIONS)(_conv_job)
 _pool_job = numba.njit(**_OPTIONS)(_pool_job)
 _entry_job = numba.njit(**_OPTIONS)(_entry_job)
