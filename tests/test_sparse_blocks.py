@@ -76,7 +76,8 @@ def test_blocks_in_a_row_keep_the_tile_layout_between_them():
         nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), BLOCKS["basic"](),
         BasicBlock(6, 16, stride=2, downsample=nn.Sequential(
             nn.Conv2d(6, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))),
-        Bottleneck(16, 4), nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.ReLU()))
+        Bottleneck(16, 4), nn.ReLU(), nn.BatchNorm2d(16), nn.Conv2d(16, 5, 3, padding=1),
+        nn.MaxPool2d(2), nn.BatchNorm2d(5), nn.ReLU()))
     fast, choices = sparsify(blocks, "sparse")
     programs = [m for m in fast.modules() if isinstance(m, SparseConvChain)]
     assert len(programs) == 1 and isinstance(programs[0], TileProgram)

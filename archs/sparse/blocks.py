@@ -32,7 +32,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from archs.sparse.conv import ConvSpec, ConvStep
 from archs.sparse.tile_program import (BUFFERS, AffineSpec, AffineStep, interior,
-                                       norm_supported, tile_shape)
+                                       load_block_kernels, norm_supported, tile_shape)
 
 
 def _conv_ok(conv: nn.Module) -> bool:
@@ -78,21 +78,23 @@ class ResidualStep(nn.Module):
             else:
                 a, a_h, a_w = _run_into(step, a, a_h, a_w, self.main[index + 1].padding,
                                         threads, (h, out, a))
-        result = interior(out, margin)
-        with torch.inference_mode(False):
-            if self.shortcut is None:
-                result += interior(h, self.padding)
-            else:
-                source = h
-                if self.shortcut.padding != self.padding:
-                    pad = self.shortcut.padding
-                    source = BUFFERS.take(tile_shape(h.shape[0], h.shape[1], height, width, pad),
-                                          pad, (h, out))
+        source, pad = h, self.padding
+        if self.shortcut is not None:
+            if self.shortcut.padding != self.padding:
+                pad = self.shortcut.padding
+                source = BUFFERS.take(tile_shape(h.shape[0], h.shape[1], height, width, pad),
+                                      pad, (h, out))
+                with torch.inference_mode(False):
                     interior(source, pad).copy_(interior(h, self.padding))
-                added, _, _ = _run_into(self.shortcut, source, height, width, (0, 0), threads,
-                                        (h, out, source))
-                result += added
-            out.clamp_min_(0)   # the border stays zero
+            source, _, _ = _run_into(self.shortcut, source, height, width, (0, 0), threads,
+                                     (h, out, source))
+            pad = (0, 0)
+        # out = relu(out + shortcut) on the interior (the border stays zero)
+        geometry = torch.tensor([*self.output_size(height, width), *out.shape[2:4], *margin,
+                                 *source.shape[2:4], *pad])
+        load_block_kernels().add_relu(out.view(-1).numpy(), geometry.numpy(),
+                                      source.view(-1).numpy(), out.shape[0] * out.shape[1],
+                                      threads)
 
     def shape(self) -> list:
         return ["residual", [step.shape() for step in self.main],
@@ -153,7 +155,7 @@ class DenseBlockStep(nn.Module):
         for norm, bottleneck, conv in zip(self.norms, self.bottlenecks, self.convs):
             activated = BUFFERS.take(tile_shape(h.shape[0], channels, height, width, (0, 0)),
                                      (0, 0), (h, out))
-            norm.apply(features[:, :channels], activated)
+            norm.apply(features[:, :channels], activated, threads)
             narrow, _, _ = _run_into(bottleneck, activated, height, width, conv.padding,
                                      threads, (h, out, activated))
             new, _, _ = _run_into(conv, narrow, height, width, (0, 0), threads,
@@ -186,7 +188,7 @@ class TransitionStep(nn.Module):
         tiles, channels = h.shape[:2]
         out_h, out_w = self.output_size(height, width)
         activated = BUFFERS.take(tuple(h.shape), (0, 0), (h, out))
-        self.norm.apply(h, activated)
+        self.norm.apply(h, activated, threads)
         pooled = BUFFERS.take(tile_shape(tiles, channels, out_h, out_w, (0, 0)), (0, 0),
                               (h, out, activated))
         rows, columns = slice(0, 2 * out_h, 2), slice(0, 2 * out_w, 2)

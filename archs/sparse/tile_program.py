@@ -25,6 +25,12 @@ from archs.sparse.conv import (TILE, ConvSpec, ConvStep, PoolSpec, PoolStep, Spa
                                from_tiles, load_conv_kernels, to_tiles)
 
 
+def load_block_kernels():
+    """:mod:`archs.sparse.numba_blocks`, imported (and compiled the first time) on first use."""
+    from archs.sparse import numba_blocks
+    return numba_blocks
+
+
 def batchnorm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """``norm`` in eval mode as ``x * scale + shift`` per channel (computed in float64)."""
     scale = torch.rsqrt(norm.running_var.double() + norm.eps)
@@ -54,44 +60,59 @@ class BlockSpec:
     block: nn.Module
 
 
+# Buffers per thread a program may hold (a residual block needs at most four at once; the
+# others keep layouts that later steps find again)
+MAX_BUFFERS = 5
+
+
 class _Buffers(threading.local):
     """Tile-layout buffers per thread, grown on demand and reused by every program (a fresh
-    buffer per step costs a page fault per 4 KiB on first touch)."""
+    buffer per step costs a page fault per 4 KiB on first touch).
+
+    The steps write only the interior of a buffer, so a buffer handed out again with the
+    layout (shape and border) it last had still has a zero border: a free buffer of the
+    same layout is preferred, and only a buffer whose layout changes has its border zeroed
+    (which took a tenth of ResNet18's sparse replay when done at every step).
+    """
 
     def __init__(self):
         self.buffers: list[torch.Tensor] = []
+        self.layouts: list[tuple | None] = []
 
     def take(self, shape: tuple, margin: tuple[int, int], busy: Sequence[torch.Tensor] = ()
              ) -> torch.Tensor:
         """A buffer viewed as ``shape`` sharing no memory with ``busy``, border of ``margin``
-        zeroed."""
+        zero (only its interior may be written)."""
         used = {tensor.untyped_storage().data_ptr() for tensor in busy}
         numel = math.prod(shape)
+        layout = (tuple(shape), tuple(margin))
         # ordinary tensors even in inference mode: they are written again outside it
         with torch.inference_mode(False):
             free = [i for i, buffer in enumerate(self.buffers)
                     if buffer.untyped_storage().data_ptr() not in used]
-            if not free:
+            same = [i for i in free if self.layouts[i] == layout]
+            if not free or (not same and len(self.buffers) < MAX_BUFFERS):
                 self.buffers.append(torch.empty(0))
+                self.layouts.append(None)
                 free = [len(self.buffers) - 1]
-            index = free[0]
+            index = same[0] if same else free[0]
             if self.buffers[index].numel() < numel:
                 self.buffers[index] = torch.empty(numel)
+                self.layouts[index] = None
             out = self.buffers[index][:numel].view(shape)
-            zero_border(out, margin)
+            if self.layouts[index] != layout:
+                zero_border(out, margin)
+                self.layouts[index] = layout
         return out
 
 
 def zero_border(out: torch.Tensor, margin: tuple[int, int]) -> None:
-    """Zero the border of ``margin`` around the planes of tile-layout ``out``."""
-    margin_h, margin_w = margin
-    with torch.inference_mode(False):
-        if margin_h:
-            out[:, :, :margin_h].zero_()
-            out[:, :, -margin_h:].zero_()
-        if margin_w:
-            out[:, :, :, :margin_w].zero_()
-            out[:, :, :, -margin_w:].zero_()
+    """Zero the border of ``margin`` around the planes of tile-layout ``out`` (contiguous)."""
+    if margin == (0, 0):
+        return
+    tiles, channels, rows, columns, _ = out.shape
+    load_block_kernels().zero_border(out.view(-1).numpy(), tiles * channels, rows, columns,
+                                     *margin, torch.get_num_threads())
 
 
 BUFFERS = _Buffers()
@@ -119,18 +140,26 @@ def tile_shape(tiles: int, channels: int, height: int, width: int,
     return (tiles, channels, height + 2 * margin[0], width + 2 * margin[1], TILE)
 
 
+def _planes(h: torch.Tensor) -> torch.Tensor | None:
+    """``h`` as one flat tensor from its first element, where each of its channels is a
+    whole contiguous plane (no border around it); None where not."""
+    tiles, channels, height, width, _ = h.shape
+    plane = height * width * TILE
+    if h.stride()[1:] != (plane, width * TILE, TILE, 1):
+        return None
+    return h.as_strided(((tiles - 1) * h.stride(0) + channels * plane,), (1,))
+
+
 class AffineStep(nn.Module):
     """Per channel ``x * scale + shift`` (a BatchNorm in eval mode), then ReLU or not."""
 
-    def __init__(self, spec: AffineSpec, channels: int | None = None):
+    def __init__(self, spec: AffineSpec):
         super().__init__()
-        if spec.norm is None:
-            scale, shift = torch.ones(channels or 1), torch.zeros(channels or 1)
-        else:
-            scale, shift = batchnorm_affine(spec.norm)
         self.identity = spec.norm is None
-        self.register_buffer("scale", scale.float().reshape(1, -1, 1, 1, 1))
-        self.register_buffer("shift", shift.float().reshape(1, -1, 1, 1, 1))
+        scale, shift = ((torch.ones(1), torch.zeros(1)) if self.identity
+                        else batchnorm_affine(spec.norm))
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("shift", shift.float().contiguous())
         self.relu = spec.relu
         self.padding = (0, 0)
 
@@ -140,19 +169,27 @@ class AffineStep(nn.Module):
     def channels(self, channels: int) -> int:
         return channels
 
-    def apply(self, h: torch.Tensor, out: torch.Tensor) -> None:
+    def apply(self, h: torch.Tensor, out: torch.Tensor, threads: int) -> None:
         """``out`` = the step of ``h`` (same shape, views allowed)."""
+        source = _planes(h)
+        if not self.identity and source is not None and out.is_contiguous():
+            tiles, channels, height, width, _ = h.shape
+            load_block_kernels().affine(
+                source.numpy(), h.stride(0), tiles, channels, height * width * TILE,
+                self.scale.numpy(), self.shift.numpy(), self.relu, out.view(-1).numpy(), threads)
+            return
         with torch.inference_mode(False):
             if self.identity:
                 out.copy_(h)
             else:
-                torch.addcmul(self.shift, h, self.scale, out=out)
+                view = (1, -1, 1, 1, 1)
+                torch.addcmul(self.shift.view(view), h, self.scale.view(view), out=out)
             if self.relu:
                 out.clamp_min_(0)
 
     def run(self, h, height, width, out, margin, threads) -> None:
-        del height, width, threads
-        self.apply(h, interior(out, margin))
+        del height, width
+        self.apply(h, interior(out, margin), threads)
 
     def shape(self) -> list:
         return ["affine", self.scale.numel(), self.identity, self.relu]
@@ -178,6 +215,7 @@ class TileProgram(SparseConvChain):
         self.steps = nn.ModuleList(steps)
         self._set_fallback(dense_fallback, min_batch)
         load_conv_kernels()
+        load_block_kernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense_fallback is not None and x.shape[0] < self.min_batch:
