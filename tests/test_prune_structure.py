@@ -180,6 +180,18 @@ def test_the_setting_is_in_the_name_only_when_structured_and_old_files_read_unst
     assert not RunFilter(where=((key, wanted),)).matches(default)
 
 
+def test_labels_give_no_schedule_level_where_the_pattern_prunes_more_than_the_rate():
+    from data.report.labels import describe_config, label_percent_left
+
+    assert label_percent_left("pp20x3, 2:4 structured") is None
+    assert label_percent_left("pp20x3, 2:4 structured, cycle 0") == 100.0
+    assert label_percent_left("pp90x3, 2:4 structured") == pytest.approx(1.0)
+    assert label_percent_left("pp20x3") == pytest.approx(64.0)
+    assert describe_config("pp20x3, 2:4 structured") == \
+        "20% pruned twice, the first time to 2:4 (more than the rate), 2:4 structured"
+    assert describe_config("pp90x2, 2:4 structured") == "90% pruned once, 10% of weights left, 2:4 structured"
+
+
 def test_a_dense_baseline_refuses_a_structure():
     import argparse
 

@@ -64,13 +64,31 @@ def is_baseline(label: str) -> bool:
     return split_label(label)[0] == BASELINE_CONFIG and not is_transferred(label)
 
 
+# The words of --prune_structure N:M in a label (data.runs: "2:4 structured").
+STRUCTURE_PART = re.compile(r"^(\d+):(\d+) structured$")
+
+
+def forced_structure(others: list[str], prune_percent: float) -> str | None:
+    """"N:M" when the label's N:M pattern prunes more than its rate in the first round (a rate
+    below 1 - N/M; archs.pruning.structure): its weights left are then fewer than the schedule's
+    and depend on the layers' shapes. None otherwise."""
+    for part in others:
+        match = STRUCTURE_PART.match(part)
+        if match and prune_percent < 100 * (1 - int(match[1]) / int(match[2])):
+            return f"{match[1]}:{match[2]}"
+    return None
+
+
 def label_percent_left(label: str) -> float | None:
-    """Weights a labelled configuration ends with (at its cycle, when the label names one)."""
-    head, cycle, _ = split_label(label)
+    """Weights a labelled configuration ends with (at its cycle, when the label names one);
+    None where the label does not say (a transferred ticket, an N:M pattern forcing more)."""
+    head, cycle, others = split_label(label)
     parsed = parse_config_name(head)
     if parsed is None or is_transferred(label):   # a transferred ticket starts at its source's level
         return None
     prune_percent, prune_iterations = parsed
+    if forced_structure(others, prune_percent) and (cycle is None or cycle > 0) and prune_iterations > 1:
+        return None
     return expected_percent_remaining(prune_percent, prune_iterations - 1 if cycle is None else cycle)
 
 
@@ -96,6 +114,9 @@ def describe_config(name: str) -> str:
         text = f"dense ({prune_iterations} cycles, nothing pruned)"
     elif rounds == 0:
         text = "dense network (first cycle)"
+    elif forced_structure(others, prune_percent):
+        text = (f"{format_number(prune_percent)}% pruned {times_in_words(rounds)}, the first time to "
+                f"{forced_structure(others, prune_percent)} (more than the rate)")
     else:
         left = expected_percent_remaining(prune_percent, rounds)
         text = (f"{format_number(prune_percent)}% pruned {times_in_words(rounds)}, "
