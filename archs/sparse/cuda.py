@@ -163,10 +163,9 @@ class CsrLayer(nn.Module):
         if self.conv is None:
             rows = x.reshape(-1, x.shape[-1])
             return self.product(rows.t()).t().reshape(*x.shape[:-1], -1)
-        outputs = []
-        for start in range(0, x.shape[0], _batch_pieces(self.conv, x)):
-            part = x[start:start + _batch_pieces(self.conv, x)]
-            columns, (height, width) = _columns(self.conv, part)
+        outputs, step = [], _batch_pieces(self.conv, x)
+        for start in range(0, x.shape[0], step):
+            columns, (height, width) = _columns(self.conv, x[start:start + step])
             batch, k, positions = columns.shape
             out = self.product(columns.transpose(0, 1).reshape(k, batch * positions))
             outputs.append(out.reshape(-1, batch, height, width).transpose(0, 1))
@@ -190,10 +189,9 @@ class SemiStructuredLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv is None:
             return F.linear(x.to(self.dtype), self.weight, self.bias).to(x.dtype)
-        outputs = []
-        for start in range(0, x.shape[0], _batch_pieces(self.conv, x)):
-            part = x[start:start + _batch_pieces(self.conv, x)]
-            columns, (height, width) = _columns(self.conv, part.to(self.dtype))
+        outputs, step = [], _batch_pieces(self.conv, x)
+        for start in range(0, x.shape[0], step):
+            columns, (height, width) = _columns(self.conv, x[start:start + step].to(self.dtype))
             batch, k, positions = columns.shape
             out = F.linear(columns.transpose(1, 2).reshape(batch * positions, k), self.weight, self.bias)
             outputs.append(out.reshape(batch, height, width, -1).permute(0, 3, 1, 2))
