@@ -74,6 +74,16 @@ def test_finder_prunes_exact_counts_masks_only_shrink_and_ticket_is_initial_time
     assert all(not bool(trained[n][~m].any()) for n, m in search.masks[-1].items())
 
 
+def test_finder_with_a_2_of_4_structure_keeps_every_level_2_of_4():
+    from archs.pruning import is_n_of_m
+
+    search = LotteryTicketFinder(tiny_mlp, train_fn, eval_fn, prune_percent=20, prune_iterations=3, seed=3,
+                                 prune_structure="2:4").find()
+    # the first round imposes 2:4 (half of each layer, more than the rate), the second prunes 20% within it
+    assert [int(m["1.weight"].sum()) for m in search.masks] == [192, 96, 77]
+    assert all(is_n_of_m(m[name]) for m in search.masks[1:] for name in m)
+
+
 def test_finder_target_sparsity_global_scope_and_ignored_layers():
     finder = LotteryTicketFinder(tiny_mlp, train_fn, eval_fn, target_sparsity=75, prune_iterations=3,
                                  scope="global", prune_ignore=("3",))
