@@ -22,7 +22,7 @@ from data.paths import (SAVE_DIR, checkpoint_path, cycle_ticket_path, emissions_
                         partial_csv_path, results_path, run_dir)
 from data.runs import RESULTS_FORMAT_VERSION, RunConfig
 from data.selection import group_labels, read_run_settings
-from archs.runtime import resolve_device
+from archs.runtime import pin_threads, resolve_device
 from data.store import (atomic_torch_save, check_free_space, load_checkpoint,
                         new_folders_removed_on_failure)
 from utils import (ProcessLock, UserError, ensure_writable_dir, format_table, get_logger, library_versions,
@@ -90,6 +90,7 @@ def run_job(job: TrainingJob) -> list[Path]:
     # Before anything runs in parallel: torch's worker threads copy the flush-to-zero mode of
     # the thread that creates them, and setting it later reaches only the calling thread.
     torch.set_flush_denormal(job.config.flush_denormal)
+    pin_threads(job.threads)
     check_pruning_schedule(job.config, job.save_dir)
     device = resolve_device(job.device)
     with new_folders_removed_on_failure(job.data_dir, run_dir(job.save_dir, job.config.arch_type,
@@ -209,14 +210,15 @@ def train_seed(config: RunConfig, splits, device, job: TrainingJob) -> Path:
             log.info("Seed %d: %s exists and will be replaced when this run finishes "
                      "(use --resume to keep finished seeds)", config.seed, out_path.name)
         running_csv.unlink(missing_ok=True)
-    log.info("Seed %d: training %s %s, %s, %d cycle(s) of %d epoch(s) on %s", config.seed,
+    log.info("Seed %d: training %s %s, %s, %d cycle(s) of %d epoch(s) on %s with %d thread(s)", config.seed,
              config.arch_type, config.dataset, group_labels([config])[config.configuration_id], config.prune_iterations,
-             config.end_iter, device)
+             config.end_iter, device, torch.get_num_threads())
 
     run.run(checkpoint=checkpointer, show_progress=job.show_progress, checkpoint_every=job.checkpoint_every)
 
     results = run.results(library_versions())
     results["data_dir"] = str(Path(job.data_dir).resolve())  # the inference replay's default
+    results["threads"] = torch.get_num_threads()   # pinned by --threads, or torch's choice
     if job.annotate_results is not None:
         results.update(job.annotate_results(config))
     # CSV first: once the results exist, --resume skips the seed and would never move it.

@@ -35,7 +35,7 @@ from data.settings import REPLAY_MODES
 from data.selection import (RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs,
                             flags_for_config)
 from data.analysis.statistics import Estimate
-from archs.runtime import replay_runtime, resolve_device, synchronise
+from archs.runtime import pin_threads, replay_runtime, resolve_device, synchronise
 from data.store import load_checkpoint
 from utils import LockHeld, ProcessLock, UserError, ensure_writable_dir, first_line, format_table, get_logger, replace_durably
 
@@ -203,8 +203,7 @@ def run_inference(job: InferenceJob) -> list[dict]:
     torch.set_flush_denormal(True)
     device = resolve_device(job.device)
     replay_runtime(device)
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    pin_threads(job.threads)
     device_kind = "gpu" if device.type == "cuda" else "cpu"
     runs = select_runs(job)
     ensure_writable_dir(inference_dir(job.save_dir, job.arch, job.dataset), "inference folder")

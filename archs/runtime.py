@@ -26,6 +26,14 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def pin_threads(threads: int | None) -> int:
+    """Pin torch's CPU threads to ``threads`` (None: leave torch's choice) and return the count in
+    force: energy per epoch or per image depends on it, so jobs record it beside their energy."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def replay_runtime(device: torch.device) -> None:
     """Settings of an inference replay: on a GPU, cuDNN autotunes its convolution algorithms
     (``cudnn.benchmark``; the replay measures speed, not bit-reproducibility). The warm-up pass

@@ -33,6 +33,9 @@ class TrainingOptions:
     save_dir: Path = option(SAVE_DIR, parse=Path,
                             help="where results, checkpoints and CodeCarbon CSVs are written")
     device: str = option("auto", choices=DEVICES, help="auto uses CUDA when available")
+    threads: int | None = option(None, parse=positive_int,
+                                 help="CPU threads torch may use (pin it: energy per epoch depends on it; "
+                                      "recorded in the results, not part of a run's identity)")
     resume: bool = option(False, help="skip seeds already finished and continue an interrupted seed "
                                       "from its last epoch checkpoint")
     cycle_weights: str = option(

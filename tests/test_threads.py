@@ -56,3 +56,18 @@ def test_one_thread_recorded_for_every_row_after_a_sparse_replay(tmp_path, mnist
         rows = list(csv.DictReader(f))
     assert {(row["mode"], row["state"]) for row in rows} >= {("sparse", "final"), ("dense", "best")}
     assert {row["threads"] for row in rows} == {"1"}
+
+
+def test_training_pins_its_threads_and_records_them_outside_the_run_identity(tmp_path, mnist_dir):
+    from data.paths import results_path
+    from data.runs import RunConfig
+    from data.store import load_checkpoint
+
+    out = python("import torch, lottery_ticket\n"
+                 f"assert lottery_ticket.main(['--data_dir', {str(mnist_dir)!r}, '--save_dir', {str(tmp_path)!r},"
+                 " '--threads', '1', '--seeds', '0', '--end_iter', '1', '--batch_size', '256', '--train_type',"
+                 " 'regular', '--device', 'cpu', '--no_progress']) == 0\n"
+                 "print(torch.get_num_threads())")
+    assert out.splitlines()[-1] == "1"
+    path = results_path(tmp_path, RunConfig(train_type="regular", end_iter=1, batch_size=256, seed=0))
+    assert load_checkpoint(path)["threads"] == 1   # the same file name as without --threads
