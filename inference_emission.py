@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.report.plot_cli import run_plot_script
 
     def draw(args, options):
+        import archs.pruning  # noqa: F401  (registers the branches and prune types that labels and tables name)
         from data.analysis.break_even_report import report_break_even   # numpy, matplotlib: after parsing
         from data.report.plot_cli import BreakEvenOptions
         from data.settings import flagged, values_from_args

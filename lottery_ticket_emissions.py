@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.report.plot_cli import run_plot_script
 
     def draw(args, options):
+        import archs.pruning  # noqa: F401  (registers the branches and prune types that labels and tables name)
         from data.energy.emissions_report import plot_training_emissions   # numpy, matplotlib: after parsing
 
         return plot_training_emissions(options)

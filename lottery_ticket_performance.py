@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.report.plot_cli import run_plot_script
 
     def draw(args, options):
+        import archs.pruning  # noqa: F401  (registers the branches and prune types that labels and tables name)
         from data.report.performance_report import plot_hyperparameters, plot_performance   # after parsing
 
         if args.perf_type == "hyperparameter":

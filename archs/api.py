@@ -5,8 +5,9 @@ functions of yours: ``model_fn()`` builds the network, ``train_fn(model, masks, 
 trains it in place (calling :func:`keep_pruned` after every optimiser step), ``eval_fn(model)``
 scores it (higher is better). ``find()`` returns a :class:`TicketSearch`: the masks of every
 cycle, the ticket of any cycle as a ready model (:meth:`TicketSearch.ticket`) and the
-history. :func:`compare_controls` trains, at every pruning level, the two controls of
-Frankle & Carbin (2019) beside the winning ticket and reports ticket minus control.
+history. :func:`compare_controls` trains, at every pruning level, the controls (the two of
+Frankle & Carbin 2019, and any other branch that declares itself one) beside the winning ticket
+and reports ticket minus control.
 
 One implementation of a pruning round serves both this API and ``lottery_ticket.py``:
 :func:`next_ticket` (scores -> masks -> control -> start state, in ``archs/pruning/round.py``)
@@ -36,7 +37,7 @@ from archs.pruning import (CRITERIA, PRUNE_TYPES, Masks, PruningPlan, State, con
                            cycle_start_state, derived_generator, fit_state, full_masks, keep_pruned,
                            next_ticket, parse_structure, per_round_percent, percent_remaining, pretrained_state,
                            rewind, source_ticket, transfer)
-from archs.pruning.branches import BRANCHES, LevelStart, ParentTicket
+from archs.pruning.branches import BRANCHES, Branch, LevelStart, ParentTicket, control_branches
 from utils import format_table, get_logger
 
 TrainFn = Callable[[nn.Module, Masks, int], Any]
@@ -181,45 +182,55 @@ def train_and_score(model: nn.Module, masks: Masks, cycle: int, train_fn: TrainF
     return float(eval_fn(model))
 
 
-# --------------------------------------------------------------------------- the three conditions
-CONDITIONS = ("winning_ticket", "random_reinit", "random_mask")
+# --------------------------------------------------------------------------- the ticket and its controls
+def condition_key(control: Branch) -> str:
+    """A control's column: its table name in snake case ("random reinit" -> random_reinit)."""
+    return control.control.replace(" ", "_")
 
 
 @dataclass
 class ControlComparison:
-    """One row per pruning level: the three scores and the differences ticket minus control.
+    """One row per pruning level: the ticket's and each control's score and the differences
+    ticket minus control (``ticket_minus_BRANCH``), the controls in ``controls`` (branch names).
 
     Each condition is trained once: a difference is one paired sample (same data order), not a
     significance test; repeat over seeds for a spread."""
 
     rows: list[dict]
+    controls: list[str] = field(default_factory=lambda: [b.name for b in control_branches()])
+
+    @property
+    def conditions(self) -> list[str]:
+        return ["winning_ticket", *(condition_key(BRANCHES[name]) for name in self.controls)]
 
     def table(self) -> str:
-        headers = ["cycle", "% weights left", *CONDITIONS, "ticket - reinit", "ticket - random mask"]
+        headers = ["cycle", "% weights left", *self.conditions,
+                   *(f"ticket - {name.replace('_', ' ')}" for name in self.controls)]
         return format_table(headers, [(r["cycle"], f"{r['percent_left']:.2f}",
-                                       *(f"{r[c]:.4f}" for c in CONDITIONS),
-                                       f"{r['ticket_minus_reinit']:+.4f}", f"{r['ticket_minus_random_mask']:+.4f}")
+                                       *(f"{r[c]:.4f}" for c in self.conditions),
+                                       *(f"{r[f'ticket_minus_{name}']:+.4f}" for name in self.controls))
                                       for r in self.rows])
 
 
 def compare_controls(search: TicketSearch, train_fn: TrainFn, eval_fn: EvalFn,
                      cycles: Sequence[int] | None = None) -> ControlComparison:
-    """The winning ticket against its two controls at every pruning level (Frankle & Carbin 2019):
+    """The winning ticket against its controls at every pruning level (Frankle & Carbin 2019):
 
     * winning ticket: the masks of the level, survivors at their initial (rewind) values; its
       score is the search's (that cycle trained exactly this ticket);
     * random reinit: the same masks, survivors re-drawn from the initial distribution;
     * random mask: as many weights per layer as the ticket, at random places, at their initial
-      values.
+      values;
+    * any other branch that declares itself a control (``Branch.control``).
 
-    Both controls are trained with ``train_fn`` and scored with ``eval_fn``; ``cycles``
+    Each control is trained with ``train_fn`` and scored with ``eval_fn``; ``cycles``
     (default: every pruned one) picks the levels. The controls are built by the branches of
     the same names (``lottery_ticket.py --branch reinit|random_mask``): one implementation,
     the same masks and values for the same seed and level."""
     if search.prune_type != "lt":
         raise ValueError("compare_controls needs a search of winning tickets (prune_type 'lt')")
     cycles = list(range(1, len(search.masks))) if cycles is None else list(cycles)
-    parent = search.as_parent()
+    parent, controls = search.as_parent(), control_branches()
     rows = []
     for cycle in cycles:
         record = search.history[cycle]
@@ -228,18 +239,18 @@ def compare_controls(search: TicketSearch, train_fn: TrainFn, eval_fn: EvalFn,
             ticket_score = float(eval_fn(_trained(search, search.masks[cycle], search.start_state(cycle),
                                                   cycle, train_fn)))
         scores = {"winning_ticket": ticket_score}
-        for condition, branch in (("random_reinit", "reinit"), ("random_mask", "random_mask")):
-            start = control_start(parent, branch, cycle)
+        for control in controls:
+            start = control_start(parent, control.name, cycle)
             model = _trained(search, start.masks, start.state, cycle, train_fn)
-            scores[condition] = float(eval_fn(model))
+            scores[condition_key(control)] = float(eval_fn(model))
         rows.append({"cycle": cycle, "percent_left": record.percent_left, **scores,
-                     "ticket_minus_reinit": scores["winning_ticket"] - scores["random_reinit"],
-                     "ticket_minus_random_mask": scores["winning_ticket"] - scores["random_mask"]})
-    return ControlComparison(rows)
+                     **{f"ticket_minus_{control.name}": ticket_score - scores[condition_key(control)]
+                        for control in controls}})
+    return ControlComparison(rows, [control.name for control in controls])
 
 
 def control_start(parent: ParentTicket, branch: str, level: int) -> LevelStart:
-    """The start (masks, values) of the control ``branch`` (reinit or random_mask) at ``level``."""
+    """The start (masks, values) of the control ``branch`` (reinit, random_mask...) at ``level``."""
     return BRANCHES[branch].start(parent, level, {}, 0)
 
 

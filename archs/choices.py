@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from archs.optim import optimizer_names, schedule_names
+from archs.pruning import PRUNE_TYPES
 from archs.pruning.criteria import CRITERIA
 from archs.registry import architecture_names
 from data.datasets import DATASETS
@@ -23,6 +24,7 @@ REGISTERED: dict[str, Callable[[], list[str]]] = {
     "optimizer": optimizer_names,
     "lr_schedule": schedule_names,
     "prune_criterion": lambda: list(CRITERIA),
+    "prune_type": lambda: list(PRUNE_TYPES),
 }
 
 
@@ -32,8 +34,10 @@ def registered_choices() -> dict[str, list[str]]:
 
 
 def check_registered(config: RunConfig) -> None:
-    """UserError (one line) when a registry-backed setting of ``config`` names nothing registered."""
+    """UserError (one line) when a registry-backed setting of ``config`` names nothing registered,
+    or its prune type refuses the combination (reinit has no rewind point)."""
     for name, names in REGISTERED.items():
         allowed = names()
         if getattr(config, name) not in allowed:
             raise UserError(f"unknown --{name} {getattr(config, name)!r}; choose one of {', '.join(allowed)}")
+    PRUNE_TYPES[config.prune_type].check(config)

@@ -26,6 +26,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Iterable, Sequence
 
+from data.conditions import prune_type_words
 from data.names import branch_suffix, config_name, settings_suffix
 from data.settings import (MAX_SEED, MEASUREMENT, PRUNING, SEED, TRAINING, _duration_words, _init_from,
                            _layer_names, _momentum, _optional_percent, _rewind_point, _seed, _source_words,
@@ -87,11 +88,10 @@ class RunConfig:
                                    "set is split 70:15 into train and validation (results comparable "
                                    "with papers)")
     # ---- how a ticket is found (the experiment space; a dense baseline has none of these)
-    prune_type: str = setting("lt", token="pt", role=PRUNING, choices=("lt", "reinit", "random"),
-                              words=lambda v: {"lt": "winning ticket", "reinit": "iterative reinit",
-                                               "random": "iterative random pruning"}[v],
-                              help="lt: the winning ticket; reinit, random: iterative runs (seed 001's), "
-                                   "not a ticket's controls: those are --branch reinit, random_mask")
+    prune_type: str = setting("lt", token="pt", role=PRUNING, words=prune_type_words,   # choices: archs.choices
+                              help="lt: the winning ticket; the others (archs/pruning/prune_types/) are "
+                                   "iterative runs of a control (seed 001's), not a ticket's controls: "
+                                   "those are branches (--branch)")
     rewind_to: str = setting("init", token="rw", role=PRUNING, parse=_rewind_point, metavar="POINT",
                              words=lambda v: "rewound to init" if v == "init"
                              else f"rewound to {_duration_words(v)}",
@@ -190,8 +190,8 @@ class RunConfig:
                                       "energy is measured as its own task and reported apart, never "
                                       "in the training figures")
     branch: str = setting("", token=None, role=PRUNING, parse=_branch_name, metavar="NAME", words=_branch_words,
-                          help="one more cycle from levels of the finished lt run these flags name: "
-                               "reinit, random_mask, retrain, lr_rewind, finetune or lmc (README: branches)")
+                          help="one more cycle from levels of the finished lt run these flags name: a "
+                               "branch of archs/pruning/branches/ (README: branches)")
     branch_args: str = setting("", token=None, role=PRUNING, parse=_branch_args, metavar="KEY=VALUE,...",
                                words=_args_words, help="the branch's settings (lr=0.01,...)")
     branch_levels: tuple = setting((), token=None, role=PRUNING, parse=parse_whole, nargs="+", metavar="K",
@@ -238,9 +238,6 @@ class RunConfig:
         if self.momentum and self.optimizer != "sgd":
             raise UserError(f"--momentum applies to --optimizer sgd only ({self.optimizer} keeps its "
                             "own moment estimates); drop --momentum or use --optimizer sgd")
-        if self.rewind_to != "init" and self.prune_type == "reinit":
-            raise UserError("--prune_type reinit re-draws the survivors, so it has no rewind point; "
-                            "drop --rewind_to")
         if self.early_bird and self.rewind_to != "init":
             raise UserError("--early_bird ends the dense cycle early, possibly before the rewind point; "
                             "use it with --rewind_to init")

@@ -1,6 +1,7 @@
 """The controls of a ticket, as pure functions: random masks with the ticket's per-layer counts,
 survivors re-drawn from the initial distribution, and the generators that make them
-reproducible (one per seed, purpose and cycle)."""
+reproducible (one per seed, purpose and cycle). The branches and prune types that use them are
+registries of their own (archs/pruning/branches/, archs/pruning/prune_types/)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,6 @@ from archs.pruning.masks import Masks
 from archs.pruning.plan import _keep_best
 from archs.pruning.structure import Structure, is_n_of_m, n_of_m_mask, unstructured_reason
 
-PRUNE_TYPES = ("lt", "reinit", "random")
 State = dict[str, torch.Tensor]
 
 
@@ -89,30 +89,3 @@ def reinitialise_survivors(model_or_state: nn.Module | Mapping[str, torch.Tensor
             new_state[bias_name] = initial_bias(bias.shape, weight.shape, bias_init, generator).to(
                 bias.device, bias.dtype)
     return new_state
-
-
-
-def cycle_start_state(prune_type: str, masks: Mapping[str, torch.Tensor], rewind_state: Mapping[str, torch.Tensor],
-                      seed: int, cycle: int) -> State:
-    """The values a cycle starts from before its masks apply: the rewind state, or for the
-    ``reinit`` control the survivors re-drawn from the initial distribution (reproducibly: the
-    draw depends only on ``seed`` and ``cycle``)."""
-    if prune_type == "reinit" and cycle > 0:
-        return reinitialise_survivors(rewind_state, masks, derived_generator(seed, "reinit", cycle))
-    return dict(rewind_state)
-
-
-def control_ticket(prune_type: str, masks: Mapping[str, torch.Tensor], previous_masks: Mapping[str, torch.Tensor],
-                   rewind_state: Mapping[str, torch.Tensor], *, seed: int, cycle: int,
-                   structure: Structure | None = None) -> tuple[Masks, State]:
-    """(masks, start state) of ``cycle`` given the magnitude (or SNIP) masks of this round:
-    ``lt`` keeps them and rewinds; ``random`` keeps as many weights per layer, drawn at random
-    among the survivors of ``previous_masks``, and rewinds; ``reinit`` keeps the masks and
-    re-draws the survivors. ``structure``: the random masks of an N:M run are N:M too."""
-    if prune_type not in PRUNE_TYPES:
-        raise ValueError(f"prune_type must be one of {', '.join(PRUNE_TYPES)}, got {prune_type!r}")
-    masks = dict(masks)
-    if prune_type == "random":
-        masks = random_masks(masks, previous_masks, derived_generator(seed, "random_mask", cycle),
-                             structure)
-    return masks, cycle_start_state(prune_type, masks, rewind_state, seed, cycle)

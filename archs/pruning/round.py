@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archs.pruning.controls import State, control_ticket
+from archs.pruning.controls import State
 from archs.pruning.criteria import criterion_scores
 from archs.pruning.masks import Masks, apply_masks
 from archs.pruning.plan import PruningPlan
+from archs.pruning.prune_types import control_ticket
 
 
 @torch.no_grad()

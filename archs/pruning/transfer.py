@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from archs.pruning.controls import State, cycle_start_state
+from archs.pruning.prune_types.base import State, cycle_start_state
 from archs.pruning.masks import Masks, full_masks
 from archs.registry import output_layer_name
 from utils import UserError

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import re
 
+from data.conditions import fixed_styles
 from data.energy.emissions import EMISSION_FIELDS
 from data.names import parse_config_name
 from data.settings import TRANSFER_WORDS, expected_percent_remaining, format_number
@@ -154,18 +155,15 @@ def config_sort_key(name: str) -> tuple:
     return (0, -left, not is_baseline(name), name)
 
 
-# The controls of a winning ticket (its branches) and the iterative runs keep these colours and
-# line styles in every figure, so that the conditions of one configuration are never drawn alike.
-# (Colours outside OTHER_COLOURS, so that no ticket's hashed colour can be a control's.)
-CONTROL_STYLES = {"reinit branch": ("#b2182b", "--"), "random_mask branch": ("#6a3d9a", ":"),
-                  "lr_rewind branch": ("#1b7837", "-."), "finetune branch": ("#8c510a", "-."),
-                  "retrain branch": ("#01665e", "-."), "lmc branch": ("#4d4d4d", "-."),
-                  "iterative reinit": ("#f4a582", "--"), "iterative random pruning": ("#c2a5cf", ":")}
-
-
 def control_style(name: str) -> tuple[str, str] | None:
+    """The colour and line style a branch or an iterative run declares for itself (see
+    data.conditions; its files choose colours outside OTHER_COLOURS, so that no ticket's hashed
+    colour is a control's): the conditions of one configuration are never drawn alike."""
     _, _, others = split_label(name)
-    return next((CONTROL_STYLES[word] for word in others if word in CONTROL_STYLES), None)
+    if not others:   # a plain configuration: no branch, no prune type named
+        return None
+    styles = fixed_styles()
+    return next((styles[word] for word in others if word in styles), None)
 
 
 def config_colour(name: str) -> str:

@@ -87,7 +87,6 @@ def lottery_ticket_figure(groups: dict[str, list[TrainingRun]], field: str, ylab
     return fig
 
 
-CONTROLS = {"reinit": "random reinit", "random_mask": "random mask"}   # branch -> how tables name it
 CONTROL_COLUMNS = ("configuration", "cycle", "percent_remaining", "control", "seeds",
                    "ticket_test_accuracy_mean", "control_test_accuracy_mean", "difference_mean",
                    "difference_ci_low", "difference_ci_high", "confidence_level")
@@ -108,10 +107,12 @@ def control_comparison_rows(runs: list[TrainingRun], level: float = 0.95) -> lis
     replays that level's initialisation draw and batch order), with a Student-t ``level``
     interval over the seeds.
 
-    The controls are the branches ``reinit`` and ``random_mask`` of the ticket runs
-    (``lottery_ticket.py ... --branch reinit``); iterative ``--prune_type`` runs are not controls.
+    The controls are the branches of the ticket runs that declare themselves one (``reinit``
+    and ``random_mask``: ``lottery_ticket.py ... --branch reinit``; see data.conditions);
+    iterative ``--prune_type`` runs are not controls.
     """
     from data.analysis.statistics import paired_difference
+    from data.conditions import control_names
 
     families = group_by(runs, lambda r: dataclasses.replace(
         r.config, seed=0, co2_tracking_mode=False, co2_evaluate=False).parent.configuration_id)
@@ -119,7 +120,7 @@ def control_comparison_rows(runs: list[TrainingRun], level: float = 0.95) -> lis
     for family, members in sorted(families.items()):
         tickets = {r.config.seed: by_level(r) for r in members
                    if not r.config.branch and r.config.prune_type == "lt"}
-        for control, name in CONTROLS.items():
+        for control, name in control_names().items():
             controls: dict[int, dict[int, dict]] = {}
             for r in members:   # a seed's levels may lie in several files (--branch_levels)
                 if r.config.branch == control and not r.config.branch_args:

@@ -2,8 +2,8 @@
 import importlib
 import pkgutil
 
-from archs.pruning.branches.base import (BRANCHES, Branch, LevelStart, ParentTicket, get_branch,  # noqa: F401
-                                         register_branch, ticket_start)
+from archs.pruning.branches.base import (BRANCHES, Branch, LevelStart, ParentTicket, control_branches,  # noqa: F401
+                                         get_branch, register_branch, ticket_start)
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":

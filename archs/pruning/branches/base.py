@@ -5,8 +5,9 @@ A branch is a :class:`Branch` subclass in its own file in this folder, registere
 :func:`register_branch`; the folder's modules are imported by the package, so a new branch is
 one file. A branch says where each level starts (:meth:`Branch.start`: masks, values, how the
 learning rate runs, which data order), which training settings it changes and, if it needs
-to, what it computes once a level's copies are trained (:meth:`Branch.finish_level`). The
-engine that trains branches is :class:`archs.train.branch.BranchRun`.
+to, what it computes once a level's copies are trained (:meth:`Branch.finish_level`); and how
+tables and figures show it (``control``, ``style``: see data.conditions). The engine that
+trains branches is :class:`archs.train.branch.BranchRun`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from archs.pruning.masks import Masks
+from data.conditions import register_condition
 from utils import UserError
 
 State = dict[str, torch.Tensor]
@@ -61,6 +63,11 @@ class Branch:
     # schedule's final rate throughout (fine-tuning)
     lr: str = "schedule"
     includes_dense: bool = False  # whether level 0 is among the default levels
+    # A control of the winning ticket names itself here as the control table (and the API's
+    # compare_controls) shows it; control_rank orders the controls there
+    control: str = ""
+    control_rank: int = 0
+    style: tuple[str, str] | None = None   # its own (colour, line style) in every figure
 
     def parse_args(self, text: str) -> dict[str, Any]:
         values = {}
@@ -100,7 +107,13 @@ def register_branch(cls: type[Branch]) -> type[Branch]:
     if not cls.name or cls.name in BRANCHES:
         raise ValueError(f"a branch needs a name of its own, got {cls.name!r}")
     BRANCHES[cls.name] = cls()
+    register_condition("branch", cls.name, control=cls.control, control_rank=cls.control_rank, style=cls.style)
     return cls
+
+
+def control_branches() -> list[Branch]:
+    """The branches that are controls of the winning ticket, in their tables' order."""
+    return sorted((b for b in BRANCHES.values() if b.control), key=lambda b: b.control_rank)
 
 
 def get_branch(name: str) -> Branch:

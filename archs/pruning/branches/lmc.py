@@ -53,6 +53,7 @@ class LinearModeConnectivity(Branch):
     description = "two copies trained with different batch orders; error along the line between them"
     settings = {"points": _points}
     copies = 2
+    style = ("#4d4d4d", "-.")
     includes_dense = True
 
     def start(self, parent, level, args, copy) -> LevelStart:

@@ -20,6 +20,7 @@ def pruned_trained_start(parent, level: int) -> LevelStart:
 class LrRewind(Branch):
     name = "lr_rewind"
     description = "level K-1's trained weights pruned to level K, learning-rate schedule replayed"
+    style = ("#1b7837", "-.")
 
     def start(self, parent, level, args, copy):
         return pruned_trained_start(parent, level)
@@ -29,6 +30,7 @@ class LrRewind(Branch):
 class Finetune(Branch):
     name = "finetune"
     description = "level K-1's trained weights pruned to level K, trained on at the final learning rate"
+    style = ("#8c510a", "-.")
     lr = "final"
 
     def start(self, parent, level, args, copy):

@@ -22,6 +22,7 @@ def random_mask_start(parent: ParentTicket, level: int) -> LevelStart:
 class RandomMask(Branch):
     name = "random_mask"
     description = "the ticket's per-layer counts at random positions, rewound"
+    control, control_rank, style = "random mask", 1, ("#6a3d9a", ":")
 
     def start(self, parent, level, args, copy):
         return random_mask_start(parent, level)

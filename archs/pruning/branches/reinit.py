@@ -18,6 +18,7 @@ def reinit_start(parent: ParentTicket, level: int) -> LevelStart:
 class Reinit(Branch):
     name = "reinit"
     description = "the ticket's masks, survivors re-drawn from the initial distribution"
+    control, control_rank, style = "random reinit", 0, ("#b2182b", "--")
 
     def start(self, parent, level, args, copy):
         return reinit_start(parent, level)

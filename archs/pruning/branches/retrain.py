@@ -19,6 +19,7 @@ def _parser(name: str):
 class Retrain(Branch):
     name = "retrain"
     description = "the ticket trained again with other training settings"
+    style = ("#01665e", "-.")
     settings = {name: _parser(name) for name in TRAINING_SETTINGS}
     includes_dense = True
 
