@@ -1,6 +1,7 @@
-"""Every registry a user extends: a toy optimiser, schedule, dataset and network registered from
-this file alone (nothing else edited) train a run end to end through lottery_ticket.py's own
-entry point, and each is offered as a flag choice."""
+"""Every registry a user extends: a toy optimiser, schedule, dataset, network, criterion, prune
+type and branch registered from this file alone (nothing else edited) train runs end to end
+through lottery_ticket.py's own entry point, each is offered as a flag choice, and the toy
+control shows up in the control table and the figures' colours as it declares."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,10 +12,16 @@ from torch import nn
 import lottery_ticket
 from archs.experiment import TrainingJob
 from archs.optim import OPTIMIZERS, SCHEDULES, register_optimizer, register_schedule
+from archs.pruning import PRUNE_TYPES, PruneType, register_prune_type
+from archs.pruning.branches import BRANCHES, Branch, LevelStart, register_branch, ticket_start
 from archs.pruning.criteria import CRITERIA, register_criterion
 from archs.registry import ARCHITECTURES, register_model
+from data.conditions import CONDITIONS
 from data.datasets import DATASETS, register_dataset
 from data.paths import results_path
+from data.report.labels import config_colour
+from data.report.performance_report import control_comparison_rows
+from data.results import load_training_runs
 from data.runs import RunConfig
 from utils import UserError
 from data.store import load_checkpoint
@@ -65,6 +72,26 @@ def toy_net(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
                          nn.Linear(16, num_classes))
 
 
+class FlippedSigns(Branch):
+    """A toy control: the ticket's masks, every survivor starting with its sign flipped."""
+    name = "toyflip"
+    control, control_rank, style = "toy flipped signs", 5, ("#123456", "-.")
+
+    def start(self, parent, level, args, copy):
+        ticket = ticket_start(parent, level)
+        built.append(("toyflip", level, {n: t.clone() for n, t in ticket.state.items()}))
+        return LevelStart(ticket.masks, {n: -t for n, t in ticket.state.items()})
+
+
+class InversePruning(PruneType):
+    """A toy iterative prune type: keeps, among the survivors, exactly what pruning removed."""
+    name = "toyinverse"
+    words, style = "iterative inverse", ("#654321", ":")
+
+    def masks(self, masks, previous_masks, *, seed, cycle):
+        return {n: previous_masks[n] & ~m for n, m in masks.items()}
+
+
 @pytest.fixture
 def toys():
     """Registered with the public decorators; taken out again so no other test sees them."""
@@ -73,6 +100,8 @@ def toys():
     register_dataset("toystripes", in_channels=1, image_size=8, num_classes=2)(toy_stripes)
     register_model("toynet")(toy_net)
     register_criterion("largest")(largest_first)
+    register_branch(FlippedSigns)
+    register_prune_type(InversePruning)
     for log in (seen_lrs, decay_calls, built):
         log.clear()
     yield
@@ -81,11 +110,15 @@ def toys():
     DATASETS.pop("toystripes")
     ARCHITECTURES.pop("toynet")
     CRITERIA.pop("largest")
+    BRANCHES.pop("toyflip")
+    PRUNE_TYPES.pop("toyinverse")
+    CONDITIONS["branch"].pop("toyflip")
+    CONDITIONS["prune_type"].pop("toyinverse")
 
 
 def test_toy_extensions_are_flag_choices(toys):
     help_text = lottery_ticket.build_parser().format_help()
-    for name in ("toysgd", "halving", "toystripes", "toynet", "largest"):
+    for name in ("toysgd", "halving", "toystripes", "toynet", "largest", "toyinverse"):
         assert name in help_text
 
 
@@ -128,3 +161,40 @@ def test_a_study_naming_an_unregistered_schedule_is_refused_before_training(tmp_
         lottery_ticket.main(["--study", str(study), "--save_dir", str(tmp_path / "saves"),
                              "--data_dir", str(tmp_path / "data"), "--seeds", "0", "--no_progress"])
     assert not (tmp_path / "saves").exists() or not any((tmp_path / "saves").rglob("*.pt"))
+
+
+def test_a_toy_branch_and_prune_type_train_and_the_toy_control_is_tabulated(toys, tmp_path):
+    saves = tmp_path / "saves"
+    common = ["--arch_type", "toynet", "--dataset", "toystripes", "--lr", str(LR), "--batch_size", "8",
+              "--end_epoch", "3", "--prune_percent", "50", "--prune_iterations", "2", "--seeds", "0",
+              "--save_dir", str(saves), "--data_dir", str(tmp_path / "data"), "--device", "cpu", "--no_progress"]
+    for extra in ([], ["--branch", "toyflip"], ["--prune_type", "toyinverse"]):
+        assert lottery_ticket.main(common + extra) == 0
+    settings = dict(arch_type="toynet", dataset="toystripes", lr=LR, batch_size=8, end_iter=3,
+                    prune_percent=50.0, prune_iterations=2)
+    ticket, flipped, inverse = (load_checkpoint(results_path(saves, RunConfig(**settings, **extra)))
+                                for extra in ({}, {"branch": "toyflip"}, {"prune_type": "toyinverse"}))
+
+    # The branch trained level 1 only, from the parent's ticket with every sign flipped.
+    [(_, level, started)] = [entry for entry in built if isinstance(entry, tuple)]
+    assert level == 1 and [c["cycle"] for c in flipped["cycles"]] == [1]
+    for name, mask in ticket["masks"][1].items():
+        assert torch.equal(flipped["masks"][0][name], mask)
+        assert torch.equal(started[name], ticket["initial_state_dict"][name])
+    # The prune type's cycle 1 kept the half of each layer that the ticket pruned (same dense cycle).
+    for name, mask in ticket["masks"][1].items():
+        assert torch.equal(inverse["masks"][1][name], ~mask)
+        assert float(mask.float().mean()) == 0.5
+
+    runs = load_training_runs(saves, "toynet", "toystripes")
+    [row] = control_comparison_rows(runs)
+    ticket_acc = ticket["cycles"][1]["test_accuracy_at_best"]
+    control_acc = flipped["cycles"][0]["test_accuracy_at_best"]
+    assert (row["control"], row["cycle"], row["seeds"], row["percent_remaining"]) == ("toy flipped signs", 1, 1, 50.0)
+    assert (row["ticket_test_accuracy_mean"], row["control_test_accuracy_mean"]) == (ticket_acc, control_acc)
+    assert row["difference_mean"] == pytest.approx(ticket_acc - control_acc, abs=1e-12)
+    # Each is drawn in the colour it declares, named in its own words.
+    colours = {run.label: config_colour(run.label) for run in runs}
+    assert colours == {"pp50x2, winning ticket": colours["pp50x2, winning ticket"],
+                       "pp50x2, winning ticket, toyflip branch": "#123456",
+                       "pp50x2, iterative inverse": "#654321"}
