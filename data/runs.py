@@ -11,12 +11,9 @@ one declaration a setting becomes
 * words in figure labels when runs that differ in it are drawn together
   (data.selection.group_labels).
 
-A run's full identity is :func:`run_key`: network, dataset and stem. The stem alone leaves the
-network out (it is the folder's name), so collections of runs from several networks are keyed
-on :func:`run_key`.
-
-Paths live in data.paths, finding and selecting runs in data.selection; the names imported
-from here before the split still resolve (see ``__getattr__`` at the end).
+A run's full identity is :func:`run_key`: network, dataset and stem (the stem leaves the network
+out: it is the folder's name). Paths live in data.paths, finding and selecting runs in
+data.selection; the names imported from here before the split still resolve (``__getattr__``).
 """
 from __future__ import annotations
 
@@ -225,22 +222,9 @@ class RunConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "RunConfig":
-        """Raise UserError (one line) for a combination no run should be made with."""
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UserError(f"seed {self.seed} is outside 0..{MAX_SEED} (NumPy's seed range); "
-                            "choose seeds in that range")
-        if not 0 <= self.prune_percent < 100:
-            raise UserError(f"--prune_percent {self.prune_percent} is outside [0, 100)")
-        if self.train_type == "lt" and self.prune_iterations == 1 and not self.ticket_source:
-            raise UserError("--train_type lt with --prune_iterations 1 prunes nothing: that is the "
-                            "dense baseline, train it with --train_type regular (or give 2 or more "
-                            "cycles)")
-        if self.momentum and self.optimizer != "sgd":
-            raise UserError(f"--momentum applies to --optimizer sgd only ({self.optimizer} keeps its "
-                            "own moment estimates); drop --momentum or use --optimizer sgd")
-        if self.early_bird and self.rewind_to != "init":
-            raise UserError("--early_bird ends the dense cycle early, possibly before the rewind point; "
-                            "use it with --rewind_to init")
+        """Raise UserError (one line) for a combination no run should be made with (see
+        :func:`check_combination`); returns the config."""
+        check_combination(self)
         return self
 
     # ------------------------------------------------------------------ identity
@@ -291,7 +275,6 @@ class RunConfig:
         head = f"{self.config_name}_seed{self.seed}_co2{bool(self.co2_tracking_mode)}_{self.dataset}"
         return head + self._suffix() + branch_suffix(self)
 
-
     @property
     def parent(self) -> "RunConfig":
         """The run a branch grows from (itself when not a branch)."""
@@ -317,6 +300,26 @@ class RunConfig:
         """8 hex digits of the full settings (seed included)."""
         text = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def check_combination(config: RunConfig) -> None:
+    """Raise UserError (one line) for a combination no run should be made with. (A registry's
+    own refusals, such as reinit's rewind point, are made by archs.choices.check_registered.)"""
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UserError(f"seed {config.seed} is outside 0..{MAX_SEED} (NumPy's seed range); "
+                        "choose seeds in that range")
+    if not 0 <= config.prune_percent < 100:
+        raise UserError(f"--prune_percent {config.prune_percent} is outside [0, 100)")
+    if config.train_type == "lt" and config.prune_iterations == 1 and not config.ticket_source:
+        raise UserError("--train_type lt with --prune_iterations 1 prunes nothing: that is the "
+                        "dense baseline, train it with --train_type regular (or give 2 or more "
+                        "cycles)")
+    if config.momentum and config.optimizer != "sgd":
+        raise UserError(f"--momentum applies to --optimizer sgd only ({config.optimizer} keeps its "
+                        "own moment estimates); drop --momentum or use --optimizer sgd")
+    if config.early_bird and config.rewind_to != "init":
+        raise UserError("--early_bird ends the dense cycle early, possibly before the rewind point; "
+                        "use it with --rewind_to init")
 
 
 def setting_fields() -> list:
