@@ -13,7 +13,7 @@ one declaration a setting becomes
 
 A run's full identity is :func:`run_key`: network, dataset and stem (the stem leaves the network
 out: it is the folder's name). Paths live in data.paths, finding and selecting runs in
-data.selection; the names imported from here before the split still resolve (``__getattr__``).
+data.selection.
 """
 from __future__ import annotations
 
@@ -196,29 +196,7 @@ class RunConfig:
     seed: int = setting(0, token=None, role=SEED, parse=_seed, help="the run's seed")
 
     def __post_init__(self):
-        for f in fields(self):   # one canonical type per setting, so identities compare equal
-            value = getattr(self, f.name)
-            if isinstance(value, int) and not isinstance(value, bool) and (
-                    isinstance(f.default, float) or f.name in ("output_prune_percent", "target_sparsity")):
-                object.__setattr__(self, f.name, float(value))
-            elif isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
-        if self.co2_evaluate:
-            object.__setattr__(self, "co2_tracking_mode", True)
-        if self.train_type == "regular":
-            # The dense baseline: one cycle, nothing pruned, so no way of pruning applies.
-            for f in fields(self):
-                if f.metadata["role"] == PRUNING and f.name != "train_type":
-                    object.__setattr__(self, f.name, f.default)
-            object.__setattr__(self, "prune_percent", 0.0)
-            object.__setattr__(self, "prune_iterations", 1)
-        elif self.ticket_source and self.prune_iterations == 1:
-            # Training a transferred ticket without pruning it further: no rate applies.
-            object.__setattr__(self, "prune_percent", 0.0)
-        elif self.target_sparsity is not None and self.prune_iterations >= 2:
-            # The per-round rate that reaches the target after the last round (seeds 002, 003).
-            object.__setattr__(self, "prune_percent",
-                               per_round_percent(self.target_sparsity, self.prune_iterations))
+        settle(self)
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "RunConfig":
@@ -302,6 +280,37 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def settle(config: RunConfig) -> None:
+    """Give every setting of ``config`` one canonical type (so identities compare equal) and the
+    values other settings force (CO2 evaluation, a dense baseline, a transferred ticket, a
+    target sparsity); RunConfig.__post_init__ calls it, the config is frozen after."""
+    def put(name: str, value: Any) -> None:
+        object.__setattr__(config, name, value)
+
+    for f in fields(config):   # one canonical type per setting, so identities compare equal
+        value = getattr(config, f.name)
+        if isinstance(value, int) and not isinstance(value, bool) and (
+                isinstance(f.default, float) or f.name in ("output_prune_percent", "target_sparsity")):
+            put(f.name, float(value))
+        elif isinstance(value, list):
+            put(f.name, tuple(value))
+    if config.co2_evaluate:
+        put("co2_tracking_mode", True)
+    if config.train_type == "regular":
+        # The dense baseline: one cycle, nothing pruned, so no way of pruning applies.
+        for f in fields(config):
+            if f.metadata["role"] == PRUNING and f.name != "train_type":
+                put(f.name, f.default)
+        put("prune_percent", 0.0)
+        put("prune_iterations", 1)
+    elif config.ticket_source and config.prune_iterations == 1:
+        # Training a transferred ticket without pruning it further: no rate applies.
+        put("prune_percent", 0.0)
+    elif config.target_sparsity is not None and config.prune_iterations >= 2:
+        # The per-round rate that reaches the target after the last round (seeds 002, 003).
+        put("prune_percent", per_round_percent(config.target_sparsity, config.prune_iterations))
+
+
 def check_combination(config: RunConfig) -> None:
     """Raise UserError (one line) for a combination no run should be made with. (A registry's
     own refusals, such as reinit's rewind point, are made by archs.choices.check_registered.)"""
@@ -381,27 +390,3 @@ def run_key(config: RunConfig) -> str:
     network (it is the folder's name); key every collection of runs that may span networks or
     datasets (a study, a job ledger, a queue) on this, never on the stem."""
     return f"{config.arch_type}/{config.dataset}/{config.stem}"
-
-
-# Names that lived here before the split into settings, names, paths and selection.
-_MOVED = {"data.settings": ("format_number", "format_value", "parse_bool", "parse_whole", "parse_number",
-                            "MAX_SEED", "TRANSFER_WORDS", "DURATION", "per_round_percent",
-                            "expected_percent_remaining"),
-          "data.names": ("MAX_READABLE_SUFFIX", "NAME_SAFE", "config_name", "CONFIG_NAME", "STEM_HEAD",
-                         "parse_config_name", "parse_stem"),
-          "data.paths": ("run_dir", "results_path", "checkpoint_path", "lock_path", "emissions_csv_path",
-                         "partial_csv_path", "tickets_dir", "cycle_ticket_path", "inference_dir",
-                         "inference_csv_path", "inference_runs_csv_path", "inference_summary_csv_path",
-                         "is_results_file"),
-          "data.selection": ("flags_for_config", "RunRecord", "read_run_settings", "find_runs", "RunFilter", "where_argument",
-                             "config_name_argument", "seed_argument", "add_selection_arguments",
-                             "select_runs", "group_labels", "describe_groups")}
-
-
-def __getattr__(name: str):
-    import importlib
-
-    for module, moved in _MOVED.items():
-        if name in moved:
-            return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

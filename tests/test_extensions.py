@@ -88,7 +88,7 @@ class InversePruning(PruneType):
     name = "toyinverse"
     words, style = "iterative inverse", ("#654321", ":")
 
-    def masks(self, masks, previous_masks, *, seed, cycle):
+    def masks(self, masks, previous_masks, *, seed, cycle, structure=None):
         return {n: previous_masks[n] & ~m for n, m in masks.items()}
 
 

@@ -18,7 +18,8 @@ from archs.experiment import TrainingJob, run_job
 from archs.sparse import CONVOLUTION_REASON, compare_outputs, sparsify
 from archs.sparse.conv import ConvSpec, PoolSpec, SparseConvChain, fold_batchnorm
 from archs.sparse.common import relative_error
-from data.runs import RunConfig, inference_runs_csv_path
+from data.paths import inference_runs_csv_path
+from data.runs import RunConfig
 from tests.test_sparse import fake_timer
 
 # float32 kernels against a float64 reference: rounding only

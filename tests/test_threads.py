@@ -38,7 +38,8 @@ def test_one_thread_still_one_after_importing_every_kernel_module_and_using_numb
 
 def test_one_thread_recorded_for_every_row_after_a_sparse_replay(tmp_path, mnist_dir):
     from archs.experiment import TrainingJob, run_job
-    from data.runs import RunConfig, inference_runs_csv_path
+    from data.paths import inference_runs_csv_path
+    from data.runs import RunConfig
 
     config = RunConfig(prune_percent=90, prune_iterations=2, end_iter=1, batch_size=64)
     run_job(TrainingJob(config=config, seeds=[0], data_dir=mnist_dir, save_dir=tmp_path,

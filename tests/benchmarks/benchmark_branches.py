@@ -30,7 +30,8 @@ def main() -> None:
     from archs.experiment import TrainingJob, run_job
     from data.report.performance_report import by_level, control_comparison_rows, control_comparison_table
     from data.results import load_training_runs
-    from data.runs import RunConfig, RunFilter
+    from data.runs import RunConfig
+    from data.selection import RunFilter
     from data.analysis.statistics import paired_difference
     from utils import format_table, setup_logging
 
