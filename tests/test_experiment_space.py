@@ -54,6 +54,13 @@ def test_reinit_control_keeps_the_masks_and_redraws_the_survivors(winning, tmp_p
     assert bool((control["final_state_dict"][first][~control["masks"][-1][first]] == 0).all())
 
 
+
+def test_reinit_refuses_a_rewind_point_before_any_training(tmp_path):
+    """The prune type's own check (archs/pruning/prune_types/reinit.py), made by the job."""
+    with pytest.raises(UserError, match="--prune_type reinit re-draws the survivors, so it has no rewind point"):
+        TrainingJob(config=RunConfig(**TINY, prune_type="reinit", rewind_to="1ep"), seeds=[0], save_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
 def test_random_control_has_the_magnitude_masks_per_layer_counts(winning, tmp_path, small_mnist_dir):
     control = train(tmp_path, small_mnist_dir, prune_type="random")
     for cycle in (1, 2):
