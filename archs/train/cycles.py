@@ -32,6 +32,7 @@ from archs.train.start import starting_point
 from archs.train.steps import epoch_hooks, progress_text, pruning_round, record_epoch, update_early_bird
 from archs.train.summary import CycleSummary, cycle_ticket, log_layer_table, run_results
 from data.datasets import DataSplits, get_spec
+from data.jobs import TrainingOptions   # the job's defaults, declared once
 from data.paths import SAVE_DIR
 from data.runs import LOG_KEYS, RunConfig
 from archs.runtime import seed_everything
@@ -49,7 +50,8 @@ class LotteryRun:
 
     def __init__(self, config: RunConfig, splits: DataSplits, device: torch.device,
                  recorder_factory: Callable | None = None, eval_batch_size: int | None = None,
-                 on_cycle_end: Callable[[dict], None] | None = None, print_freq: int = 1,
+                 on_cycle_end: Callable[[dict], None] | None = None,
+                 print_freq: int = TrainingOptions.print_freq,
                  source_root: Path | str = SAVE_DIR, compile_model: bool = False,
                  deterministic: bool = False):
         self.config = config
@@ -156,7 +158,8 @@ class LotteryRun:
 
     # ------------------------------------------------------------------ procedure
     def run(self, checkpoint: Callable[["LotteryRun"], None] | None = None,
-            show_progress: bool = True, checkpoint_every: int = 1) -> None:
+            show_progress: bool = True,
+            checkpoint_every: int = TrainingOptions.checkpoint_every) -> None:
         """Train until every cycle is done, calling ``checkpoint(self)`` every ``checkpoint_every``
         epochs of a cycle and at each cycle's end."""
         if checkpoint_every < 1:
