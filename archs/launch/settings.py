@@ -142,5 +142,5 @@ def launch_settings_from_args(args: argparse.Namespace, save_dir: Path) -> Launc
     if slurm["gpus_per_job"] is not None and slurm["gpus_per_job"] < 0:
         raise UserError(f"--slurm_gpus_per_job {slurm['gpus_per_job']} must be 0 or more")
     launch["folder"] = Path(launch["folder"] or Path(save_dir) / "launch").resolve()
-    return LaunchSettings(**launch, show_progress=getattr(args, "show_progress", True),
+    return LaunchSettings(**launch, show_progress=not getattr(args, "no_progress", False),
                           slurm=SlurmSettings(**slurm))
