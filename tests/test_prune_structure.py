@@ -205,7 +205,7 @@ def test_a_dense_baseline_refuses_a_structure():
 @pytest.mark.parametrize("arch, cycles", [("fc1", 3), ("lenet5", 2)])
 def test_a_short_training_on_the_digits_keeps_every_round_n_of_m(arch, cycles, tmp_path, caplog):
     config = RunConfig(arch_type=arch, dataset="digits", prune_percent=30.0, prune_iterations=cycles, end_iter=1,
-                       batch_size=64, lr=1.2e-3, prune_structure="2:4")
+                       batch_size=256, lr=1.2e-3, prune_structure="2:4")
     job = TrainingJob(config=config, seeds=[0], save_dir=tmp_path, device="cpu", show_progress=False,
                       tracker=TrackerSettings(country_iso_code="FRA"))
     with caplog.at_level("INFO"):
