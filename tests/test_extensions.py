@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import lottery_ticket
+from archs.api import LotteryTicketFinder, keep_pruned
 from archs.experiment import TrainingJob
 from archs.optim import OPTIMIZERS, SCHEDULES, register_optimizer, register_schedule
 from archs.pruning import PRUNE_TYPES, PruneType, register_prune_type
@@ -198,3 +199,34 @@ def test_a_toy_branch_and_prune_type_train_and_the_toy_control_is_tabulated(toys
     assert colours == {"pp50x2, winning ticket": colours["pp50x2, winning ticket"],
                        "pp50x2, winning ticket, toyflip branch": "#123456",
                        "pp50x2, iterative inverse": "#654321"}
+
+
+def test_the_api_compares_the_ticket_with_a_toy_control_beside_the_built_in_ones(toys):
+    inputs = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    labels = (inputs[:, 0] > 0).long()
+
+    def train_fn(model, masks, cycle):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(20):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+            keep_pruned(model, masks)
+
+    def eval_fn(model):
+        return float((model(inputs).argmax(1) == labels).float().mean())
+
+    finder = LotteryTicketFinder(lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), train_fn,
+                                 eval_fn, prune_percent=50, prune_iterations=2)
+    comparison = finder.compare_controls()
+    assert comparison.controls == ["reinit", "random_mask", "toyflip"]      # by control_rank: 0, 1, 5
+    [row] = comparison.rows
+    assert row["ticket_minus_toyflip"] == row["winning_ticket"] - row["toy_flipped_signs"]
+    assert row["ticket_minus_reinit"] == row["winning_ticket"] - row["random_reinit"]
+    assert 0 <= row["toy_flipped_signs"] <= 1
+    header = comparison.table().splitlines()[0]
+    assert header.split() == ["cycle", "%", "weights", "left", "winning_ticket", "random_reinit", "random_mask",
+                              "toy_flipped_signs", "ticket", "-", "reinit", "ticket", "-", "random", "mask",
+                              "ticket", "-", "toyflip"]
+    [(_, level, _)] = [entry for entry in built if isinstance(entry, tuple)]
+    assert level == 1
