@@ -22,7 +22,7 @@ from data.paths import (SAVE_DIR, checkpoint_path, cycle_ticket_path, emissions_
                         partial_csv_path, results_path, run_dir)
 from data.runs import RESULTS_FORMAT_VERSION, RunConfig
 from data.selection import group_labels, read_run_settings
-from archs.runtime import pin_threads, resolve_device
+from archs.runtime import flush_denormals, pin_threads, resolve_device
 from data.store import (atomic_torch_save, check_free_space, load_checkpoint,
                         new_folders_removed_on_failure)
 from utils import (ProcessLock, UserError, ensure_writable_dir, format_table, get_logger, library_versions,
@@ -87,9 +87,7 @@ def check_pruning_schedule(config: RunConfig, source_root: Path | str = SAVE_DIR
 def run_job(job: TrainingJob) -> list[Path]:
     """Train every seed of ``job``; returns the results files written (or found, on resume).
     A failure leaves no empty folder it made (save folder, dataset folder)."""
-    # Before anything runs in parallel: torch's worker threads copy the flush-to-zero mode of
-    # the thread that creates them, and setting it later reaches only the calling thread.
-    torch.set_flush_denormal(job.config.flush_denormal)
+    flush_denormals(job.config.flush_denormal)
     pin_threads(job.threads)
     check_pruning_schedule(job.config, job.save_dir)
     device = resolve_device(job.device)

@@ -35,7 +35,7 @@ from data.settings import REPLAY_MODES
 from data.selection import (RunFilter, RunRecord, describe_groups, find_runs, select_runs as filter_runs,
                             flags_for_config)
 from data.analysis.statistics import Estimate
-from archs.runtime import pin_threads, replay_runtime, resolve_device, synchronise
+from archs.runtime import flush_denormals, pin_threads, replay_runtime, resolve_device, synchronise
 from data.store import load_checkpoint
 from utils import LockHeld, ProcessLock, UserError, ensure_writable_dir, first_line, format_table, get_logger, replace_durably
 
@@ -199,8 +199,7 @@ def run_inference(job: InferenceJob) -> list[dict]:
     # trained 120 epochs on digits held 2,802 denormal weights, and its first layer ran 30x
     # slower than with them read as zero. Pruning removes the smallest weights first, so
     # replaying them as they are would credit the tickets with the dense network's denormals.
-    # Set before anything runs in parallel: worker threads copy the mode of their creator.
-    torch.set_flush_denormal(True)
+    flush_denormals(True)
     device = resolve_device(job.device)
     replay_runtime(device)
     pin_threads(job.threads)

@@ -1,4 +1,6 @@
-"""Runtime of a process that trains or measures: the device, GPU synchronisation, seeding."""
+"""Runtime of a process that trains or measures: the device, GPU synchronisation, seeding, and
+every process-wide setting of torch (threads, denormals, TF32, cuDNN): library code sets that
+state only through this module."""
 from __future__ import annotations
 
 import random
@@ -32,6 +34,21 @@ def pin_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def flush_denormals(enabled: bool) -> None:
+    """Read denormal floats as zero (or not) in this process. Call it before anything runs in
+    parallel: torch's worker threads copy the mode of the thread that creates them, and setting
+    it later reaches only the calling thread."""
+    torch.set_flush_denormal(enabled)
+
+
+def matmul_precision(device: torch.device, precision: str) -> None:
+    """TF32 matrix products and convolutions on a GPU exactly when ``precision`` is "tf32" (set
+    either way: an earlier run in the same process may have changed it)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 def replay_runtime(device: torch.device) -> None:

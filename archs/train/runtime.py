@@ -10,6 +10,7 @@ from torch import nn
 
 from archs.optim import LrSchedule, parse_duration
 from archs.pruning import RewindPoint, parse_rewind_point
+from archs.runtime import flush_denormals, matmul_precision
 from data.runs import RunConfig
 from utils import UserError
 
@@ -29,12 +30,10 @@ def prepare_runtime(config: RunConfig, model: nn.Module, device: torch.device,
     the (possibly re-laid) model and how to run it."""
     # Settings of the arithmetic belong to the process, and a previous run in it may have
     # changed them, so each is set explicitly either way.
-    torch.set_flush_denormal(config.flush_denormal)
+    flush_denormals(config.flush_denormal)
     # Speed on GPUs: TF32 (a setting of the run), and channels_last only where
     # convolutions meet a GPU.
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = config.precision == "tf32"
+    matmul_precision(device, config.precision)
     autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
     has_convolutions = any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules())
     memory_format = torch.channels_last if device.type == "cuda" and has_convolutions else None
