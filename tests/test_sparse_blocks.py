@@ -135,3 +135,42 @@ def test_auto_times_a_residual_network_as_one_program():
     fast, choices = sparsify(model, "auto", example_input=x, timer=fake_timer(slow))
     assert not any(isinstance(m, SparseConvChain) for m in fast.modules())
     assert {c.kernel for c in choices if c.name != "fc.weight"} == {"dense"}
+
+
+def test_one_and_two_threads_give_the_same_results_and_the_thread_count_holds():
+    model = pruned(build_model("resnet20", 3, 8, 10))
+    fast, _ = sparsify(model, "sparse")
+    x = torch.randn(50, 3, 8, 8)    # 4 tiles, the last one partial
+    before = torch.get_num_threads()
+    try:
+        outputs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                outputs.append(fast(x))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outputs[0], outputs[1])
+    with torch.inference_mode():
+        assert relative_error(outputs[1], model.double()(x.double())) < TOLERANCE
+
+
+class _Holder(nn.Module):
+    """A block outside any Sequential: replaced on its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = BLOCKS["basic_stride2"]()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.block(x).mean((2, 3)))
+
+
+def test_a_block_outside_a_sequential_is_replaced_on_its_own():
+    model = pruned(_Holder())
+    fast, choices = sparsify(model, "sparse")
+    assert isinstance(fast.block, TileProgram)
+    assert [c.kernel for c in choices][:3] == ["numba_conv"] * 3
+    check(fast, model, torch.randn(5, 4, 9, 9))
