@@ -174,3 +174,13 @@ def test_a_block_outside_a_sequential_is_replaced_on_its_own():
     assert isinstance(fast.block, TileProgram)
     assert [c.kernel for c in choices][:3] == ["numba_conv"] * 3
     check(fast, model, torch.randn(5, 4, 9, 9))
+
+
+def test_imagenet_alexnet_features_with_the_11x11_stride_4_convolution():
+    from torchvision.models import alexnet
+    torch.manual_seed(0)
+    features = pruned(alexnet(num_classes=10).features)
+    assert features[0].kernel_size == (11, 11) and features[0].stride == (4, 4)
+    fast, choices = sparsify(features, "sparse")
+    assert [c.kernel for c in choices] == ["numba_conv"] * 5
+    check(fast, features, torch.randn(3, 3, 67, 67))
