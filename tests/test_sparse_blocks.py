@@ -184,3 +184,23 @@ def test_imagenet_alexnet_features_with_the_11x11_stride_4_convolution():
     fast, choices = sparsify(features, "sparse")
     assert [c.kernel for c in choices] == ["numba_conv"] * 5
     check(fast, features, torch.randn(3, 3, 67, 67))
+
+
+def test_a_residual_ticket_replays_sparse_through_the_script(tmp_path, small_mnist_dir, capsys):
+    import post_training_inference
+    from archs.experiment import TrainingJob, run_job
+    from data.runs import RunConfig
+    config = RunConfig(arch_type="resnet20", prune_percent=90, prune_iterations=2, end_iter=1,
+                       batch_size=64)
+    run_job(TrainingJob(config=config, seeds=[0], data_dir=small_mnist_dir, save_dir=tmp_path,
+                        device="cpu", show_progress=False))
+    post_training_inference.main(["--save_dir", str(tmp_path), "--arch_type", "resnet20",
+                                  "--mode", "sparse", "--passes", "1", "--batch_size", "16",
+                                  "--no_progress", "--country_iso_code", "FRA"])
+    out = capsys.readouterr()
+    table = out.out + out.err
+    table = table[table.index("Kernels in sparse mode"):].splitlines()
+    rows = [line.split() for line in table]
+    kernels = {row[0]: row[2] for row in rows if row and row[0].endswith(".weight")}
+    assert len(kernels) == 22 and kernels.pop("fc.weight") != "dense"
+    assert set(kernels.values()) == {"numba_conv"}
