@@ -12,19 +12,20 @@ from utils import ArgumentParser, run_cli, setup_logging
 
 
 def registry_choices() -> dict[str, list[str]]:
-    """The names the parser offers for registry-backed settings. From a fresh command line, the
-    networks declared under archs/models, read without importing torch so that --help stays fast
-    (the other registries are checked after parsing, in main). When torch is already loaded (the
-    script called in-process, extensions registered from code), every registry's own names."""
+    """The names the parser offers for registry-backed settings (and --branch). From a fresh
+    command line, the names declared under archs/, read from the files' text without importing
+    torch so that --help stays fast. When torch is already loaded (the script called in-process,
+    extensions registered from code), every registry's own names."""
     import sys
 
     if "torch" in sys.modules:
         from archs.choices import registered_choices
+        from archs.pruning.branches import BRANCHES
 
-        return registered_choices()
-    from data.names import network_choices
+        return {**registered_choices(), "branch": list(BRANCHES)}
+    from data.names import declared_registry_names, network_choices
 
-    return {"arch_type": network_choices()}
+    return {"arch_type": network_choices(), **declared_registry_names()}
 
 
 def refuse_unknown_dataset(parser: argparse.ArgumentParser, name: str) -> None:

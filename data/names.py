@@ -149,6 +149,48 @@ def declared_datasets() -> list[str]:
     return names
 
 
+# --------------------------------------------------------------------------- other registries
+ARCHS_DIR = Path(__file__).resolve().parent.parent / "archs"
+# setting -> (folder under archs/, the decorator that registers an entry there). A decorator
+# called with the name (``@register_optimizer("adam")``) declares that name; a bare one on a
+# class (``@register_prune_type``) declares the class's ``name = "..."``.
+REGISTRY_DECLARATIONS = {
+    "optimizer": ("optim", "register_optimizer"),
+    "lr_schedule": ("optim", "register_schedule"),
+    "prune_criterion": ("pruning/criteria", "register_criterion"),
+    "prune_type": ("pruning/prune_types", "register_prune_type"),
+    "branch": ("pruning/branches", "register_branch"),
+}
+
+
+def _declared_in(folder: Path, decorator: str) -> list[str]:
+    names: list[str] = []
+    for path in sorted(folder.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in tree.body:
+            for mark in getattr(node, "decorator_list", ()):
+                if (isinstance(mark, ast.Call) and getattr(mark.func, "id", None) == decorator
+                        and mark.args and isinstance(mark.args[0], ast.Constant)):
+                    names.append(mark.args[0].value)
+                elif isinstance(node, ast.ClassDef) and getattr(mark, "id", None) == decorator:
+                    names += [statement.value.value for statement in node.body
+                              if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
+                              and any(getattr(t, "id", None) == "name" for t in statement.targets)]
+    return names
+
+
+def declared_registry_names() -> dict[str, list[str]]:
+    """The names each registry-backed setting accepts (and ``branch``: the branches), read from
+    the declaring files' text under archs/ without importing them (so without torch), in the
+    order the folders register them: what a fresh command line's ``--help`` offers. Entries
+    registered from code (tests, notebooks) are checked once torch has loaded them."""
+    return {setting: _declared_in(ARCHS_DIR / folder, decorator)
+            for setting, (folder, decorator) in REGISTRY_DECLARATIONS.items()}
+
+
 def branch_file_name(config) -> str:
     """A branch's file name: NAME, then its settings and levels when given
     (``retrain_lr0.01_optimizersgd``, ``reinit_lv3-5``); "" for a run that is no branch."""

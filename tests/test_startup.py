@@ -52,6 +52,8 @@ def test_help_imports_no_heavy_library(script):
     ("post_training_inference.py", ["--passes", "0"], "must be at least 1"),
     ("lottery_ticket.py", ["--dataset", "imagenet"], "invalid choice: 'imagenet' (choose from 'digits', "),
     ("post_training_inference.py", ["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    ("lottery_ticket.py", ["--optimizer", "rmsprop"], "invalid choice: 'rmsprop' (choose from 'adam', 'sgd')"),
+    ("lottery_ticket.py", ["--branch", "nope"], "invalid choice: 'nope' (choose from 'lmc', "),
     ("lottery_ticket_performance.py", ["--arch_type", "nope"], "unknown network 'nope'"),
     ("inference_emission.py", ["--where", "lr"], "is not KEY=VALUE"),
 ])
@@ -77,6 +79,17 @@ def test_declared_datasets_are_the_registry():
     from data.names import declared_datasets
 
     assert declared_datasets() == list(DATASETS)   # the same names, in the order they register
+
+
+def test_declared_registry_names_are_the_registries():
+    from archs.choices import registered_choices
+    from archs.pruning.branches import BRANCHES
+    from data.names import declared_registry_names
+
+    declared, registered = declared_registry_names(), registered_choices()
+    assert declared.pop("branch") == list(BRANCHES)
+    assert declared == {name: registered[name] for name in declared}   # same names, same order
+    assert declared["prune_type"] == ["lt", "random", "reinit"] and "cosine" in declared["lr_schedule"]
 
 
 def test_declared_options_are_the_ones_used():
