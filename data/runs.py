@@ -121,7 +121,7 @@ class RunConfig:
     prune_structure: str = setting(
         "unstructured", token="nm", role=PRUNING, parse=prune_structure_text, metavar="N:M",
         words=lambda v: "unstructured" if v == "unstructured" else f"{v} structured",
-        file_value=lambda v: v.replace(":", "of"),
+        file_value=lambda v: v.replace(":", "of"), digested_at_default=False,
         help="unstructured, or N:M (2:4 runs on NVIDIA's sparse tensor cores): after each round at "
              "most N of every M consecutive weights along a layer's input dimension survive (conv: "
              "in*kh*kw); the first round imposes the pattern by the criterion's scores, later "
@@ -275,8 +275,12 @@ class RunConfig:
         return settings_suffix(parts, self.digest()) if parts else ""
 
     def digest(self) -> str:
-        """8 hex digits of the full settings (seed included)."""
-        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        """8 hex digits of the full settings (seed included); a setting declared
+        ``digested_at_default=False`` counts only away from its default."""
+        left_out = {f.name for f in fields(self) if not f.metadata.get("digested_at_default", True)
+                    and getattr(self, f.name) == f.default}
+        text = json.dumps({k: v for k, v in self.identity().items() if k not in left_out},
+                          sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

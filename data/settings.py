@@ -56,7 +56,8 @@ def setting(default: Any, *, help: str, token: str | None, role: str | None = TR
             flags: Sequence[str] = (), choices: Sequence[str] | None = None,
             parse: Callable[[str], Any] | None = None, words: Callable[[Any], str] | None = None,
             metavar: str | None = None, nargs: str | None = None,
-            file_value: Callable[[Any], str] | None = None, flag: str | None = None) -> Any:
+            file_value: Callable[[Any], str] | None = None, flag: str | None = None,
+            digested_at_default: bool = True) -> Any:
     """Declare one field of :class:`RunConfig` (or, through :func:`option`, of a job).
 
     ``token`` prefixes the value in file names (None: the setting is in the name's fixed head);
@@ -65,11 +66,14 @@ def setting(default: Any, *, help: str, token: str | None, role: str | None = TR
     (and ``--where`` values) into a value; ``words`` says the value in a figure label ("lr 0.0012");
     ``file_value`` spells the value in file names when :func:`format_value`'s text is unfit for
     one ("2:4" -> "2of4"). A switch (bool) whose default is True has a flag that turns it off
-    (``--no_progress`` for ``show_progress``).
+    (``--no_progress`` for ``show_progress``). A setting added to :class:`RunConfig` after runs
+    were made declares ``digested_at_default=False``: at its default it stays out of the hash in
+    long run names, so the runs already made keep their names (resume, branches' parents).
     """
     metadata = {"help": help, "token": token, "role": role, "flags": tuple(flags),
                 "choices": tuple(choices) if choices else None, "parse": parse, "words": words,
-                "metavar": metavar, "nargs": nargs, "file_value": file_value, "flag": flag}
+                "metavar": metavar, "nargs": nargs, "file_value": file_value, "flag": flag,
+                "digested_at_default": digested_at_default}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -567,3 +567,19 @@ def test_a_new_run_never_replaces_an_old_file_of_other_settings_at_its_path(mixe
     assert code == 1
     assert f"{old} holds a run with other settings" in one_line(err)
     assert files_under(save_dir) == before
+
+
+def test_a_setting_added_later_leaves_the_names_already_made_unchanged():
+    # A long name ends in a hash of every setting: a new setting at its default must not move it,
+    # or resuming and finding branches' parents miss the runs made before it existed. The
+    # expected name is what the toolkit gave this run before --prune_structure existed.
+    config = RunConfig(arch_type="fc1", dataset="digits", lr=0.00123456789, decay=1e-5,
+                       batch_size=37, end_iter=3, valid_freq=2, output_prune_percent=12.5,
+                       prune_ignore=("fc1.weight", "fc2.weight"), warmup="3ep", optimizer="sgd",
+                       momentum=0.8)
+    assert config.stem == "pp90x2_seed0_co2False_digits_lr0.00123456789_bs37_ep3_vf2_opp12.5_he54b3179"
+    structured = dataclasses.replace(config, prune_structure="2:4")
+    assert structured.digest() != config.digest()
+    # A checkpoint's settings saved before the setting existed read back as this very run.
+    saved = {k: v for k, v in config.identity().items() if k != "prune_structure"}
+    assert RunConfig.from_dict(saved) == config and RunConfig.from_dict(saved) != structured

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from archs.train.loop import cpu_state
 from archs.train.summary import CycleSummary
-from data.runs import RESULTS_FORMAT_VERSION
+from data.runs import RESULTS_FORMAT_VERSION, RunConfig
 from data.store import atomic_torch_save, load_checkpoint
 from utils import UserError
 
@@ -123,7 +123,9 @@ def run_state(run: LotteryRun) -> dict:
 
 def restore_run(run: LotteryRun, state: dict) -> None:
     """Put ``run`` back in the state :func:`run_state` saved (after checking it is this run's)."""
-    if state.get("settings") != run.identity.training_settings():
+    # Read through RunConfig, so a checkpoint made before a setting existed compares at its default.
+    saved = state.get("settings")
+    if not isinstance(saved, dict) or RunConfig.from_dict(saved) != run.identity:
         raise UserError("the checkpoint was made with other settings "
                         f"({state.get('settings')}); rerun without --resume to start over")
     if "parts" not in state or "energy" not in state:
