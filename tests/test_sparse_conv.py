@@ -206,6 +206,10 @@ def test_a_layer_that_gains_less_than_its_layout_changes_stays_dense():
                           {"dense": 9.0, "numba_conv": 1.0, **layer}]) == [True] * 3
     assert cheapest_plan([{"dense": 1.0, "numba_conv": 9.0, **layer},
                           {"dense": 9.0, "numba_conv": 1.0, **layer}]) == [False, True]
+    # leaving the tile layout before a segment costs the change after the segment before it:
+    # sparse then dense pays 1 + 1 + 10 + 4 = 16 s here against 7 s all dense
+    assert cheapest_plan([{"dense": 3.0, "numba_conv": 1.0, "to_tiles": 1.0, "from_tiles": 10.0},
+                          {"dense": 4.0, "numba_conv": 9.0, "to_tiles": 1.0, "from_tiles": 0.1}]) == [False, False]
 
 
 def test_auto_keeps_the_sparse_chain_when_timed_faster_and_small_batches_run_dense():

@@ -76,13 +76,15 @@ def cheapest_plan(seconds: list[dict[str, float]]) -> list[bool]:
     inf = float("inf")
     # least time so far ending in NCHW / in tiles, and the choices that reach it
     nchw, tiles = (0.0, []), (inf, [])
+    previous_from_tiles = inf   # leaving the tile layout costs the change after the last segment in it
     for s in seconds:
-        leave = tiles[0] + s[FROM_TILES] if tiles[0] < inf else inf
+        leave = tiles[0] + previous_from_tiles if tiles[0] < inf else inf
         enter = nchw[0] + s[TO_TILES]
         to_nchw = (nchw if nchw[0] <= leave else (leave, tiles[1]))
         to_tiles_ = (tiles if tiles[0] <= enter else (enter, nchw[1]))
         nchw = (to_nchw[0] + s[DENSE], to_nchw[1] + [False])
         tiles = (to_tiles_[0] + s[NUMBA_CONV], to_tiles_[1] + [True])
+        previous_from_tiles = s[FROM_TILES]
     leave = tiles[0] + seconds[-1][FROM_TILES]
     return nchw[1] if nchw[0] <= leave else tiles[1]
 
