@@ -12,7 +12,8 @@ from utils import ArgumentParser, run_cli, setup_logging
 
 
 def registry_choices() -> dict[str, list[str]]:
-    """The names the parser offers for registry-backed settings (and --branch). From a fresh
+    """The names registry-backed settings accept (and --branch, checked in main: its empty
+    default and "none" mean no branch, which argparse's choices would refuse). From a fresh
     command line, the names declared under archs/, read from the files' text without importing
     torch so that --help stays fast. When torch is already loaded (the script called in-process,
     extensions registered from code), every registry's own names."""
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "go to SAVE_DIR/ARCH/DATASET/ppPxN_seedS_co2BOOL_DATASET[_SETTINGS].pt, where "
                     "SETTINGS lists every setting that differs from its default.")
     settings = parser.add_argument_group("settings of the run (each one is part of its identity)")
-    add_setting_arguments(settings, choices=registry_choices())
+    add_setting_arguments(settings, choices={name: names for name, names in registry_choices().items()
+                                             if name != "branch"})
     add_field_arguments(parser, flagged(TrainingOptions))
     add_tracker_arguments(parser)
     add_field_arguments(parser, flagged(TrainingCommand))
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target_sparsity sets the per-round rate itself: give it or --prune_percent, "
                      "not both")
     refuse_unknown_dataset(parser, args.dataset)
+    branches = registry_choices()["branch"]
+    if args.branch and args.branch not in branches:
+        parser.error(f"argument --branch: invalid choice: {args.branch!r} (choose from "
+                     f"{', '.join(map(repr, branches))})")
     setup_logging()
 
     from archs import canonical_arch
