@@ -63,12 +63,14 @@ class TicketSearch:
     model_fn: Callable[[], nn.Module] = field(repr=False)
     prune_type: str = "lt"
     seed: int = 0
+    structure: tuple[int, int] | None = None   # the search's N:M (None: unstructured)
 
     def as_parent(self) -> ParentTicket:
         """This search as the parent of branches (biases re-drawn as N(0, 1), the toolkit's
         default initialisation)."""
         return ParentTicket(masks=self.masks, initial_state=self.rewind_state, rewind_state=self.rewind_state,
-                            seed=self.seed, bias_init="normal", final_state=lambda level: {})
+                            seed=self.seed, bias_init="normal", final_state=lambda level: {},
+                            structure=self.structure)
 
     def start_state(self, cycle: int) -> State:
         """The values ``cycle`` started from, before its masks (reinit: re-drawn)."""
@@ -155,7 +157,8 @@ class LotteryTicketFinder:
             get_logger().info("cycle %d: %.2f%% of weights left, score %s", cycle, history[-1].percent_left,
                               "-" if score is None else f"{score:.4f}")
         return TicketSearch(mask_history, {n: t.cpu() for n, t in rewind_state.items()}, history, model,
-                            model_fn=self._build, prune_type=self.prune_type, seed=self.seed)
+                            model_fn=self._build, prune_type=self.prune_type, seed=self.seed,
+                            structure=self.plan.structure)
 
     def compare_controls(self, search: TicketSearch | None = None, cycles: Sequence[int] | None = None
                          ) -> "ControlComparison":

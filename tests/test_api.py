@@ -82,6 +82,12 @@ def test_finder_with_a_2_of_4_structure_keeps_every_level_2_of_4():
     # the first round imposes 2:4 (half of each layer, more than the rate), the second prunes 20% within it
     assert [int(m["1.weight"].sum()) for m in search.masks] == [192, 96, 77]
     assert all(is_n_of_m(m[name]) for m in search.masks[1:] for name in m)
+    # its random-mask control draws 2:4 masks too, of the ticket's sizes
+    from archs.api import control_start
+    for level in (1, 2):
+        drawn = control_start(search.as_parent(), "random_mask", level).masks
+        assert all(is_n_of_m(drawn[name]) for name in drawn)
+        assert {n: int(m.sum()) for n, m in drawn.items()} == {n: int(m.sum()) for n, m in search.masks[level].items()}
 
 
 def test_finder_target_sparsity_global_scope_and_ignored_layers():
