@@ -151,9 +151,13 @@ def test_random_controls_of_a_structured_round_are_n_of_m_with_the_same_counts()
             assert is_n_of_m(mask) and not torch.equal(mask, ticket[name])
     # without a structure, the draws are what they always were
     unstructured = PruningPlan(30.0).prune(magnitude_scores(ws, masks), masks, 1)
-    before = random_masks(unstructured, masks, derived_generator(0, "random_mask", 1))
-    again = random_masks(unstructured, masks, derived_generator(0, "random_mask", 1), None)
-    assert all(torch.equal(before[n], again[n]) for n in before)
+    drawn = random_masks(unstructured, masks, derived_generator(0, "random_mask", 1))
+    generator = derived_generator(0, "random_mask", 1)
+    for name, reference in unstructured.items():   # the survivors with the highest uniform draws
+        draws = torch.rand(masks[name].numel(), generator=generator, dtype=torch.float64)
+        kept = torch.zeros(masks[name].numel(), dtype=torch.bool)
+        kept[torch.topk(draws.masked_fill(~masks[name].reshape(-1), -1.0), int(reference.sum())).indices] = True
+        assert torch.equal(drawn[name], kept.reshape(masks[name].shape))
 
 
 def test_the_layer_table_says_each_layers_pattern():
