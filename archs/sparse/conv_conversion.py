@@ -83,11 +83,15 @@ class ConvRun:
                 return None
         return None
 
+    @property
+    def straight(self) -> bool:
+        """Only convolutions and max-pools (no blocks, no lone BatchNorm): auto can choose
+        per convolution."""
+        return all(isinstance(spec, (ConvSpec, PoolSpec)) for spec in self.specs)
+
     def replay(self) -> SparseConvChain:
         """The module that runs the run in the tile layout."""
-        if all(isinstance(spec, (ConvSpec, PoolSpec)) for spec in self.specs):
-            return SparseConvChain(self.specs)
-        return TileProgram(self.specs, block_step)
+        return SparseConvChain(self.specs) if self.straight else TileProgram(self.specs, block_step)
 
     def take(self, module: nn.Module) -> bool:
         """Add ``module`` to the run if it can follow; False where the run must end."""
@@ -194,13 +198,14 @@ def convert_conv_run(run: ConvRun, settings: Settings
             return {}, _choices(run, settings, DENSE, f"the convolutions' sparsity {sparsity:.3f} "
                                 f"< threshold {settings.threshold:.2f}")
         reason = f"the convolutions' sparsity {sparsity:.3f} >= threshold {settings.threshold:.2f}"
+    if settings.mode == "auto" and settings.threshold is None and run.straight:
+        # chosen per convolution (choose_conv_kernels builds the chains it times)
+        replacement, choices = choose_conv_kernels(run.children, run.specs, settings)
+        return replacement or {}, choices
     chain = run.replay()
     if settings.mode == "sparse":
         reason = f"pruned convolution; numba's kernel in {_what(chain)}"
     if settings.mode == "auto" and settings.threshold is None:
-        if not isinstance(chain, TileProgram):
-            replacement, choices = choose_conv_kernels(run.children, run.specs, settings)
-            return replacement or {}, choices
         recorded = settings.recorded_inputs.get(run.children[0][1])
         if recorded is None:
             return {}, _choices(run, settings, DENSE, "the example input never reached this layer")
