@@ -1,9 +1,11 @@
 """How a run's settings are declared and read: value parsers, :func:`setting`, roles.
 
-A setting is declared once, as a field of :class:`data.runs.RunConfig` made by :func:`setting`.
-Its metadata says how command-line text becomes a value (``parse``), how file names spell it
-(``token``), how figure labels say it (``words``) and what comparing two runs that differ in it
-means (``role``). Everything else (flags, ``--where``, names, labels) is derived from that.
+A setting of a run is declared once, as a field of :class:`data.runs.RunConfig` made by
+:func:`setting`. Its metadata says how command-line text becomes a value (``parse``), how file
+names spell it (``token``), how figure labels say it (``words``) and what comparing two runs that
+differ in it means (``role``). Everything else (flags, ``--where``, names, labels) is derived from
+that. Every other option (jobs, launchers, CodeCarbon, figures) is declared the same way with
+:func:`option`, which makes its flag but no part of a run's identity.
 """
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ addition, a concatenation) and BatchNorms that no convolution can absorb. A prog
 list of steps that each read a tile-layout input padded for them and write a tile-layout
 output with the border the next step reads, so the NCHW <-> tile conversions happen once
 per program instead of once per convolution. Every step has ``padding`` (the zero border
-it reads), ``output_size(height, width)``, ``channels(in_channels)`` and
-``run(h, height, width, out, margin, threads)``; the convolution and max-pool steps of
-:mod:`archs.sparse.conv` are steps as they are, the blocks' are in :mod:`archs.sparse.blocks`.
+it reads), ``output_size(height, width)`` and ``run(h, height, width, out, margin, threads)``;
+the convolution and max-pool steps of :mod:`archs.sparse.conv` are used as they are (their
+output channels read by :func:`channels_after`), the blocks' steps are in
+:mod:`archs.sparse.blocks` and also say ``channels(in_channels)``.
 """
 from __future__ import annotations
 
