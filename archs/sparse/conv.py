@@ -286,14 +286,22 @@ class SparseConvChain(nn.Module):
         following = self.steps[index + 1] if index + 1 < len(self.steps) else None
         return following.padding if isinstance(following, ConvStep) else (0, 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def dense_if_small(self, x: torch.Tensor, what: str = "sparse convolution chain") -> torch.Tensor | None:
+        """The dense fallback's output for a batch under ``min_batch`` images, else None once
+        ``x`` is checked to be what the kernels take (float32 NCHW on the CPU)."""
         if self.dense_fallback is not None and x.shape[0] < self.min_batch:
             for module in self.dense_fallback:
                 x = module.forward(x)
             return x
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
-            raise TypeError("the sparse convolution chain takes float32 NCHW input on the CPU, "
+            raise TypeError(f"the {what} takes float32 NCHW input on the CPU, "
                             f"got {x.dtype} {tuple(x.shape)} on {x.device.type}")
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = self.dense_if_small(x)
+        if dense is not None:
+            return dense
         threads = torch.get_num_threads()
         images, _, height, width = x.shape
         padding = self.steps[0].padding

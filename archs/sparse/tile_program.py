@@ -219,13 +219,9 @@ class TileProgram(SparseConvChain):
         load_block_kernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dense_fallback is not None and x.shape[0] < self.min_batch:
-            for module in self.dense_fallback:
-                x = module.forward(x)
-            return x
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
-            raise TypeError("the sparse tile program takes float32 NCHW input on the CPU, "
-                            f"got {x.dtype} {tuple(x.shape)} on {x.device.type}")
+        dense = self.dense_if_small(x, "sparse tile program")
+        if dense is not None:
+            return dense
         threads = torch.get_num_threads()
         images, channels, height, width = x.shape
         padding = padding_of(self.steps[0])
