@@ -139,3 +139,23 @@ def test_each_components_share_is_said_and_ram_left_out_of_totals_is_said():
     excluded = process_record(CODECARBON, usage, PowerModel(8.0, 10.0, 2, include_ram=False), 0.05)
     assert describe_shares(included) == "CPU 44%, RAM 56%"          # 8 W : 10 W
     assert describe_shares(excluded) == "CPU 44%, RAM 56% (RAM not in totals)"
+
+
+def test_a_pass_shorter_than_a_clock_tick_is_measured():
+    # /proc's user and system times move in 10 ms ticks; a sparse replay pass can take 1 ms,
+    # and would read as no work (and no energy). The scheduler's count is in nanoseconds.
+    import os
+    import threading
+
+    from data.energy.process import own_cpu_seconds, thread_cpu_seconds
+
+    tid = str(threading.get_native_id())
+    if not os.path.exists(f"/proc/self/task/{tid}/schedstat"):
+        pytest.skip("this kernel gives no per-thread scheduler counts")
+    before = own_cpu_seconds()[int(tid)]
+    start = time.thread_time()
+    while time.thread_time() - start < 0.003:
+        pass
+    used = own_cpu_seconds()[int(tid)] - before
+    assert 0.003 <= used < 0.5
+    assert thread_cpu_seconds("0", 100.0) is None   # no such thread

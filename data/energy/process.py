@@ -2,9 +2,9 @@
 
 Without hardware counters, CodeCarbon multiplies a power figure by elapsed time, so a busy
 neighbour that slows a run down makes it "cost" more. Here every measured interval also
-records the process's own CPU-seconds (each of its threads', from /proc/self/task, and its
-children's once reaped; CodeCarbon's own sampling threads left out, since their cost grows
-with elapsed time) and the CPU-seconds the rest of the machine used meanwhile (``/proc/stat``'s busy time minus
+records the process's own CPU-seconds (each of its threads', from /proc/self/task, to the
+nanosecond where the scheduler's counts can be read, and its children's once reaped;
+CodeCarbon's own sampling threads left out, since their cost grows with elapsed time) and the CPU-seconds the rest of the machine used meanwhile (``/proc/stat``'s busy time minus
 the process's own). Where power comes from a model rather than a counter, the energy is::
 
     component watts x own CPU-seconds / logical CPUs
@@ -63,13 +63,27 @@ def own_cpu_seconds(ticks_per_second: float | None = None) -> dict[int, float]:
     for tid in tasks:
         if int(tid) in skip:
             continue
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue   # the thread ended meanwhile
-        result[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks   # utime, stime
+        seconds = thread_cpu_seconds(tid, ticks)
+        if seconds is not None:   # None: the thread ended meanwhile
+            result[int(tid)] = seconds
     return result
+
+
+def thread_cpu_seconds(tid: str, ticks_per_second: float) -> float | None:
+    """CPU-seconds of one of this process's threads: the scheduler's nanosecond count
+    (``schedstat``), else user + system time in clock ticks (``stat``, 10 ms steps: a
+    millisecond pass could read as nothing)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks_per_second   # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def read_proc_stat() -> str | None:
