@@ -33,6 +33,18 @@ def load_conv_kernels():
     return numba_conv
 
 
+def batchnorm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm`` in eval mode as ``x * scale + shift`` per channel (computed in float64)."""
+    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+    shift = -norm.running_mean.double() * scale
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double()
+        shift = shift * norm.weight.detach().double()
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().double()
+    return scale, shift
+
+
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
                    norm: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight and bias of ``norm(conv(x))`` as one convolution, computed in float64.
@@ -46,13 +58,7 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
               else bias.detach().double())
     if norm is None:
         return weight64.to(weight.dtype), bias64.to(weight.dtype)
-    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
-    shift = -norm.running_mean.double() * scale
-    if norm.weight is not None:
-        scale = scale * norm.weight.detach().double()
-        shift = shift * norm.weight.detach().double()
-    if norm.bias is not None:
-        shift = shift + norm.bias.detach().double()
+    scale, shift = batchnorm_affine(norm)
     folded = weight64 * scale.reshape(-1, 1, 1, 1)
     return folded.to(weight.dtype), (bias64 * scale + shift).to(weight.dtype)
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from archs.sparse.conv import (TILE, ConvSpec, ConvStep, PoolSpec, PoolStep, SparseConvChain,
+from archs.sparse.conv import (TILE, ConvSpec, ConvStep, PoolSpec, PoolStep, SparseConvChain, batchnorm_affine,
                                from_tiles, load_conv_kernels, to_tiles)
 
 
@@ -30,18 +30,6 @@ def load_block_kernels():
     """:mod:`archs.sparse.numba_blocks`, imported (and compiled the first time) on first use."""
     from archs.sparse import numba_blocks
     return numba_blocks
-
-
-def batchnorm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``norm`` in eval mode as ``x * scale + shift`` per channel (computed in float64)."""
-    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
-    shift = -norm.running_mean.double() * scale
-    if norm.weight is not None:
-        scale = scale * norm.weight.detach().double()
-        shift = shift * norm.weight.detach().double()
-    if norm.bias is not None:
-        shift = shift + norm.bias.detach().double()
-    return scale, shift
 
 
 def norm_supported(norm: nn.Module) -> bool:
