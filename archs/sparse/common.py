@@ -3,6 +3,7 @@ helpers on tensors (layouts, sparsity, agreement with the dense model)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -152,3 +153,22 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module, inputs: torch.Te
         actual = candidate(inputs)
     return Agreement(relative_error(actual, expected), tolerance)
 
+
+def record_inputs(model: nn.Module, example_input: torch.Tensor,
+                  also: Callable[[nn.Module], bool] = lambda module: False) -> dict[nn.Module, torch.Tensor]:
+    """The input every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` (and every module ``also``
+    accepts) sees when it runs ``example_input``; copies, so later in-place work keeps them."""
+    recorded: dict[nn.Module, torch.Tensor] = {}
+
+    def remember(module: nn.Module, args: tuple) -> None:
+        recorded[module] = args[0].detach().clone()
+
+    handles = [m.register_forward_pre_hook(remember) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d)) or also(m)]
+    try:
+        with torch.inference_mode():
+            model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded

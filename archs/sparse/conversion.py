@@ -19,7 +19,7 @@ from archs.sparse.blocks import block_supported
 from archs.sparse.conv_conversion import (conv_runs, convert_conv_run, gather_trunk,
                                           unsupported_choice)
 from archs.sparse.common import (BENCHMARK_MODES, COO, DENSE, KERNEL_MODES, TORCH_CSR,
-                                 NUMBA_TILED, LayerChoice, weight_sparsity)
+                                 NUMBA_TILED, LayerChoice, record_inputs, weight_sparsity)
 from archs.sparse.cuda import SEMI_STRUCTURED, sparsify_layers
 from archs.sparse.layers import CooLinear
 from archs.sparse.timing import KernelTimingCache, Timer
@@ -59,26 +59,6 @@ def _linear_runs(children: Iterable[tuple[str, nn.Module]]) -> list[_Run]:
     if current is not None:
         runs.append(current)
     return runs
-
-
-def _record_inputs(model: nn.Module,
-                          example_input: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    """The input every ``nn.Linear``, ``nn.Conv2d`` and residual or dense block of ``model``
-    sees when it runs ``example_input``."""
-    recorded: dict[nn.Module, torch.Tensor] = {}
-
-    def remember(module: nn.Module, args: tuple) -> None:
-        recorded[module] = args[0].detach().clone()
-
-    handles = [m.register_forward_pre_hook(remember) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d)) or block_supported(m)]
-    try:
-        with torch.inference_mode():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return recorded
 
 
 # --------------------------------------------------------------------------- conversion
@@ -259,7 +239,7 @@ def sparsify(model: nn.Module, mode: str, *, example_input: torch.Tensor | None 
         converted = _with_coo_linears(converted, Settings(mode, None, {}, module_names, timing), made)
     elif mode != DENSE:
         timed = mode == "auto" and threshold is None
-        recorded = _record_inputs(converted, example_input) if timed else {}
+        recorded = record_inputs(converted, example_input, also=block_supported) if timed else {}
         settings = Settings(mode, threshold, recorded, module_names, timing)
         converted = _rebuild(converted, settings, made)
     # eval() again: the modules created by the conversion start in training mode

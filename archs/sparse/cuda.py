@@ -44,7 +44,7 @@ from torch import nn
 from archs.pruning import is_n_of_m
 from archs.sparse.choice import Timing, weight_name
 from archs.sparse.common import (AGREEMENT_TOLERANCE, DENSE, KERNELS_VERSION, MEASURED_SPEEDUP_REQUIRED,
-                                 TORCH_CSR, LayerChoice, weight_sparsity)
+                                 TORCH_CSR, LayerChoice, record_inputs, weight_sparsity)
 from archs.sparse.layers import SparseLinear
 from archs.sparse.timing import timing_key
 from utils import first_line
@@ -271,19 +271,6 @@ def time_candidates(name: str, module: nn.Module, sparsity: float, usable: list[
     return LayerChoice(name, sparsity, fastest, f"{source}: {compared} vs dense")
 
 
-def _record_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    recorded: dict[nn.Module, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda module, args: recorded.__setitem__(module, args[0].detach()))
-               for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return recorded
-
-
 def sparsify_layers(model: nn.Module, mode: str, *, example_input: torch.Tensor | None = None,
                     timing: Timing, threshold: float | None = None) -> tuple[nn.Module, list[LayerChoice]]:
     """An inference-only copy of ``model`` with every prunable layer replaced by its kernel,
@@ -292,7 +279,7 @@ def sparsify_layers(model: nn.Module, mode: str, *, example_input: torch.Tensor 
         raise ValueError(f"mode {mode!r} has no GPU path; choose one of {', '.join(GPU_MODES)}")
     converted = copy.deepcopy(model).eval().requires_grad_(False)
     timed = mode == "auto" and threshold is None
-    recorded = _record_inputs(converted, example_input) if timed and example_input is not None else {}
+    recorded = record_inputs(converted, example_input) if timed and example_input is not None else {}
     choices = []
     for module_name, module in list(converted.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
